@@ -1,0 +1,5 @@
+import sys
+
+from stic.cli import main
+
+sys.exit(main())

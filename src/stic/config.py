@@ -1,0 +1,378 @@
+"""One dataclass per stage, and the run config that chains them.
+
+Every field has ``help`` (it becomes ``stic <verb> --help``) and, where the default is not
+obvious, says where it comes from. Values are checked once, here, where they enter (command
+line or YAML): :func:`validate` collects every problem into one :class:`ConfigError` that names
+the key, the bad value and what is allowed. Inner code trusts the config.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal
+
+DTYPES = ("auto", "bfloat16", "float16", "float32")
+
+
+class ConfigError(ValueError):
+    """Invalid configuration; the message lists every problem, one a line, each naming its key."""
+
+
+def _help(text: str, **kw: Any) -> Any:
+    return field(metadata={"help": text}, **kw)
+
+
+@dataclass(kw_only=True)
+class ModelOptions:
+    """Options every stage that loads a model shares."""
+
+    model: str = _help(
+        "Model folder or Hub id, loaded with AutoModelForImageTextToText and AutoProcessor."
+    )
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = _help(
+        "Weights dtype. auto: bfloat16 on a CUDA GPU that supports it, float32 on CPU.",
+        default="auto",
+    )
+    trust_remote_code: bool = _help(
+        "Allow the model folder's own Python code to run (off: only code in transformers runs).",
+        default=False,
+    )
+    seed: int = _help(
+        "Seed of every random decision; per-item decisions derive from (seed, item id).", default=42
+    )
+    overwrite: bool = _help(
+        "Start over when the output exists but was made with a different config (otherwise: error).",
+        default=False,
+    )
+
+    # Fields that change how fast a stage runs or how it is resumed, never what it computes:
+    # left out of the config hash so that a rerun with another value resumes the same output.
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("overwrite",)
+
+
+@dataclass(kw_only=True)
+class GenerationOptions(ModelOptions):
+    """Options of the stages that generate text."""
+
+    device: str = _help(
+        "Device for generation: auto (cuda if available, else cpu), cpu, cuda, cuda:1.",
+        default="auto",
+    )
+    batch_size: int = _help("Images per generate() call (left-padded batch).", default=8)
+    limit: int | None = _help(
+        "Process at most this many items (the first ones in id order).", default=None
+    )
+
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("overwrite", "device", "batch_size", "limit")
+
+
+@dataclass(kw_only=True)
+class PairsConfig(GenerationOptions):
+    """Stage 1a: build the preference set from a folder of unlabeled images."""
+
+    images: str = _help(
+        "Folder of unlabeled images (searched recursively); ids are paths relative to it."
+    )
+    out: str = _help("Output JSONL file of pair records (appended per batch; a rerun resumes).")
+    max_new_tokens: int = _help("Longest description generated (paper: 1024).", default=1024)
+    temperature: float = _help(
+        "Sampling temperature for both answers (paper: 0.2; 0 = greedy).", default=0.2
+    )
+    top_p: float = _help("Nucleus sampling threshold (1.0 = off, as in the paper).", default=1.0)
+    bad_prompt_prob: float = _help(
+        "Probability that the rejected answer comes from a hallucination-inducing prompt on the clean "
+        "image; otherwise from a plain prompt on a corrupted image (paper: 0.5).",
+        default=0.5,
+    )
+    lowres_prob: float = _help(
+        "Among corrupted images, the probability of lowering the resolution; otherwise colour jitter (paper: 0.5).",
+        default=0.5,
+    )
+    lowres_short_side: int = _help(
+        "Low-resolution corruption: shorter side resized to this many pixels (paper: 20).",
+        default=20,
+    )
+    jitter_brightness: float = _help(
+        "Colour jitter brightness, torchvision ColorJitter semantics: factor uniform in [1-b, 1+b] (paper: 0.5).",
+        default=0.5,
+    )
+    jitter_hue: float = _help(
+        "Colour jitter hue, torchvision ColorJitter semantics: shift uniform in [-h, h] of the hue circle (paper: 0.3).",
+        default=0.3,
+    )
+
+
+@dataclass(kw_only=True)
+class TrainOptions(ModelOptions):
+    """Options of the two training stages (a transformers.Trainer underneath)."""
+
+    out: str = _help(
+        "Output folder: the PEFT adapter, the training log and checkpoints while running."
+    )
+    images: str = _help("Folder the records' image paths are relative to.")
+    lr: float = _help("Peak learning rate.", default=2e-5)
+    epochs: float = _help("Training epochs.", default=1.0)
+    max_steps: int | None = _help(
+        "Stop after this many optimizer steps (overrides --epochs).", default=None
+    )
+    batch_size: int = _help("Examples per device per forward pass.", default=1)
+    grad_accum: int = _help(
+        "Gradient accumulation steps (global batch = batch_size x grad_accum x GPUs).", default=8
+    )
+    warmup_ratio: float = _help("Fraction of steps for linear warm-up (paper: 0.03).", default=0.03)
+    lr_scheduler: str = _help("transformers scheduler name (paper: cosine).", default="cosine")
+    weight_decay: float = _help("AdamW weight decay (paper: 0).", default=0.0)
+    max_length: int = _help(
+        "Longest training sequence in tokens, image tokens included; only the answer's tail is cut.",
+        default=2048,
+    )
+    gradient_checkpointing: bool = _help(
+        "Recompute activations in the backward pass to save memory.", default=False
+    )
+    save_steps: int = _help("Save a resumable checkpoint every this many steps.", default=100)
+    logging_steps: int = _help("Log metrics every this many steps.", default=10)
+    report_to: str = _help(
+        "Where transformers reports metrics: none, tensorboard, wandb, ...", default="none"
+    )
+    dataloader_num_workers: int = _help("Worker processes that load images.", default=0)
+
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = (
+        "overwrite",
+        "save_steps",
+        "logging_steps",
+        "report_to",
+        "dataloader_num_workers",
+        "gradient_checkpointing",
+    )
+
+
+@dataclass(kw_only=True)
+class DPOConfig(TrainOptions):
+    """Stage 1b: DPO plus an NLL term on the chosen answer, LoRA on the language model."""
+
+    pairs: str = _help("Pair records written by `stic pairs` (JSONL).")
+    beta: float = _help("DPO temperature beta (paper: 0.1).", default=0.1)
+    alpha: float = _help(
+        "Weight of the NLL term on the chosen answer (paper/reference: 1/1024 on the SUMMED "
+        "log-prob). TRL calls a similar term rpo_alpha / 'sft' loss, but token-averaged.",
+        default=1 / 1024,
+    )
+    nll_normalization: Literal["sum", "mean"] = _help(
+        "sum: alpha x summed log-prob of the chosen answer (the paper); mean: alpha x its per-token mean.",
+        default="sum",
+    )
+    lr: float = _help("Peak learning rate (reference: 1e-7).", default=1e-7)
+    batch_size: int = _help(
+        "Pairs per device per forward pass (each pair is two sequences).", default=1
+    )
+    lora_r: int = _help("LoRA rank (reference: 128).", default=128)
+    lora_alpha: int = _help("LoRA alpha (reference: 256).", default=256)
+    lora_dropout: float = _help("LoRA dropout (reference: 0.05).", default=0.05)
+    lora_targets: str = _help(
+        "Comma-separated names of the language model's linear layers that get LoRA (vision tower and "
+        "projector never do).",
+        default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+    )
+
+
+@dataclass(kw_only=True)
+class InfuseConfig(GenerationOptions):
+    """Stage 2, part 1: describe each instruction image and infuse the description into its prompt."""
+
+    data: str = _help("LLaVA-format instruction data: a JSON list of {id, image, conversations}.")
+    images: str = _help("Folder the samples' image paths are relative to.")
+    out: str = _help("Output JSON list in the same format, first human turn rewritten.")
+    adapter: str | None = _help(
+        "Stage-1 PEFT adapter (none: describe with the base model).", default=None
+    )
+    max_new_tokens: int = _help("Longest description generated.", default=1024)
+    temperature: float = _help(
+        "Sampling temperature (0 = greedy; paper's generation setting: 0.2).", default=0.2
+    )
+
+
+@dataclass(kw_only=True)
+class SFTConfig(TrainOptions):
+    """Stage 2, part 2: continue training the stage-1 adapter on description-infused data."""
+
+    data: str = _help("Description-infused instruction data written by `stic infuse` (JSON list).")
+    adapter: str = _help("The stage-1 PEFT adapter; it is trained further, not replaced.")
+    lr: float = _help("Peak learning rate (paper: 2e-5).", default=2e-5)
+    batch_size: int = _help("Samples per device per forward pass.", default=4)
+    grad_accum: int = _help("Gradient accumulation steps (paper: global batch 32).", default=8)
+
+
+@dataclass(kw_only=True)
+class EvalConfig(GenerationOptions):
+    """Answer VQA questions greedily and score them by exact match."""
+
+    data: str = _help('VQA JSONL: {"id", "image", "question", "answer", "choices"?} per line.')
+    images: str = _help("Folder the items' image paths are relative to.")
+    out: str = _help("Output JSON: accuracy and per-item results.")
+    adapter: str | None = _help("PEFT adapter to apply (none: the base model).", default=None)
+    dar: bool = _help(
+        "Describe-and-respond: describe the image first, then answer with the description in the prompt.",
+        default=False,
+    )
+    max_new_tokens: int = _help("Longest answer generated.", default=64)
+    dar_max_new_tokens: int = _help(
+        "Longest description generated in describe-and-respond.", default=1024
+    )
+    instruction: str | None = _help(
+        "Instruction appended to each question (default: LLaVA's short-answer or choose-a-letter one; '' for none).",
+        default=None,
+    )
+
+
+STAGE_CONFIGS: dict[str, type] = {
+    "pairs": PairsConfig,
+    "dpo": DPOConfig,
+    "infuse": InfuseConfig,
+    "sft": SFTConfig,
+    "eval": EvalConfig,
+}
+
+
+def _type_ok(value: Any, annotation: Any) -> bool:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return value in typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        return any(_type_ok(value, a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return value is None
+    if annotation is bool:
+        return isinstance(value, bool)
+    if annotation is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if annotation is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple))
+    if annotation is Any:
+        return True
+    return isinstance(value, annotation)
+
+
+def _describe(annotation: Any) -> str:
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return "null"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+def type_errors(cls: type, data: dict, where: str) -> list[str]:
+    """Problems with ``data`` as keyword arguments of dataclass ``cls``: unknown keys, wrong types."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    errors = []
+    for key, value in data.items():
+        if key not in fields:
+            close = [
+                name
+                for name in fields
+                if name.replace("_", "") == key.replace("_", "").replace("-", "")
+            ]
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            errors.append(f"{where}{key}: unknown key{hint}")
+        elif not _type_ok(value, hints[key]):
+            errors.append(f"{where}{key}: {value!r} is not {_describe(hints[key])}")
+    return errors
+
+
+def value_errors(config: Any, where: str = "") -> list[str]:
+    """Range checks that types cannot express."""
+    errors = []
+
+    def check(name: str, ok: bool, allowed: str) -> None:
+        if hasattr(config, name) and not ok:
+            errors.append(f"{where}{name}: {getattr(config, name)!r} is not allowed ({allowed})")
+
+    for name in (
+        "batch_size",
+        "grad_accum",
+        "max_new_tokens",
+        "dar_max_new_tokens",
+        "lora_r",
+        "lora_alpha",
+        "max_length",
+        "save_steps",
+        "logging_steps",
+        "lowres_short_side",
+    ):
+        if hasattr(config, name):
+            check(name, getattr(config, name) >= 1, "must be >= 1")
+    for name in ("limit", "max_steps"):
+        value = getattr(config, name, None)
+        check(name, value is None or value >= 1, "must be >= 1 or null")
+    for name in (
+        "temperature",
+        "lr",
+        "beta",
+        "alpha",
+        "weight_decay",
+        "epochs",
+        "dataloader_num_workers",
+    ):
+        if hasattr(config, name):
+            check(name, getattr(config, name) >= 0, "must be >= 0")
+    for name in (
+        "top_p",
+        "bad_prompt_prob",
+        "lowres_prob",
+        "lora_dropout",
+        "warmup_ratio",
+        "jitter_brightness",
+    ):
+        if hasattr(config, name):
+            check(name, 0 <= getattr(config, name) <= 1, "must be in [0, 1]")
+    check("jitter_hue", 0 <= getattr(config, "jitter_hue", 0) <= 0.5, "must be in [0, 0.5]")
+    check("beta", getattr(config, "beta", 1) > 0, "must be > 0")
+    for name in ("model", "images", "out", "pairs", "data", "adapter"):
+        value = getattr(config, name, None)
+        if isinstance(value, str) and not value.strip():
+            errors.append(f"{where}{name}: must not be empty")
+    return errors
+
+
+def build(cls: type, data: dict, where: str = "") -> Any:
+    """Build stage config ``cls`` from a dict (a YAML section), validating every key.
+
+    Raises :class:`ConfigError` listing all problems; ``where`` prefixes each key (``"dpo."``).
+    """
+    errors = type_errors(cls, data, where)
+    if not errors:
+        missing = [
+            f.name
+            for f in dataclasses.fields(cls)
+            if f.name not in data
+            and f.default is dataclasses.MISSING
+            and f.default_factory is dataclasses.MISSING
+        ]
+        errors += [f"{where}{name}: required" for name in missing]
+    if errors:
+        raise ConfigError("\n".join(errors))
+    config = cls(**data)
+    errors = value_errors(config, where)
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return config
+
+
+def to_dict(config: Any) -> dict:
+    return dataclasses.asdict(config)
+
+
+def config_hash(config: Any) -> str:
+    """Hash of the fields that decide what a stage computes (not RUNTIME_FIELDS)."""
+    data = {k: v for k, v in to_dict(config).items() if k not in type(config).RUNTIME_FIELDS}
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]

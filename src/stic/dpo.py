@@ -1,0 +1,120 @@
+"""Stage 1b: fine-tune on the preference pairs with DPO plus an NLL term (see :mod:`stic.losses`).
+
+LoRA on the language model's linear layers; the vision tower and projector stay frozen. The
+reference model is the same network with its adapters disabled, so no second copy is held.
+A small ``transformers.Trainer`` subclass supplies the loss at its documented extension point,
+``compute_loss``; everything else (optimizer, schedule, accumulation, checkpoints, resume,
+accelerate/DeepSpeed, ``report_to``) is the Trainer's.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from transformers import Trainer
+
+from stic.chat import TrainRow, encode_rows, render_segments, strip_image_placeholder
+from stic.config import DPOConfig
+from stic.losses import answer_logps, dpo_nll_loss
+from stic.manifest import stage_status
+from stic.models import add_lora, load_model
+from stic.schemas import PairRecord, read_pairs
+from stic.training import load_training_image, train_and_save, training_arguments
+
+logger = logging.getLogger(__name__)
+
+STAGE = "dpo"
+
+
+class PairCollator:
+    """Pairs -> one batch: the P chosen sequences, then the P rejected ones, same prompt and image."""
+
+    def __init__(self, processor, images_root: str, max_length: int):
+        self.processor = processor
+        self.images_root = images_root
+        self.max_length = max_length
+
+    def __call__(self, pairs: list[PairRecord]) -> dict[str, torch.Tensor]:
+        rows = []
+        for answer in ("chosen", "rejected"):
+            for pair in pairs:
+                image = load_training_image(self.images_root, pair.image)
+                prompt = strip_image_placeholder(pair.prompt)
+                segments = render_segments(
+                    self.processor, [(prompt, getattr(pair, answer))], with_image=True
+                )
+                rows.append(TrainRow(segments, image))
+        return encode_rows(self.processor, rows, self.max_length)
+
+
+class DPOTrainer(Trainer):
+    """``Trainer`` whose loss is :func:`stic.losses.dpo_nll_loss` on a peft model."""
+
+    def __init__(self, *args, beta: float, nll_coef: float, nll_normalization: str, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.beta = beta
+        self.nll_coef = nll_coef
+        self.nll_normalization = nll_normalization
+        # The loss is a mean over this micro-batch's pairs: let the Trainer divide by accumulation.
+        self.loss_is_scaled_for_ga = False
+        self._metrics: dict[str, list[float]] = defaultdict(list)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        inputs = dict(inputs)
+        labels = inputs.pop("labels")
+        num_pairs = labels.shape[0] // 2
+        policy, tokens = answer_logps(model(**inputs).logits, labels)
+        with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
+            reference, _ = answer_logps(model(**inputs).logits, labels)
+        loss, metrics = dpo_nll_loss(
+            policy[:num_pairs],
+            policy[num_pairs:],
+            reference[:num_pairs],
+            reference[num_pairs:],
+            tokens[:num_pairs],
+            beta=self.beta,
+            nll_coef=self.nll_coef,
+            nll_normalization=self.nll_normalization,
+        )
+        for name, value in metrics.items():
+            self._metrics[name].append(self.accelerator.gather_for_metrics(value).mean().item())
+        return (loss, {"policy_logps": policy}) if return_outputs else loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if self._metrics and "loss" in logs:
+            logs = {**logs, **{k: sum(v) / len(v) for k, v in self._metrics.items()}}
+            self._metrics.clear()
+        super().log(logs, start_time)
+
+
+def run_dpo(config: DPOConfig) -> dict:
+    """Train the stage-1 adapter on ``config.pairs``; returns the run summary."""
+    out = Path(config.out)
+    if stage_status(out, STAGE, config) == "complete":
+        return {"skipped": True}
+    pairs = read_pairs(config.pairs)
+    model, processor = load_model(
+        config.model, dtype=config.dtype, device=None, trust_remote_code=config.trust_remote_code
+    )
+    model = add_lora(
+        model,
+        r=config.lora_r,
+        alpha=config.lora_alpha,
+        dropout=config.lora_dropout,
+        layer_names=[n.strip() for n in config.lora_targets.split(",") if n.strip()],
+    )
+    if config.gradient_checkpointing:
+        model.enable_input_require_grads()
+    trainer = DPOTrainer(
+        model=model,
+        args=training_arguments(config, model.dtype),
+        train_dataset=pairs,
+        data_collator=PairCollator(processor, config.images, config.max_length),
+        beta=config.beta,
+        nll_coef=config.alpha,
+        nll_normalization=config.nll_normalization,
+    )
+    return train_and_save(trainer, config, STAGE, processor, {"pairs": len(pairs)})

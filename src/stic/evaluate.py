@@ -1,0 +1,127 @@
+"""Answer VQA questions greedily, optionally with describe-and-respond, and score them.
+
+Describe-and-respond (the paper's inference option), the image passed in BOTH steps:
+  1. description = model(image, DAR_DESCRIBE_PROMPT)
+  2. answer      = model(image, "Image description:\\n{description}\\n\\n{question}")
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from stic.config import EvalConfig
+from stic.files import append_jsonl, atomic_write_json, read_json, read_jsonl
+from stic.generation import Request, batched, generate
+from stic.images import ImageError, load_image, resolve_image_path
+from stic.manifest import stage_status, write_manifest
+from stic.models import load_model
+from stic.prompts import DAR_DESCRIBE_PROMPT, infuse_description, question_prompt
+from stic.schemas import EvalItem, EvalResult, read_eval_items
+from stic.scoring import is_correct
+
+logger = logging.getLogger(__name__)
+
+STAGE = "eval"
+
+
+def item_prompt(item: EvalItem, instruction: str | None, description: str | None = None) -> str:
+    text = question_prompt(item.question, list(item.choices) if item.choices else None, instruction)
+    return text if description is None else infuse_description(text, description)
+
+
+def answer_batch(
+    items: list[EvalItem], images: list, config: EvalConfig, model, processor
+) -> list[EvalResult]:
+    """Greedy answers for a batch of items (with their loaded images), scored."""
+    descriptions: list[str | None] = [None] * len(items)
+    if config.dar:
+        described = generate(
+            model,
+            processor,
+            [Request(DAR_DESCRIBE_PROMPT, image) for image in images],
+            max_new_tokens=config.dar_max_new_tokens,
+        )
+        descriptions = [d.text for d in described]
+    requests = [
+        Request(item_prompt(item, config.instruction, description), image)
+        for item, image, description in zip(items, images, descriptions, strict=True)
+    ]
+    answers = generate(model, processor, requests, max_new_tokens=config.max_new_tokens)
+    return [
+        EvalResult(
+            id=item.id,
+            question=item.question,
+            answer=item.answer,
+            prediction=answer.text,
+            correct=is_correct(
+                answer.text, item.answer, list(item.choices) if item.choices else None
+            ),
+            description=description,
+        )
+        for item, answer, description in zip(items, answers, descriptions, strict=True)
+    ]
+
+
+def summarize(results: list[dict], skipped: dict[str, str]) -> dict:
+    correct = sum(1 for r in results if r["correct"])
+    return {
+        "accuracy": correct / len(results) if results else 0.0,
+        "correct": correct,
+        "n": len(results),
+        "skipped": skipped,
+    }
+
+
+def run_eval(config: EvalConfig, model=None, processor=None) -> dict:
+    """Score ``config.data``; writes ``config.out`` (summary + items) and returns the summary."""
+    out = Path(config.out)
+    partial = out.with_name(out.name + ".partial.jsonl")
+    items = read_eval_items(config.data)
+    if config.limit is not None:
+        items = items[: config.limit]
+    if stage_status(out, STAGE, config) == "complete" and out.exists():
+        return {k: v for k, v in read_json(out).items() if k != "items"}
+    write_manifest(out, STAGE, config, "running")
+    done = {row["id"]: row for row in read_jsonl(partial, repair=True)}
+    todo = [item for item in items if item.id not in done]
+    skipped: dict[str, str] = {}
+    if todo:
+        if model is None:
+            model, processor = load_model(
+                config.model,
+                dtype=config.dtype,
+                device=config.device,
+                trust_remote_code=config.trust_remote_code,
+                adapter=config.adapter,
+            )
+        model.eval()
+        with tqdm(total=len(todo), desc="eval" + (" (dar)" if config.dar else ""), unit="q") as bar:
+            for batch in batched(todo, config.batch_size):
+                kept, images = [], []
+                for item in batch:
+                    try:
+                        images.append(load_image(resolve_image_path(config.images, item.image)))
+                        kept.append(item)
+                    except (ImageError, ValueError) as e:
+                        skipped[item.id] = f"{item.image}: {e}"
+                rows = (
+                    [r.to_dict() for r in answer_batch(kept, images, config, model, processor)]
+                    if kept
+                    else []
+                )
+                append_jsonl(partial, rows)
+                done.update((row["id"], row) for row in rows)
+                bar.update(len(batch))
+    results = [done[item.id] for item in items if item.id in done]
+    summary = {
+        **summarize(results, skipped),
+        "dar": config.dar,
+        "model": config.model,
+        "adapter": config.adapter,
+    }
+    atomic_write_json(out, {**summary, "items": results})
+    write_manifest(out, STAGE, config, "complete", summary)
+    return summary

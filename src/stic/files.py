@@ -1,0 +1,90 @@
+"""Reading and writing stage files so that a crash never leaves a reader a half-written file.
+
+Whole files are written to a temporary name and renamed; JSONL is appended one batch at a time,
+flushed and fsynced, and a torn last line left by a kill is dropped on the next read.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    """Append rows, one JSON object a line, then flush and fsync so they survive a kill."""
+    lines = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows)
+    if not lines:
+        return
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(lines)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def read_jsonl(path: str | os.PathLike, repair: bool = False) -> list[dict]:
+    """Rows of a JSONL file (``[]`` if it does not exist).
+
+    A last line without its newline, or that does not parse, is what a kill mid-write leaves:
+    it is dropped (and with ``repair=True`` cut from the file so appends start clean). A bad
+    line anywhere else is corruption and raises ``ValueError`` naming the line.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    raw = path.read_bytes()
+    lines = raw.split(b"\n")
+    complete, tail = lines[:-1], lines[-1]
+    rows = []
+    good_bytes = 0
+    for number, line in enumerate(complete, start=1):
+        if not line.strip():
+            good_bytes += len(line) + 1
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            if number == len(complete) and not tail:
+                logger.warning("%s: dropping a torn last line", path)
+                break
+            raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from e
+        good_bytes += len(line) + 1
+    if tail.strip():
+        logger.warning("%s: dropping a torn last line", path)
+    if repair and good_bytes < len(raw):
+        with open(path, "r+b") as f:
+            f.truncate(good_bytes)
+    return rows

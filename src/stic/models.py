@@ -1,0 +1,156 @@
+"""The one place that loads models, processors and adapters, and attaches LoRA.
+
+Any ``AutoModelForImageTextToText`` whose ``AutoProcessor`` has a chat template taking content
+lists (``{"type": "image"}``, ``{"type": "text"}``) works: LLaVA-1.5, LLaVA-NeXT and Qwen2-VL
+are tested.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """A model, processor or adapter that cannot be loaded; the message says which and why."""
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """``auto``: the first CUDA GPU if there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ModelLoadError(f"device {name!r} asked for, but no CUDA GPU is available")
+    return device
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: bfloat16 on a CUDA GPU that supports it, float32 elsewhere (CPU half is slow and lossy)."""
+    if name == "auto":
+        if device.type == "cuda" and torch.cuda.is_bf16_supported():
+            return torch.bfloat16
+        return torch.float32
+    return getattr(torch, name)
+
+
+def load_processor(model: str, trust_remote_code: bool = False):
+    from transformers import AutoProcessor
+
+    check_model_path(model)
+    try:
+        processor = AutoProcessor.from_pretrained(model, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load a processor from {model!r}: {e}") from e
+    if not getattr(processor, "chat_template", None):
+        raise ModelLoadError(
+            f"the processor of {model!r} has no chat template; stic needs one that takes "
+            "content lists with {'type': 'image'} and {'type': 'text'} items"
+        )
+    return processor
+
+
+def load_model(
+    model: str,
+    *,
+    dtype: str = "auto",
+    device: str | torch.device = "auto",
+    trust_remote_code: bool = False,
+    adapter: str | None = None,
+    trainable_adapter: bool = False,
+):
+    """Load ``(model, processor)``; with ``adapter``, the PEFT adapter is applied on top.
+
+    ``device`` may be ``None`` to leave the model on the CPU for a Trainer to place.
+    """
+    from transformers import AutoModelForImageTextToText
+
+    check_model_path(model)
+    target = resolve_device(device) if isinstance(device, str) else device
+    # With no target the Trainer places the model: pick the dtype for where it will go.
+    torch_dtype = resolve_dtype(dtype, target if target is not None else resolve_device("auto"))
+    processor = load_processor(model, trust_remote_code)
+    try:
+        net = AutoModelForImageTextToText.from_pretrained(
+            model, dtype=torch_dtype, trust_remote_code=trust_remote_code
+        )
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(f"cannot load model {model!r}: {e}") from e
+    if adapter is not None:
+        net = load_adapter(net, adapter, trainable=trainable_adapter)
+    if target is not None:
+        net.to(target)
+    return net, processor
+
+
+def load_adapter(model: nn.Module, adapter: str, trainable: bool = False):
+    from peft import PeftModel
+
+    if not (Path(adapter) / "adapter_config.json").exists():
+        raise ModelLoadError(f"{adapter!r} is not a PEFT adapter folder (no adapter_config.json)")
+    return PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+
+
+def language_model(model: nn.Module) -> nn.Module:
+    """The text decoder inside a vision-language model (transformers 5 layout, with fallbacks)."""
+    for path in ("model.language_model", "language_model", "model.text_model"):
+        module = model
+        for name in path.split("."):
+            module = getattr(module, name, None)
+            if module is None:
+                break
+        if isinstance(module, nn.Module):
+            return module
+    if hasattr(model, "get_decoder"):
+        return model.get_decoder()
+    raise ModelLoadError(f"cannot find the language model inside {type(model).__name__}")
+
+
+def lora_target_names(model: nn.Module, layer_names: list[str]) -> list[str]:
+    """Full names of the language model's ``nn.Linear`` layers whose last name is in ``layer_names``.
+
+    Full names, not suffixes: the vision tower of LLaVA has ``q_proj`` layers too, and the
+    method keeps it frozen.
+    """
+    inside = {id(m) for m in language_model(model).modules()}
+    wanted = set(layer_names)
+    names = [
+        name
+        for name, module in model.named_modules()
+        if id(module) in inside
+        and isinstance(module, nn.Linear)
+        and name.rsplit(".", 1)[-1] in wanted
+    ]
+    if not names:
+        raise ModelLoadError(f"no linear layers named {sorted(wanted)} in the language model")
+    return names
+
+
+def add_lora(model: nn.Module, *, r: int, alpha: int, dropout: float, layer_names: list[str]):
+    """Wrap ``model`` in a PEFT LoRA model on the language model's linear layers only."""
+    from peft import LoraConfig, get_peft_model
+
+    config = LoraConfig(
+        r=r,
+        lora_alpha=alpha,
+        lora_dropout=dropout,
+        target_modules=lora_target_names(model, layer_names),
+        task_type="CAUSAL_LM",
+    )
+    return get_peft_model(model, config)
+
+
+def check_model_path(model: str) -> None:
+    """Fail at once for a local path that does not exist (rather than asking the Hub for it).
+
+    Hub ids look like ``org/name``; anything else that is absolute, starts with ``.`` or ``~``,
+    or has more than two parts is a path.
+    """
+    looks_local = model.startswith((".", "/", "~")) or model.count("/") > 1
+    if looks_local and not Path(model).expanduser().exists():
+        raise ModelLoadError(f"model folder {model!r} does not exist")

@@ -1,0 +1,67 @@
+"""Stage 2, part 2: continue training the stage-1 adapter on description-infused instruction data.
+
+The loss is the model's own next-token loss on answer tokens only (every ``gpt`` turn); prompts,
+descriptions and image tokens are masked.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from transformers import Trainer
+
+from stic.chat import TrainRow, encode_rows, render_segments, strip_image_placeholder
+from stic.config import SFTConfig
+from stic.manifest import stage_status
+from stic.models import load_model
+from stic.schemas import InstructSample, read_instruct
+from stic.training import load_training_image, train_and_save, training_arguments
+
+logger = logging.getLogger(__name__)
+
+STAGE = "sft"
+
+
+class InstructCollator:
+    """Samples -> a batch with labels on the answers of every exchange."""
+
+    def __init__(self, processor, images_root: str, max_length: int):
+        self.processor = processor
+        self.images_root = images_root
+        self.max_length = max_length
+
+    def __call__(self, samples: list[InstructSample]) -> dict[str, torch.Tensor]:
+        rows = []
+        for sample in samples:
+            exchanges = [(strip_image_placeholder(q), a) for q, a in sample.exchanges()]
+            has_image = sample.image is not None
+            segments = render_segments(self.processor, exchanges, with_image=has_image)
+            rows.append(TrainRow(segments, load_training_image(self.images_root, sample.image)))
+        return encode_rows(self.processor, rows, self.max_length)
+
+
+def run_sft(config: SFTConfig) -> dict:
+    """Train ``config.adapter`` further on ``config.data`` and save it to ``config.out``."""
+    out = Path(config.out)
+    if stage_status(out, STAGE, config) == "complete":
+        return {"skipped": True}
+    samples = read_instruct(config.data)
+    model, processor = load_model(
+        config.model,
+        dtype=config.dtype,
+        device=None,
+        trust_remote_code=config.trust_remote_code,
+        adapter=config.adapter,
+        trainable_adapter=True,
+    )
+    if config.gradient_checkpointing:
+        model.enable_input_require_grads()
+    trainer = Trainer(
+        model=model,
+        args=training_arguments(config, model.dtype),
+        train_dataset=samples,
+        data_collator=InstructCollator(processor, config.images, config.max_length),
+    )
+    return train_and_save(trainer, config, STAGE, processor, {"samples": len(samples)})
