@@ -17,11 +17,11 @@ import yaml
 from stic.files import atomic_write_json, atomic_write_text
 
 
-def write_demo_inputs(out: Path, num_images: int, seed: int) -> Path:
+def write_demo_inputs(out: Path, num_images: int, seed: int, family: str = "llava") -> Path:
     """Model, images, instruction data, VQA data and run config under ``out``; returns the config path."""
     from stic.testing import build_tiny_model, make_images
 
-    model_dir = build_tiny_model("llava", out / "model", seed=seed)
+    model_dir = build_tiny_model(family, out / "model", seed=seed)
     images = make_images(out / "images", num_images, seed=seed)
     names = [p.name for p in images]
     instruct = [
@@ -130,13 +130,19 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--seed", type=int, default=0, help="Seed of the model, images and run (default: 0)."
     )
+    parser.add_argument(
+        "--family",
+        default="llava",
+        choices=("llava", "llava_next", "qwen2_vl"),
+        help="Architecture of the tiny model (default: llava, LLaVA-1.5-shaped).",
+    )
     args = parser.parse_args(argv)
     from stic.pipeline import run_pipeline
 
     start = time.time()
     out = Path(args.out)
-    config_path = write_demo_inputs(out, args.images, args.seed)
-    print(f"demo inputs: {out} (tiny random LLaVA at {out / 'model'}, config {config_path})")
+    config_path = write_demo_inputs(out, args.images, args.seed, args.family)
+    print(f"demo inputs: {out} (tiny random {args.family} model at {out / 'model'}, config {config_path})")
     for planned, summary in run_pipeline(config_path):
         data = summary.to_dict() if hasattr(summary, "to_dict") else summary
         shown = {
