@@ -142,7 +142,9 @@ def main(argv: list[str]) -> int:
     start = time.time()
     out = Path(args.out)
     config_path = write_demo_inputs(out, args.images, args.seed, args.family)
-    print(f"demo inputs: {out} (tiny random {args.family} model at {out / 'model'}, config {config_path})")
+    print(
+        f"demo inputs: {out} (tiny random {args.family} model at {out / 'model'}, config {config_path})"
+    )
     for planned, summary in run_pipeline(config_path):
         data = summary.to_dict() if hasattr(summary, "to_dict") else summary
         shown = {

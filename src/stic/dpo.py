@@ -90,15 +90,23 @@ class DPOTrainer(Trainer):
         super().log(logs, start_time)
 
 
-def run_dpo(config: DPOConfig) -> dict:
-    """Train the stage-1 adapter on ``config.pairs``; returns the run summary."""
+def run_dpo(config: DPOConfig, model=None, processor=None) -> dict:
+    """Train the stage-1 adapter on ``config.pairs``; returns the run summary.
+
+    ``model``/``processor`` may be passed in (a model built in code, a benchmark); otherwise
+    ``config.model`` is loaded. The model must not already carry an adapter.
+    """
     out = Path(config.out)
     if stage_status(out, STAGE, config) == "complete":
         return {"skipped": True}
     pairs = read_pairs(config.pairs)
-    model, processor = load_model(
-        config.model, dtype=config.dtype, device=None, trust_remote_code=config.trust_remote_code
-    )
+    if model is None:
+        model, processor = load_model(
+            config.model,
+            dtype=config.dtype,
+            device=None,
+            trust_remote_code=config.trust_remote_code,
+        )
     model = add_lora(
         model,
         r=config.lora_r,

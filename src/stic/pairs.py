@@ -142,14 +142,25 @@ def _make_batch(
         requests += [Request(GOOD_PROMPT, image), Request(plan.rejected_prompt, rejected_image)]
     if not plans:
         return []
-    outputs = generate(
+    # Chosen and rejected answers go in separate calls: at most batch_size sequences each, and
+    # answers of one kind have similar lengths, so less padding.
+    options = dict(
+        max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p
+    )
+    first = plans[0].id
+    chosen_outputs = generate(
         model,
         processor,
-        requests,
-        max_new_tokens=config.max_new_tokens,
-        temperature=config.temperature,
-        top_p=config.top_p,
-        seed=item_seed(config.seed, plans[0].id, "generate"),
+        requests[0::2],
+        seed=item_seed(config.seed, first, "generate-chosen"),
+        **options,
+    )
+    rejected_outputs = generate(
+        model,
+        processor,
+        requests[1::2],
+        seed=item_seed(config.seed, first, "generate-rejected"),
+        **options,
     )
     sampling = {
         "temperature": config.temperature,
@@ -159,7 +170,7 @@ def _make_batch(
     }
     records = []
     for i, plan in enumerate(plans):
-        chosen, rejected = outputs[2 * i], outputs[2 * i + 1]
+        chosen, rejected = chosen_outputs[i], rejected_outputs[i]
         summary.kinds[plan.rejected_kind] += 1
         summary.truncated += (chosen.finish == "length") + (rejected.finish == "length")
         records.append(
