@@ -47,7 +47,10 @@ def render_prompt(processor, text: str, with_image: bool = True) -> str:
 def render_segments(
     processor, exchanges: list[tuple[str, str]], with_image: bool
 ) -> list[tuple[str, bool]]:
-    """Cut a rendered conversation into ``(text, is_answer)`` segments, alternating.
+    """Cut a rendered conversation into ``(text, is_answer)`` segments, in order.
+
+    The first segment is a prompt; text a template puts between turns (e.g. ChatML's newline
+    after ``<|im_end|>``) becomes a prompt segment of its own.
 
     ``exchanges`` are ``(user text, answer text)`` pairs; the image (if any) belongs to the first
     user turn. Relies on the template rendering each prefix of a conversation as a prefix of the

@@ -54,7 +54,9 @@ def _parse_stage(verb: str, argv: list[str]):
     from transformers import HfArgumentParser
 
     class Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-        pass
+        def _get_help_string(self, action):
+            # A required option has no default worth showing.
+            return action.help if action.required else super()._get_help_string(action)
 
     cls = STAGE_CONFIGS[verb]
     parser = HfArgumentParser(

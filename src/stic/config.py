@@ -347,25 +347,26 @@ def value_errors(config: Any, where: str = "") -> list[str]:
 def build(cls: type, data: dict, where: str = "") -> Any:
     """Build stage config ``cls`` from a dict (a YAML section), validating every key.
 
-    Raises :class:`ConfigError` listing all problems; ``where`` prefixes each key (``"dpo."``).
+    Raises :class:`ConfigError` listing all problems at once (unknown keys, wrong types, missing
+    keys, values out of range); ``where`` prefixes each key (``"dpo."``).
     """
     errors = type_errors(cls, data, where)
-    if not errors:
-        missing = [
-            f.name
-            for f in dataclasses.fields(cls)
-            if f.name not in data
-            and f.default is dataclasses.MISSING
-            and f.default_factory is dataclasses.MISSING
-        ]
-        errors += [f"{where}{name}: required" for name in missing]
+    fields = dataclasses.fields(cls)
+    errors += [
+        f"{where}{f.name}: required"
+        for f in fields
+        if f.name not in data
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+    ]
+    # Range checks on every value that has the right type (defaults for the rest).
+    bad = {line.split(":", 1)[0].removeprefix(where) for line in errors}
+    values = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+    values.update({k: v for k, v in data.items() if k not in bad})
+    errors += value_errors(types.SimpleNamespace(**values), where)
     if errors:
         raise ConfigError("\n".join(errors))
-    config = cls(**data)
-    errors = value_errors(config, where)
-    if errors:
-        raise ConfigError("\n".join(errors))
-    return config
+    return cls(**data)
 
 
 def to_dict(config: Any) -> dict:

@@ -58,8 +58,11 @@ class DPOTrainer(Trainer):
         self.beta = beta
         self.nll_coef = nll_coef
         self.nll_normalization = nll_normalization
-        # The loss is a mean over this micro-batch's pairs: let the Trainer divide by accumulation.
+        # The loss is a mean over this micro-batch's pairs, so the Trainer must divide it by the
+        # accumulation steps. transformers >= 5.2x reads loss_is_scaled_for_ga; older 5.x skip
+        # the division whenever the model's forward takes **kwargs unless this flag is off.
         self.loss_is_scaled_for_ga = False
+        self.model_accepts_loss_kwargs = False
         self._metrics: dict[str, list[float]] = defaultdict(list)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):

@@ -55,17 +55,23 @@ def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def read_jsonl(path: str | os.PathLike, repair: bool = False) -> list[dict]:
-    """Rows of a JSONL file (``[]`` if it does not exist).
+def read_jsonl(path: str | os.PathLike, repair: bool = False, strict: bool = False) -> list[dict]:
+    """Rows of a JSONL file.
 
-    A last line without its newline, or that does not parse, is what a kill mid-write leaves:
-    it is dropped (and with ``repair=True`` cut from the file so appends start clean). A bad
-    line anywhere else is corruption and raises ``ValueError`` naming the line.
+    For files stic appends to (``strict=False``; a missing file is ``[]``): a last line without
+    its newline, or that does not parse, is what a kill mid-write leaves; it is dropped (and with
+    ``repair=True`` cut from the file so appends start clean). For input files
+    (``strict=True``): a missing file raises ``FileNotFoundError`` and the last line is read like
+    any other. A bad line raises ``ValueError`` naming the line.
     """
     path = Path(path)
     if not path.exists():
+        if strict:
+            raise FileNotFoundError(f"{path}: no such file")
         return []
     raw = path.read_bytes()
+    if strict and raw and not raw.endswith(b"\n"):
+        raw += b"\n"
     lines = raw.split(b"\n")
     complete, tail = lines[:-1], lines[-1]
     rows = []
@@ -77,7 +83,7 @@ def read_jsonl(path: str | os.PathLike, repair: bool = False) -> list[dict]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as e:
-            if number == len(complete) and not tail:
+            if number == len(complete) and not tail and not strict:
                 logger.warning("%s: dropping a torn last line", path)
                 break
             raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from e

@@ -47,6 +47,13 @@ def _optional(data: dict, key: str, kind: type | tuple[type, ...], where: str) -
     return _require(data, key, kind, where)
 
 
+def _finish(data: dict, key: str, where: str) -> str:
+    value = _optional(data, key, str, where) or "stop"
+    if value not in ("stop", "length"):
+        raise RecordError(f"{where}: field {key!r} must be 'stop' or 'length', got {value!r}")
+    return value
+
+
 @dataclass(frozen=True)
 class PairRecord:
     """A preference pair built by stage 1a from one unlabeled image.
@@ -86,6 +93,7 @@ class PairRecord:
             raise RecordError(
                 f"{where}: field 'rejected_kind' must be one of {REJECTED_KINDS}, got {kind!r}"
             )
+        version = _optional(data, "schema_version", int, where)
         return cls(
             **text,
             rejected_kind=kind,
@@ -94,9 +102,9 @@ class PairRecord:
             corruption=_optional(data, "corruption", dict, where),
             model=_optional(data, "model", str, where) or "",
             sampling=_optional(data, "sampling", dict, where) or {},
-            chosen_finish=_optional(data, "chosen_finish", str, where) or "stop",
-            rejected_finish=_optional(data, "rejected_finish", str, where) or "stop",
-            schema_version=_optional(data, "schema_version", int, where) or SCHEMA_VERSION,
+            chosen_finish=_finish(data, "chosen_finish", where),
+            rejected_finish=_finish(data, "rejected_finish", where),
+            schema_version=SCHEMA_VERSION if version is None else version,
         )
 
 
@@ -218,7 +226,7 @@ def _unique(records: list, path: str | Path, where) -> list:
 
 def read_pairs(path: str | Path) -> list[PairRecord]:
     """Pair records of a JSONL file; a bad line raises :class:`RecordError` naming it."""
-    rows = read_jsonl(path)
+    rows = read_jsonl(path, strict=True)
     pairs = [PairRecord.from_dict(row, where=f"{path}:{n}") for n, row in enumerate(rows, start=1)]
     return _unique(pairs, path, lambda i: f"{path}:{i + 1}")
 
@@ -234,6 +242,6 @@ def read_instruct(path: str | Path) -> list[InstructSample]:
 
 def read_eval_items(path: str | Path) -> list[EvalItem]:
     """VQA items of a JSONL file; a bad line raises :class:`RecordError` naming it."""
-    rows = read_jsonl(path)
+    rows = read_jsonl(path, strict=True)
     items = [EvalItem.from_dict(row, where=f"{path}:{n}") for n, row in enumerate(rows, start=1)]
     return _unique(items, path, lambda i: f"{path}:{i + 1}")
