@@ -111,10 +111,39 @@ def test_mismatching_hash_raises_mentioning_overwrite(tmp_path):
 
 def test_other_stage_at_the_same_path_is_a_conflict(tmp_path):
     out = tmp_path / "out.json"
+    out.write_text("[]\n", encoding="utf-8")
     config = _pairs_config(out)
     write_manifest(out, "infuse", config, "complete")
     with pytest.raises(StageConflict, match="holds a infuse output"):
         stage_status(out, "pairs", config)
+
+
+def test_a_manifest_without_its_output_is_stale_and_ignored(tmp_path):
+    """A run that failed before writing anything (e.g. a mistyped model path) must not block
+    the corrected rerun with a 'different config' conflict."""
+    out = tmp_path / "out.jsonl"
+    write_manifest(out, "pairs", _pairs_config(out, seed=1), "running")
+    assert stage_status(out, "pairs", _pairs_config(out, seed=2)) == "new"
+    assert read_manifest(out) is None
+
+
+def test_changed_inputs_are_a_conflict_like_a_changed_config(tmp_path):
+    from stic.config import EvalConfig
+
+    data = tmp_path / "vqa.jsonl"
+    data.write_text(
+        '{"id": "1", "image": "a.png", "question": "q", "answer": "a"}\n', encoding="utf-8"
+    )
+    out = tmp_path / "eval.json"
+    out.write_text("{}\n", encoding="utf-8")
+    config = EvalConfig(model="m", data=str(data), images=str(tmp_path), out=str(out))
+    write_manifest(out, "eval", config, "complete")
+    assert stage_status(out, "eval", config) == "complete"
+    data.write_text(
+        '{"id": "2", "image": "b.png", "question": "q2", "answer": "b"}\n', encoding="utf-8"
+    )
+    with pytest.raises(StageConflict, match="inputs that have changed"):
+        stage_status(out, "eval", config)
 
 
 def test_overwrite_removes_a_file_output_and_its_manifest(tmp_path):

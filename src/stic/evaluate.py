@@ -17,7 +17,7 @@ from stic.files import append_jsonl, atomic_write_json, read_json, read_jsonl
 from stic.generation import Request, batched, generate
 from stic.images import ImageError, load_image, resolve_image_path
 from stic.manifest import stage_status, write_manifest
-from stic.models import load_model
+from stic.models import model_loader
 from stic.prompts import DAR_DESCRIBE_PROMPT, infuse_description, question_prompt
 from stic.schemas import EvalItem, EvalResult, read_eval_items
 from stic.scoring import is_correct
@@ -76,45 +76,38 @@ def summarize(results: list[dict], skipped: dict[str, str]) -> dict:
 
 
 def run_eval(config: EvalConfig, model=None, processor=None) -> dict:
-    """Score ``config.data``; writes ``config.out`` (summary + items) and returns the summary."""
+    """Score ``config.data``; writes ``config.out`` (summary + items) and returns the summary.
+
+    A rerun reuses the answers already made; the model is loaded only if one is missing.
+    """
     out = Path(config.out)
     partial = out.with_name(out.name + ".partial.jsonl")
     items = read_eval_items(config.data)
     if config.limit is not None:
         items = items[: config.limit]
-    if stage_status(out, STAGE, config) == "complete" and out.exists():
-        return {k: v for k, v in read_json(out).items() if k != "items"}
-    write_manifest(out, STAGE, config, "running")
+    status = stage_status(out, STAGE, config)
+    get_model = model_loader(config, model, processor, adapter=config.adapter)
     done = {row["id"]: row for row in read_jsonl(partial, repair=True)}
     todo = [item for item in items if item.id not in done]
+    if status != "complete":
+        write_manifest(out, STAGE, config, "running")
     skipped: dict[str, str] = {}
-    if todo:
-        if model is None:
-            model, processor = load_model(
-                config.model,
-                dtype=config.dtype,
-                device=config.device,
-                trust_remote_code=config.trust_remote_code,
-                adapter=config.adapter,
-            )
-        model.eval()
-        with tqdm(total=len(todo), desc="eval" + (" (dar)" if config.dar else ""), unit="q") as bar:
-            for batch in batched(todo, config.batch_size):
-                kept, images = [], []
-                for item in batch:
-                    try:
-                        images.append(load_image(resolve_image_path(config.images, item.image)))
-                        kept.append(item)
-                    except (ImageError, ValueError) as e:
-                        skipped[item.id] = f"{item.image}: {e}"
-                rows = (
-                    [r.to_dict() for r in answer_batch(kept, images, config, model, processor)]
-                    if kept
-                    else []
-                )
+    made = 0
+    with tqdm(total=len(todo), desc="eval" + (" (dar)" if config.dar else ""), unit="q") as bar:
+        for batch in batched(todo, config.batch_size):
+            kept, images = [], []
+            for item in batch:
+                try:
+                    images.append(load_image(resolve_image_path(config.images, item.image)))
+                    kept.append(item)
+                except (ImageError, ValueError) as e:
+                    skipped[item.id] = f"{item.image}: {e}"
+            if kept:
+                rows = [r.to_dict() for r in answer_batch(kept, images, config, *get_model())]
                 append_jsonl(partial, rows)
                 done.update((row["id"], row) for row in rows)
-                bar.update(len(batch))
+                made += len(rows)
+            bar.update(len(batch))
     results = [done[item.id] for item in items if item.id in done]
     summary = {
         **summarize(results, skipped),
@@ -122,6 +115,14 @@ def run_eval(config: EvalConfig, model=None, processor=None) -> dict:
         "model": config.model,
         "adapter": config.adapter,
     }
-    atomic_write_json(out, {**summary, "items": results})
-    write_manifest(out, STAGE, config, "complete", summary)
+    previous = read_json(out) if out.exists() else None
+    unchanged = (
+        status == "complete"
+        and not made
+        and previous is not None
+        and [r["id"] for r in previous["items"]] == [r["id"] for r in results]
+    )
+    if not unchanged:
+        atomic_write_json(out, {**summary, "items": results})
+        write_manifest(out, STAGE, config, "complete", summary)
     return summary

@@ -19,7 +19,7 @@ from stic.files import append_jsonl, atomic_write_json, read_jsonl
 from stic.generation import Request, batched, generate
 from stic.images import ImageError, load_image, resolve_image_path
 from stic.manifest import stage_status, write_manifest
-from stic.models import load_model
+from stic.models import model_loader
 from stic.prompts import PLAIN_PROMPTS, infuse_description
 from stic.rng import item_rng, item_seed
 from stic.schemas import InstructSample, Turn, read_instruct
@@ -70,45 +70,45 @@ class InfuseSummary:
 
 
 def run_infuse(config: InfuseConfig, model=None, processor=None) -> InfuseSummary:
+    """Describe every image sample of ``config.data`` and write the infused list to ``config.out``.
+
+    A rerun reuses the descriptions already made; the model is loaded only if one is missing.
+    """
     out = Path(config.out)
     partial = out.with_name(out.name + ".partial.jsonl")
     samples = read_instruct(config.data)
     if config.limit is not None:
         samples = samples[: config.limit]
     summary = InfuseSummary(total=len(samples))
-    if stage_status(out, STAGE, config) == "complete" and out.exists():
-        summary.infused = sum(1 for s in read_instruct(out) if s.infusion is not None)
-        return summary
-    write_manifest(out, STAGE, config, "running")
+    summary.text_only = sum(1 for s in samples if s.image is None)
+    status = stage_status(out, STAGE, config)
+    get_model = model_loader(config, model, processor, adapter=config.adapter)
     done = {row["id"]: row for row in read_jsonl(partial, repair=True)}
     todo = [s for s in samples if s.image is not None and s.id not in done]
-    summary.text_only = sum(1 for s in samples if s.image is None)
-    if todo:
-        if model is None:
-            model, processor = load_model(
-                config.model,
-                dtype=config.dtype,
-                device=config.device,
-                trust_remote_code=config.trust_remote_code,
-                adapter=config.adapter,
-            )
-        model.eval()
-        with tqdm(total=len(todo), desc="infuse", unit="img") as bar:
-            for batch in batched(todo, config.batch_size):
-                rows = _describe_batch(batch, config, model, processor, summary)
-                append_jsonl(partial, rows)
-                done.update((row["id"], row) for row in rows)
-                bar.update(len(batch))
+    if status != "complete":
+        write_manifest(out, STAGE, config, "running")
+    made = 0
+    with tqdm(total=len(todo), desc="infuse", unit="img") as bar:
+        for batch in batched(todo, config.batch_size):
+            rows = _describe_batch(batch, config, get_model, summary)
+            append_jsonl(partial, rows)
+            done.update((row["id"], row) for row in rows)
+            made += len(rows)
+            bar.update(len(batch))
     infused = join_descriptions(samples, done)
     summary.infused = sum(1 for s in infused if s.infusion is not None)
-    atomic_write_json(out, [s.to_dict() for s in infused])
-    write_manifest(out, STAGE, config, "complete", summary.to_dict())
+    unchanged = status == "complete" and not made and _output_ids(out) == [s.id for s in samples]
+    if not unchanged:
+        atomic_write_json(out, [s.to_dict() for s in infused])
+        write_manifest(out, STAGE, config, "complete", summary.to_dict())
     return summary
 
 
-def _describe_batch(
-    batch, config: InfuseConfig, model, processor, summary: InfuseSummary
-) -> list[dict]:
+def _output_ids(out: Path) -> list[str] | None:
+    return [s.id for s in read_instruct(out)] if out.exists() else None
+
+
+def _describe_batch(batch, config: InfuseConfig, get_model, summary: InfuseSummary) -> list[dict]:
     kept, requests = [], []
     for sample in batch:
         try:
@@ -119,13 +119,16 @@ def _describe_batch(
         prompt = description_prompt(sample.id, config.seed)
         kept.append((sample, prompt))
         requests.append(Request(prompt, image))
+    if not kept:
+        return []
+    model, processor = get_model()
     outputs = generate(
         model,
         processor,
         requests,
         max_new_tokens=config.max_new_tokens,
         temperature=config.temperature,
-        seed=item_seed(config.seed, kept[0][0].id, "generate") if kept else None,
+        seed=item_seed(config.seed, kept[0][0].id, "generate"),
     )
     return [
         {"id": sample.id, "description": gen.text, "prompt": prompt, "finish": gen.finish}

@@ -9,6 +9,7 @@ never mixed in one file.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import logging
 import platform
@@ -23,6 +24,8 @@ from stic.files import atomic_write_json, read_json
 logger = logging.getLogger(__name__)
 
 FILE_SUFFIXES = (".json", ".jsonl")
+# Config fields that name an input another stage may redo.
+INPUT_FIELDS = ("pairs", "data", "adapter")
 _PACKAGES = (
     "stic",
     "torch",
@@ -62,23 +65,73 @@ def read_manifest(out: str | Path) -> dict | None:
     return read_json(path) if path.exists() else None
 
 
+def input_identity(path: str | Path) -> str | None:
+    """What an input file or folder is now: its stic manifest's hash, else sizes and mtimes.
+
+    A stage records the identities of its inputs, so that when an upstream stage is redone the
+    stages that read its output are redone too instead of being skipped as complete.
+    """
+    path = Path(path)
+    manifest = manifest_path(path)
+    if manifest.exists():
+        return "stic:" + hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
+    if path.is_file():
+        return f"file:{path.stat().st_size}:{path.stat().st_mtime_ns}"
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file())
+        return "dir:" + ",".join(
+            f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files
+        )
+    return None
+
+
+def input_identities(config: Any) -> dict[str, str | None]:
+    """Identities of the config's inputs that other stages (or people) may redo."""
+    return {
+        name: input_identity(getattr(config, name))
+        for name in INPUT_FIELDS
+        if getattr(config, name, None) is not None
+    }
+
+
+def _has_output(out: Path) -> bool:
+    if out.suffix in FILE_SUFFIXES:
+        return out.exists() or out.with_name(out.name + ".partial.jsonl").exists()
+    return out.is_dir() and any(p.name != manifest_path(out).name for p in out.iterdir())
+
+
 def stage_status(out: str | Path, stage: str, config: Any) -> Literal["new", "resume", "complete"]:
     """Where ``stage`` stands at ``out`` for ``config``; raises :class:`StageConflict` on a mismatch.
 
-    With ``config.overwrite`` a mismatching output is deleted and the stage starts anew.
+    A mismatch is another stage, another config hash, or inputs that changed since (an upstream
+    stage was redone). With ``config.overwrite`` the old output is deleted and the stage starts
+    anew; a manifest with no output beside it (a run that failed before writing) is ignored.
     """
+    out = Path(out)
     manifest = read_manifest(out)
     if manifest is None:
         return "new"
-    if manifest.get("stage") == stage and manifest.get("config_hash") == config_hash(config):
+    same_config = manifest.get("stage") == stage and manifest.get("config_hash") == config_hash(
+        config
+    )
+    same_inputs = manifest.get("inputs", {}) == input_identities(config)
+    if same_config and same_inputs:
         return "complete" if manifest.get("status") == "complete" else "resume"
+    if not _has_output(out):
+        manifest_path(out).unlink()
+        return "new"
     if not getattr(config, "overwrite", False):
+        why = "a different config" if not same_config else "inputs that have changed since"
         raise StageConflict(
-            f"{out} holds a {manifest.get('stage')} output made with a different config "
+            f"{out} holds a {manifest.get('stage')} output made with {why} "
             f"(hash {manifest.get('config_hash')}, now {config_hash(config)}); "
             "choose another output path or pass --overwrite to replace it"
         )
-    logger.warning("overwriting %s (made with a different config)", out)
+    logger.warning(
+        "overwriting %s (made with %s)",
+        out,
+        "a different config" if not same_config else "other inputs",
+    )
     remove_output(out)
     return "new"
 
@@ -108,6 +161,7 @@ def write_manifest(
             "config_hash": config_hash(config),
             "versions": library_versions(),
             "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "inputs": input_identities(config),
             "summary": summary or {},
         },
     )

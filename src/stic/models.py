@@ -7,7 +7,9 @@ are tested.
 
 from __future__ import annotations
 
+import functools
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -86,6 +88,37 @@ def load_model(
     if target is not None:
         net.to(target)
     return net, processor
+
+
+def model_loader(
+    config, model=None, processor=None, adapter: str | None = None
+) -> Callable[[], tuple]:
+    """A function giving ``(model, processor)`` in eval mode, loaded from ``config`` on first call.
+
+    Stages call it only when an item needs the model, so a rerun with nothing left to do (or
+    only unreadable images) loads nothing. A local model path that does not exist fails here,
+    before any output is written. ``model``/``processor`` given: those are used instead.
+    """
+    if model is None:
+        check_model_path(config.model)
+
+    @functools.cache
+    def get() -> tuple:
+        net, proc = (
+            (model, processor)
+            if model is not None
+            else load_model(
+                config.model,
+                dtype=config.dtype,
+                device=config.device,
+                trust_remote_code=config.trust_remote_code,
+                adapter=adapter,
+            )
+        )
+        net.eval()
+        return net, proc
+
+    return get
 
 
 def load_adapter(model: nn.Module, adapter: str, trainable: bool = False):

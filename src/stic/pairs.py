@@ -26,7 +26,7 @@ from stic.files import append_jsonl, read_jsonl
 from stic.generation import Request, batched, generate
 from stic.images import ImageError, list_images, load_image, resolve_image_path
 from stic.manifest import stage_status, write_manifest
-from stic.models import load_model
+from stic.models import model_loader
 from stic.prompts import BAD_PROMPTS, GOOD_PROMPT, PLAIN_PROMPTS
 from stic.rng import item_rng, item_seed
 from stic.schemas import PairRecord
@@ -87,36 +87,33 @@ class PairsSummary:
 def run_pairs(config: PairsConfig, model=None, processor=None) -> PairsSummary:
     """Write one :class:`PairRecord` per image to ``config.out``, resuming what is there.
 
-    ``model``/``processor`` may be passed in (tests, the demo); otherwise they are loaded.
+    ``model``/``processor`` may be passed in (tests, the demo); otherwise they are loaded, and
+    only if some image still needs a pair.
     """
     ids = list_images(config.images, limit=config.limit)
     out = Path(config.out)
     summary = PairsSummary(total=len(ids))
-    if stage_status(out, STAGE, config) == "complete" and _done_ids(out) >= set(ids):
-        summary.already_done = len(ids)
-        return summary
+    status = stage_status(out, STAGE, config)
+    get_model = model_loader(config, model, processor)
     done = _done_ids(out, repair=True)
     todo = [i for i in ids if i not in done]
     summary.already_done = len(ids) - len(todo)
-    write_manifest(out, STAGE, config, "running")
-    if todo:
-        if model is None:
-            model, processor = load_model(
-                config.model,
-                dtype=config.dtype,
-                device=config.device,
-                trust_remote_code=config.trust_remote_code,
-            )
-        model.eval()
-        with tqdm(total=len(todo), desc="pairs", unit="img") as bar:
-            for batch_ids in batched(todo, config.batch_size):
-                records = _make_batch(batch_ids, config, model, processor, summary)
-                append_jsonl(out, [r.to_dict() for r in records])
-                summary.written += len(records)
-                bar.update(len(batch_ids))
+    if status == "complete" and not todo:
+        return summary
+    if status != "complete":
+        write_manifest(out, STAGE, config, "running")
+    with tqdm(total=len(todo), desc="pairs", unit="img") as bar:
+        for batch_ids in batched(todo, config.batch_size):
+            records = _make_batch(batch_ids, config, get_model, summary)
+            append_jsonl(out, [r.to_dict() for r in records])
+            summary.written += len(records)
+            bar.update(len(batch_ids))
     for reason in summary.skipped.values():
         logger.warning("skipped an image: %s", reason)
-    write_manifest(out, STAGE, config, "complete", summary.to_dict())
+    # A complete manifest is rewritten only when the output grew, so the stages that read it
+    # are not redone for nothing (see manifest.input_identity).
+    if status != "complete" or summary.written:
+        write_manifest(out, STAGE, config, "complete", summary.to_dict())
     return summary
 
 
@@ -125,7 +122,7 @@ def _done_ids(out: Path, repair: bool = False) -> set[str]:
 
 
 def _make_batch(
-    batch_ids, config: PairsConfig, model, processor, summary: PairsSummary
+    batch_ids, config: PairsConfig, get_model, summary: PairsSummary
 ) -> list[PairRecord]:
     plans, requests = [], []
     for image_id in batch_ids:
@@ -142,6 +139,7 @@ def _make_batch(
         requests += [Request(GOOD_PROMPT, image), Request(plan.rejected_prompt, rejected_image)]
     if not plans:
         return []
+    model, processor = get_model()
     # Chosen and rejected answers go in separate calls: at most batch_size sequences each, and
     # answers of one kind have similar lengths, so less padding.
     options = dict(

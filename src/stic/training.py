@@ -58,10 +58,24 @@ def load_training_image(images_root: str, relative: str | None):
 
 
 def last_checkpoint(out: str | Path) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
+    """The newest COMPLETE checkpoint under ``<out>/checkpoints``.
 
+    The Trainer writes ``trainer_state.json`` last, so a checkpoint without it was torn by a
+    kill mid-save: it is skipped (and removed) in favour of the one before.
+    """
     folder = Path(out) / CHECKPOINTS
-    return get_last_checkpoint(str(folder)) if folder.is_dir() else None
+    if not folder.is_dir():
+        return None
+    found = sorted(
+        (p for p in folder.glob("checkpoint-*") if p.is_dir() and p.name.split("-")[-1].isdigit()),
+        key=lambda p: int(p.name.split("-")[-1]),
+    )
+    for checkpoint in reversed(found):
+        if (checkpoint / "trainer_state.json").exists():
+            return str(checkpoint)
+        logger.warning("removing %s: torn by an interrupted save", checkpoint)
+        shutil.rmtree(checkpoint, ignore_errors=True)
+    return None
 
 
 def train_and_save(
