@@ -181,3 +181,19 @@ def test_remove_output_of_a_missing_folder_is_a_no_op(tmp_path):
     remove_output(tmp_path / "absent")
     remove_output(tmp_path / "absent.jsonl")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_input_rewritten_with_the_same_bytes_is_the_same_input(tmp_path):
+    """`make demo` twice rewrites its inputs identically; that must not look like a change."""
+    from stic.config import EvalConfig
+
+    data = tmp_path / "vqa.jsonl"
+    line = '{"id": "1", "image": "a.png", "question": "q", "answer": "a"}\n'
+    data.write_text(line, encoding="utf-8")
+    out = tmp_path / "eval.json"
+    out.write_text("{}\n", encoding="utf-8")
+    config = EvalConfig(model="m", data=str(data), images=str(tmp_path), out=str(out))
+    write_manifest(out, "eval", config, "complete")
+    data.unlink()
+    data.write_text(line, encoding="utf-8")
+    assert stage_status(out, "eval", config) == "complete"

@@ -153,7 +153,10 @@ def main(argv: list[str]) -> int:
         print(
             f"{planned.stage:>6} {planned.name:<9} -> {planned.config.out}  {json.dumps(shown, default=str)}"
         )
-    print(f"\ndone in {time.time() - start:.0f} s. Outputs:")
+    print(
+        f"\ndone in {time.time() - start:.0f} s (a rerun skips completed stages; delete {out} to start over)."
+    )
+    print("Outputs:")
     run = out / "run"
     for label, path in [
         ("preference pairs", run / "pairs" / "pairs.jsonl"),

@@ -66,23 +66,35 @@ def read_manifest(out: str | Path) -> dict | None:
 
 
 def input_identity(path: str | Path) -> str | None:
-    """What an input file or folder is now: its stic manifest's hash, else sizes and mtimes.
+    """What an input file or folder holds now: its stic manifest's hash, else a content hash.
 
     A stage records the identities of its inputs, so that when an upstream stage is redone the
-    stages that read its output are redone too instead of being skipped as complete.
+    stages that read its output are redone too instead of being skipped as complete. Content,
+    not modification times: a file rewritten with the same bytes is the same input.
     """
     path = Path(path)
     manifest = manifest_path(path)
     if manifest.exists():
-        return "stic:" + hashlib.sha256(manifest.read_bytes()).hexdigest()[:16]
+        return "stic:" + _sha256(manifest)
     if path.is_file():
-        return f"file:{path.stat().st_size}:{path.stat().st_mtime_ns}"
+        return "file:" + _sha256(path)
     if path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file())
-        return "dir:" + ",".join(
-            f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns}" for p in files
+        return (
+            "dir:"
+            + hashlib.sha256("".join(f"{p.name}:{_sha256(p)}" for p in files).encode()).hexdigest()[
+                :16
+            ]
         )
     return None
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def input_identities(config: Any) -> dict[str, str | None]:
@@ -121,7 +133,15 @@ def stage_status(out: str | Path, stage: str, config: Any) -> Literal["new", "re
         manifest_path(out).unlink()
         return "new"
     if not getattr(config, "overwrite", False):
-        why = "a different config" if not same_config else "inputs that have changed since"
+        if same_config:
+            changed = sorted(
+                k
+                for k, v in input_identities(config).items()
+                if manifest.get("inputs", {}).get(k) != v
+            )
+            why = f"inputs that have changed since ({', '.join(changed)})"
+        else:
+            why = "a different config"
         raise StageConflict(
             f"{out} holds a {manifest.get('stage')} output made with {why} "
             f"(hash {manifest.get('config_hash')}, now {config_hash(config)}); "
