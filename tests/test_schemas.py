@@ -98,7 +98,7 @@ def test_pair_accepts_every_rejected_kind(kind):
 
 
 def test_rejected_kinds():
-    assert REJECTED_KINDS == ("bad_prompt", "corrupt_lowres", "corrupt_color")
+    assert REJECTED_KINDS == ("bad_prompt", "corrupt_lowres", "corrupt_color", "imported")
 
 
 @pytest.mark.parametrize("field", ["id", "image", "prompt", "chosen", "rejected", "rejected_kind"])

@@ -20,8 +20,10 @@ from stic.files import read_json, read_jsonl
 
 SCHEMA_VERSION = 1
 
-RejectedKind = Literal["bad_prompt", "corrupt_lowres", "corrupt_color"]
-REJECTED_KINDS: tuple[str, ...] = ("bad_prompt", "corrupt_lowres", "corrupt_color")
+RejectedKind = Literal["bad_prompt", "corrupt_lowres", "corrupt_color", "imported"]
+# "imported": a pair from another tool whose rejected answer's provenance is not known for sure
+# (e.g. the reference code's "image_corruption" pairs, which it never corrupted).
+REJECTED_KINDS: tuple[str, ...] = ("bad_prompt", "corrupt_lowres", "corrupt_color", "imported")
 FinishReason = Literal["stop", "length"]
 
 
@@ -61,7 +63,8 @@ class PairRecord:
     ``prompt`` is the stored user turn (a random plain prompt) shared by chosen and rejected;
     ``chosen_prompt``/``rejected_prompt`` are the prompts that generated each answer.
     ``corruption`` is what was applied to the pixels the model saw for the rejected answer
-    (``None`` for the bad-prompt branch), so provenance comes from what was done.
+    (``None`` for the bad-prompt branch), so provenance comes from what was done. ``source``
+    keeps what another tool's record said about itself when the pair was imported.
     """
 
     id: str
@@ -77,10 +80,14 @@ class PairRecord:
     sampling: dict = field(default_factory=dict)
     chosen_finish: str = "stop"
     rejected_finish: str = "stop"
+    source: dict | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if self.source is None:
+            del out["source"]
+        return out
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "pair") -> PairRecord:
@@ -104,6 +111,7 @@ class PairRecord:
             sampling=_optional(data, "sampling", dict, where) or {},
             chosen_finish=_finish(data, "chosen_finish", where),
             rejected_finish=_finish(data, "rejected_finish", where),
+            source=_optional(data, "source", dict, where),
             schema_version=SCHEMA_VERSION if version is None else version,
         )
 
