@@ -536,9 +536,10 @@ def _squash(text: str) -> str:
 def test_top_level_help_lists_every_verb(capsys, restore_stic_logging):
     out = _help_of(capsys, ["--help"])
     assert out.startswith(f"stic {stic.__version__}:")
-    for verb in ("pairs", "dpo", "infuse", "sft", "eval", "run", "demo"):
+    verbs = {"pairs", "dpo", "infuse", "sft", "eval", "run", "demo", "merge"}
+    for verb in verbs:
         assert f"  {verb} " in out
-    assert set(VERBS) == {"pairs", "dpo", "infuse", "sft", "eval", "run", "demo"}
+    assert set(VERBS) == verbs
 
 
 def test_no_arguments_prints_usage_and_fails(capsys, restore_stic_logging):

@@ -6,6 +6,7 @@ what ``stic <verb> --help`` shows).
 
 from __future__ import annotations
 
+import importlib
 import json
 import logging
 import sys
@@ -21,8 +22,12 @@ VERBS = {
     "sft": "Stage 2b: continue training the stage-1 adapter on the infused data.",
     "eval": "Answer a VQA file (optionally describe-and-respond) and score it.",
     "run": "Run the stages in order from one YAML config (stic run CONFIG.yaml).",
+    "merge": "Join the outputs of sharded `stic pairs` or `stic infuse` runs (--shard I/N).",
     "demo": "Build a tiny model and images, and run the whole method on CPU in a few minutes.",
 }
+
+# Commands that are small programs of their own: module whose main(argv) runs them.
+TOOLS = {"demo": "stic.demo", "merge": "stic.shards"}
 
 EXAMPLES = {
     "pairs": "stic pairs --model llava-hf/llava-1.5-7b-hf --images coco/train2014 --out pairs.jsonl --limit 6000",
@@ -129,10 +134,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if verb == "run":
             return _run(rest)
-        if verb == "demo":
-            from stic.demo import main as demo_main
-
-            return demo_main(rest)
+        if verb in TOOLS:
+            return importlib.import_module(TOOLS[verb]).main(rest)
         config = _parse_stage(verb, rest)
         summary = _stage_runner(verb)(config)
         _print_summary(f"{verb} -> {config.out}", summary)

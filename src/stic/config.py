@@ -27,6 +27,14 @@ def _help(text: str, **kw: Any) -> Any:
     return field(metadata={"help": text}, **kw)
 
 
+def _shard_field() -> Any:
+    return _help(
+        "Process only shard I of N, written I/N (0-based, e.g. 0/4): items are split by a hash of "
+        "their id, so N runs cover every item once; join the outputs with `stic merge`.",
+        default=None,
+    )
+
+
 @dataclass(kw_only=True)
 class ModelOptions:
     """Options every stage that loads a model shares."""
@@ -40,6 +48,10 @@ class ModelOptions:
     )
     trust_remote_code: bool = _help(
         "Allow the model folder's own Python code to run (off: only code in transformers runs).",
+        default=False,
+    )
+    allow_pickle: bool = _help(
+        "Also load pickled (.bin) weights; off: safetensors only (unpickling can run arbitrary code).",
         default=False,
     )
     seed: int = _help(
@@ -79,6 +91,7 @@ class PairsConfig(GenerationOptions):
         "Folder of unlabeled images (searched recursively); ids are paths relative to it."
     )
     out: str = _help("Output JSONL file of pair records (appended per batch; a rerun resumes).")
+    shard: str | None = _shard_field()
     max_new_tokens: int = _help("Longest description generated (paper: 1024).", default=1024)
     temperature: float = _help(
         "Sampling temperature for both answers (paper: 0.2; 0 = greedy).", default=0.2
@@ -155,7 +168,28 @@ class TrainOptions(ModelOptions):
 class DPOConfig(TrainOptions):
     """Stage 1b: DPO plus an NLL term on the chosen answer, LoRA on the language model."""
 
-    pairs: str = _help("Pair records written by `stic pairs` (JSONL).")
+    pairs: str = _help(
+        "Pair records: `stic pairs` JSONL, or the reference code's JSON/JSONL (see --pairs-format)."
+    )
+    pairs_format: Literal["auto", "stic", "stic-reference"] = _help(
+        "Format of --pairs; auto detects it from the first record.", default="auto"
+    )
+    filter_identical: bool = _help("Drop pairs whose two answers are the same text.", default=True)
+    filter_empty: bool = _help("Drop pairs with an empty or whitespace-only answer.", default=True)
+    filter_truncated: bool = _help(
+        "Drop pairs with an answer cut off at the generation token limit.", default=True
+    )
+    filter_refusals: bool = _help(
+        'Drop pairs with an answer that is a refusal ("I\'m sorry", "I cannot", ...).', default=True
+    )
+    filter_near_duplicates: bool = _help(
+        "Drop pairs whose rejected answer nearly copies the chosen one (see --near-duplicate-threshold).",
+        default=True,
+    )
+    near_duplicate_threshold: float = _help(
+        "Word-level similarity (0-1, difflib ratio) at or above which a pair counts as a near duplicate.",
+        default=0.9,
+    )
     beta: float = _help("DPO temperature beta (paper: 0.1).", default=0.1)
     alpha: float = _help(
         "Weight of the NLL term on the chosen answer (paper/reference: 1/1024 on the SUMMED "
@@ -187,6 +221,7 @@ class InfuseConfig(GenerationOptions):
     data: str = _help("LLaVA-format instruction data: a JSON list of {id, image, conversations}.")
     images: str = _help("Folder the samples' image paths are relative to.")
     out: str = _help("Output JSON list in the same format, first human turn rewritten.")
+    shard: str | None = _shard_field()
     adapter: str | None = _help(
         "Stage-1 PEFT adapter (none: describe with the base model).", default=None
     )
@@ -332,11 +367,20 @@ def value_errors(config: Any, where: str = "") -> list[str]:
         "lora_dropout",
         "warmup_ratio",
         "jitter_brightness",
+        "near_duplicate_threshold",
     ):
         if hasattr(config, name):
             check(name, 0 <= getattr(config, name) <= 1, "must be in [0, 1]")
     check("jitter_hue", 0 <= getattr(config, "jitter_hue", 0) <= 0.5, "must be in [0, 0.5]")
     check("beta", getattr(config, "beta", 1) > 0, "must be > 0")
+    shard = getattr(config, "shard", None)
+    if isinstance(shard, str):
+        from stic.shards import parse_shard
+
+        try:
+            parse_shard(shard)
+        except ValueError as e:
+            errors.append(f"{where}shard: {e}")
     for name in ("model", "images", "out", "pairs", "data", "adapter"):
         value = getattr(config, name, None)
         if isinstance(value, str) and not value.strip():

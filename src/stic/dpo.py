@@ -109,6 +109,7 @@ def run_dpo(config: DPOConfig, model=None, processor=None) -> dict:
             dtype=config.dtype,
             device=None,
             trust_remote_code=config.trust_remote_code,
+            allow_pickle=config.allow_pickle,
         )
     model = add_lora(
         model,

@@ -23,6 +23,7 @@ from stic.models import model_loader
 from stic.prompts import PLAIN_PROMPTS, infuse_description
 from stic.rng import item_rng, item_seed
 from stic.schemas import InstructSample, Turn, read_instruct
+from stic.shards import select_shard
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +80,9 @@ def run_infuse(config: InfuseConfig, model=None, processor=None) -> InfuseSummar
     samples = read_instruct(config.data)
     if config.limit is not None:
         samples = samples[: config.limit]
+    if config.shard is not None:
+        mine = set(select_shard([s.id for s in samples], config.shard))
+        samples = [s for s in samples if s.id in mine]
     summary = InfuseSummary(total=len(samples))
     summary.text_only = sum(1 for s in samples if s.image is None)
     status = stage_status(out, STAGE, config)

@@ -12,9 +12,12 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import logging
+import os
 import platform
+import re
 import shutil
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -165,6 +168,40 @@ def remove_output(out: str | Path) -> None:
         shutil.rmtree(out)
 
 
+# Environment variables whose values are credentials (HF_TOKEN, WANDB_API_KEY, ...).
+SECRET_NAME = re.compile(r"TOKEN|KEY|SECRET|PASSWORD|PASSWD|CREDENTIAL", re.IGNORECASE)
+
+
+def redact(data: Any, environ: Mapping[str, str] | None = None) -> Any:
+    """``data`` with every credential from the environment replaced by ``<redacted:NAME>``.
+
+    Whatever a user put in a config (a path with a token in it, a URL), no secret that the
+    environment holds is written to a manifest or a resolved config.
+    """
+    environ = os.environ if environ is None else environ
+    secrets = sorted(
+        (
+            (name, value)
+            for name, value in environ.items()
+            if SECRET_NAME.search(name) and len(value) >= 8
+        ),
+        key=lambda item: -len(item[1]),
+    )
+
+    def walk(value: Any) -> Any:
+        if isinstance(value, str):
+            for name, secret in secrets:
+                value = value.replace(secret, f"<redacted:{name}>")
+            return value
+        if isinstance(value, dict):
+            return {k: walk(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [walk(v) for v in value]
+        return value
+
+    return walk(data) if secrets else data
+
+
 def write_manifest(
     out: str | Path,
     stage: str,
@@ -174,14 +211,16 @@ def write_manifest(
 ) -> None:
     atomic_write_json(
         manifest_path(out),
-        {
-            "stage": stage,
-            "status": status,
-            "config": to_dict(config),
-            "config_hash": config_hash(config),
-            "versions": library_versions(),
-            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "inputs": input_identities(config),
-            "summary": summary or {},
-        },
+        redact(
+            {
+                "stage": stage,
+                "status": status,
+                "config": to_dict(config),
+                "config_hash": config_hash(config),
+                "versions": library_versions(),
+                "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "inputs": input_identities(config),
+                "summary": summary or {},
+            }
+        ),
     )

@@ -65,10 +65,12 @@ def load_model(
     trust_remote_code: bool = False,
     adapter: str | None = None,
     trainable_adapter: bool = False,
+    allow_pickle: bool = False,
 ):
     """Load ``(model, processor)``; with ``adapter``, the PEFT adapter is applied on top.
 
-    ``device`` may be ``None`` to leave the model on the CPU for a Trainer to place.
+    ``device`` may be ``None`` to leave the model on the CPU for a Trainer to place. Weights
+    load from safetensors only unless ``allow_pickle`` (pickled ``.bin`` files can run code).
     """
     from transformers import AutoModelForImageTextToText
 
@@ -79,12 +81,20 @@ def load_model(
     processor = load_processor(model, trust_remote_code)
     try:
         net = AutoModelForImageTextToText.from_pretrained(
-            model, dtype=torch_dtype, trust_remote_code=trust_remote_code
+            model,
+            dtype=torch_dtype,
+            trust_remote_code=trust_remote_code,
+            use_safetensors=None if allow_pickle else True,
         )
     except (OSError, ValueError) as e:
-        raise ModelLoadError(f"cannot load model {model!r}: {e}") from e
+        hint = (
+            ""
+            if allow_pickle
+            else " (only safetensors weights are loaded; --allow-pickle loads .bin files you trust)"
+        )
+        raise ModelLoadError(f"cannot load model {model!r}: {e}{hint}") from e
     if adapter is not None:
-        net = load_adapter(net, adapter, trainable=trainable_adapter)
+        net = load_adapter(net, adapter, trainable=trainable_adapter, allow_pickle=allow_pickle)
     if target is not None:
         net.to(target)
     return net, processor
@@ -113,6 +123,7 @@ def model_loader(
                 device=config.device,
                 trust_remote_code=config.trust_remote_code,
                 adapter=adapter,
+                allow_pickle=config.allow_pickle,
             )
         )
         net.eval()
@@ -121,11 +132,18 @@ def model_loader(
     return get
 
 
-def load_adapter(model: nn.Module, adapter: str, trainable: bool = False):
+def load_adapter(
+    model: nn.Module, adapter: str, trainable: bool = False, allow_pickle: bool = False
+):
     from peft import PeftModel
 
     if not (Path(adapter) / "adapter_config.json").exists():
         raise ModelLoadError(f"{adapter!r} is not a PEFT adapter folder (no adapter_config.json)")
+    if not allow_pickle and not (Path(adapter) / "adapter_model.safetensors").exists():
+        raise ModelLoadError(
+            f"{adapter!r} has no adapter_model.safetensors; pickled weights can run code when loaded "
+            "(pass --allow-pickle if you trust them)"
+        )
     return PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
 
 

@@ -30,6 +30,7 @@ from stic.models import model_loader
 from stic.prompts import BAD_PROMPTS, GOOD_PROMPT, PLAIN_PROMPTS
 from stic.rng import item_rng, item_seed
 from stic.schemas import PairRecord
+from stic.shards import select_shard
 
 logger = logging.getLogger(__name__)
 
@@ -90,7 +91,7 @@ def run_pairs(config: PairsConfig, model=None, processor=None) -> PairsSummary:
     ``model``/``processor`` may be passed in (tests, the demo); otherwise they are loaded, and
     only if some image still needs a pair.
     """
-    ids = list_images(config.images, limit=config.limit)
+    ids = select_shard(list_images(config.images, limit=config.limit), config.shard)
     out = Path(config.out)
     summary = PairsSummary(total=len(ids))
     status = stage_status(out, STAGE, config)

@@ -30,6 +30,7 @@ import yaml
 
 from stic.config import STAGE_CONFIGS, ConfigError, build, to_dict
 from stic.files import atomic_write_text
+from stic.manifest import redact
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +195,7 @@ def write_resolved(stages: list[PlannedStage], output_dir: str | Path) -> Path:
     resolved = {
         f"{s.stage}:{s.name}" if s.stage == "eval" else s.stage: to_dict(s.config) for s in stages
     }
-    atomic_write_text(path, yaml.safe_dump(resolved, sort_keys=False))
+    atomic_write_text(path, yaml.safe_dump(redact(resolved), sort_keys=False))
     return path
 
 

@@ -53,6 +53,7 @@ def run_sft(config: SFTConfig) -> dict:
         dtype=config.dtype,
         device=None,
         trust_remote_code=config.trust_remote_code,
+        allow_pickle=config.allow_pickle,
         adapter=config.adapter,
         trainable_adapter=True,
     )
