@@ -119,7 +119,7 @@ def test_empty_images_folder_exits_1_with_a_clear_message(tiny_model_factory, tm
 
 def test_bad_records_file_exits_1_naming_the_line(tiny_model_factory, tmp_path, capsys):
     pairs = tmp_path / "pairs.jsonl"
-    pairs.write_text('{"id": "a", "image": "a.png"}\n')
+    pairs.write_text('{"id": "a", "image": "a.png", "rejected_kind": "bad_prompt"}\n')
     code = main(
         [
             "dpo",

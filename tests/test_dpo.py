@@ -72,6 +72,8 @@ def _dpo_config(llava, pairs_data, out, **overrides) -> DPOConfig:
         alpha=ALPHA,
         logging_steps=1,
         save_steps=100,
+        # The random tiny model never stops before max_new_tokens: keep its truncated pairs.
+        filter_truncated=False,
     )
     values.update(overrides)
     return DPOConfig(**values)
@@ -246,6 +248,7 @@ def test_killed_run_resumes_from_its_last_checkpoint(llava, pairs_data, tmp_path
         "--lr", "0.01",
         "--lora_r", "4",
         "--lora_alpha", "8",
+        "--filter_truncated", "false",
     ]  # fmt: skip
     log_path = tmp_path / "child.log"
     with open(log_path, "w") as log_file:
@@ -266,8 +269,13 @@ def test_killed_run_resumes_from_its_last_checkpoint(llava, pairs_data, tmp_path
     context = f"checkpoints {checkpoints}; child output:\n{log_path.read_text()[-3000:]}"
     assert child.returncode == -signal.SIGKILL, context
     assert read_manifest(out)["status"] == "running", context
-    assert (out / "checkpoints" / "checkpoint-2").is_dir(), context
-    assert not (out / "checkpoints" / "checkpoint-3" / "trainer_state.json").exists(), context
+    # The newest checkpoint the kill left complete (usually 2; later if this machine is busy).
+    newest = max(
+        int(p.name.split("-")[1])
+        for p in (out / "checkpoints").iterdir()
+        if (p / "trainer_state.json").exists()
+    )
+    assert 2 <= newest < 5, context
 
     # Rerun in this process, counting the training steps it really runs.
     calls = []
@@ -283,10 +291,10 @@ def test_killed_run_resumes_from_its_last_checkpoint(llava, pairs_data, tmp_path
     assert manifest["status"] == "complete"
     summary = manifest["summary"]
     assert summary["resumed_from"] is not None
-    assert summary["resumed_from"].endswith("checkpoint-2")
+    assert summary["resumed_from"].endswith(f"checkpoint-{newest}")
     assert summary["global_step"] == 5
-    # It continued from step 2: three more steps, not five.
-    assert calls == [2, 3, 4], (calls, context)
+    # It continued from the checkpoint: the remaining steps only, not all five.
+    assert calls == list(range(newest, 5)), (calls, context)
     log = json.loads((out / "train_log.json").read_text())
     steps = [e["step"] for e in log if "loss" in e]
     assert steps == [1, 2, 3, 4, 5]

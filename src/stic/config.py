@@ -169,9 +169,10 @@ class DPOConfig(TrainOptions):
     """Stage 1b: DPO plus an NLL term on the chosen answer, LoRA on the language model."""
 
     pairs: str = _help(
-        "Pair records: `stic pairs` JSONL, or the reference code's JSON/JSONL (see --pairs-format)."
+        "Pair records: `stic pairs` JSONL, the reference code's JSON/JSONL, or LLaMA-Factory's "
+        "ranking JSON (see --pairs-format)."
     )
-    pairs_format: Literal["auto", "stic", "stic-reference"] = _help(
+    pairs_format: Literal["auto", "stic", "stic-reference", "llamafactory"] = _help(
         "Format of --pairs; auto detects it from the first record.", default="auto"
     )
     filter_identical: bool = _help("Drop pairs whose two answers are the same text.", default=True)

@@ -63,6 +63,9 @@ def write_demo_inputs(out: Path, num_images: int, seed: int, family: str = "llav
         "seed": seed,
         "pairs": {"images": str(out / "images"), "batch_size": 4, "max_new_tokens": 24},
         "dpo": {
+            # The random model never emits its end-of-turn token: every answer hits the token
+            # limit, so the truncation filter would drop every pair.
+            "filter_truncated": False,
             "max_steps": 4,
             "batch_size": 2,
             "grad_accum": 1,

@@ -9,6 +9,7 @@ accelerate/DeepSpeed, ``report_to``) is the Trainer's.
 
 from __future__ import annotations
 
+import json
 import logging
 from collections import defaultdict
 from pathlib import Path
@@ -18,15 +19,19 @@ from transformers import Trainer
 
 from stic.chat import TrainRow, encode_rows, render_segments, strip_image_placeholder
 from stic.config import DPOConfig
+from stic.convert import read_pairs_any
+from stic.files import atomic_write_text
+from stic.filters import FilterSettings, filter_pairs
 from stic.losses import answer_logps, dpo_nll_loss
 from stic.manifest import stage_status
 from stic.models import add_lora, load_model
-from stic.schemas import PairRecord, read_pairs
+from stic.schemas import PairRecord
 from stic.training import load_training_image, train_and_save, training_arguments
 
 logger = logging.getLogger(__name__)
 
 STAGE = "dpo"
+DROPPED = "dropped_pairs.jsonl"
 
 
 class PairCollator:
@@ -102,7 +107,34 @@ def run_dpo(config: DPOConfig, model=None, processor=None) -> dict:
     out = Path(config.out)
     if stage_status(out, STAGE, config) == "complete":
         return {"skipped": True}
-    pairs = read_pairs(config.pairs)
+    pairs, dropped, counts = filter_pairs(
+        read_pairs_any(config.pairs, config.pairs_format, images_root=config.images),
+        FilterSettings(
+            identical=config.filter_identical,
+            empty=config.filter_empty,
+            truncated=config.filter_truncated,
+            refusal=config.filter_refusals,
+            near_duplicate=config.filter_near_duplicates,
+            near_duplicate_threshold=config.near_duplicate_threshold,
+        ),
+    )
+    # Dropped pairs stay inspectable, with the filter that dropped each.
+    atomic_write_text(
+        out / DROPPED,
+        "".join(
+            json.dumps({"reason": r, **p.to_dict()}, ensure_ascii=False) + "\n" for r, p in dropped
+        ),
+    )
+    for reason, count in counts.items():
+        if count:
+            logger.info(
+                "filter %s dropped %d of %d pairs", reason, count, len(pairs) + len(dropped)
+            )
+    if not pairs:
+        raise ValueError(
+            f"{config.pairs}: no pairs left after the quality filters ({dict(counts)}); "
+            "see --filter-* options and " + str(out / DROPPED)
+        )
     if model is None:
         model, processor = load_model(
             config.model,
@@ -129,4 +161,5 @@ def run_dpo(config: DPOConfig, model=None, processor=None) -> dict:
         nll_coef=config.alpha,
         nll_normalization=config.nll_normalization,
     )
-    return train_and_save(trainer, config, STAGE, processor, {"pairs": len(pairs)})
+    summary = {"pairs": len(pairs), "dropped": dict(counts), "dropped_file": str(out / DROPPED)}
+    return train_and_save(trainer, config, STAGE, processor, summary)

@@ -56,7 +56,14 @@ def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
 
 
 def read_jsonl(path: str | os.PathLike, repair: bool = False, strict: bool = False) -> list[dict]:
-    """Rows of a JSONL file.
+    """Rows of a JSONL file; see :func:`read_jsonl_numbered`."""
+    return [row for _, row in read_jsonl_numbered(path, repair=repair, strict=strict)]
+
+
+def read_jsonl_numbered(
+    path: str | os.PathLike, repair: bool = False, strict: bool = False
+) -> list[tuple[int, dict]]:
+    """``(line number, row)`` for each row of a JSONL file (blank lines skipped).
 
     For files stic appends to (``strict=False``; a missing file is ``[]``): a last line without
     its newline, or that does not parse, is what a kill mid-write leaves; it is dropped (and with
@@ -81,7 +88,7 @@ def read_jsonl(path: str | os.PathLike, repair: bool = False, strict: bool = Fal
             good_bytes += len(line) + 1
             continue
         try:
-            rows.append(json.loads(line))
+            rows.append((number, json.loads(line)))
         except json.JSONDecodeError as e:
             if number == len(complete) and not tail and not strict:
                 logger.warning("%s: dropping a torn last line", path)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from stic.files import read_json, read_jsonl
+from stic.files import read_json, read_jsonl_numbered
 
 SCHEMA_VERSION = 1
 
@@ -31,7 +31,7 @@ class RecordError(ValueError):
     """A record that does not match its schema; the message names the field."""
 
 
-def _require(data: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+def require_field(data: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
     if not isinstance(data, dict):
         raise RecordError(f"{where}: expected a JSON object, got {type(data).__name__}")
     if key not in data:
@@ -43,14 +43,14 @@ def _require(data: dict, key: str, kind: type | tuple[type, ...], where: str) ->
     return value
 
 
-def _optional(data: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+def optional_field(data: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
     if data.get(key) is None:
         return None
-    return _require(data, key, kind, where)
+    return require_field(data, key, kind, where)
 
 
 def _finish(data: dict, key: str, where: str) -> str:
-    value = _optional(data, key, str, where) or "stop"
+    value = optional_field(data, key, str, where) or "stop"
     if value not in ("stop", "length"):
         raise RecordError(f"{where}: field {key!r} must be 'stop' or 'length', got {value!r}")
     return value
@@ -92,26 +92,26 @@ class PairRecord:
     @classmethod
     def from_dict(cls, data: dict, where: str = "pair") -> PairRecord:
         text = {
-            k: _require(data, k, str, where)
+            k: require_field(data, k, str, where)
             for k in ("id", "image", "prompt", "chosen", "rejected")
         }
-        kind = _require(data, "rejected_kind", str, where)
+        kind = require_field(data, "rejected_kind", str, where)
         if kind not in REJECTED_KINDS:
             raise RecordError(
                 f"{where}: field 'rejected_kind' must be one of {REJECTED_KINDS}, got {kind!r}"
             )
-        version = _optional(data, "schema_version", int, where)
+        version = optional_field(data, "schema_version", int, where)
         return cls(
             **text,
             rejected_kind=kind,
-            chosen_prompt=_optional(data, "chosen_prompt", str, where) or "",
-            rejected_prompt=_optional(data, "rejected_prompt", str, where) or "",
-            corruption=_optional(data, "corruption", dict, where),
-            model=_optional(data, "model", str, where) or "",
-            sampling=_optional(data, "sampling", dict, where) or {},
+            chosen_prompt=optional_field(data, "chosen_prompt", str, where) or "",
+            rejected_prompt=optional_field(data, "rejected_prompt", str, where) or "",
+            corruption=optional_field(data, "corruption", dict, where),
+            model=optional_field(data, "model", str, where) or "",
+            sampling=optional_field(data, "sampling", dict, where) or {},
             chosen_finish=_finish(data, "chosen_finish", where),
             rejected_finish=_finish(data, "rejected_finish", where),
-            source=_optional(data, "source", dict, where),
+            source=optional_field(data, "source", dict, where),
             schema_version=SCHEMA_VERSION if version is None else version,
         )
 
@@ -152,16 +152,16 @@ class InstructSample:
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "sample") -> InstructSample:
-        sample_id = _require(data, "id", (str, int), where)
-        turns_raw = _require(data, "conversations", list, where)
+        sample_id = require_field(data, "id", (str, int), where)
+        turns_raw = require_field(data, "conversations", list, where)
         turns = []
         for i, raw in enumerate(turns_raw):
             at = f"{where}: conversations[{i}]"
-            speaker = _require(raw, "from", str, at)
+            speaker = require_field(raw, "from", str, at)
             expected = "human" if i % 2 == 0 else "gpt"
             if speaker != expected:
                 raise RecordError(f"{at}: expected 'from': {expected!r}, got {speaker!r}")
-            turns.append(Turn(speaker, _require(raw, "value", str, at)))
+            turns.append(Turn(speaker, require_field(raw, "value", str, at)))
         if len(turns) < 2 or len(turns) % 2:
             raise RecordError(
                 f"{where}: 'conversations' must hold human/gpt pairs, got {len(turns)} turns"
@@ -169,8 +169,8 @@ class InstructSample:
         return cls(
             id=str(sample_id),
             conversations=tuple(turns),
-            image=_optional(data, "image", str, where),
-            infusion=_optional(data, "stic_infusion", dict, where),
+            image=optional_field(data, "image", str, where),
+            infusion=optional_field(data, "stic_infusion", dict, where),
         )
 
     def exchanges(self) -> list[tuple[str, str]]:
@@ -191,14 +191,14 @@ class EvalItem:
 
     @classmethod
     def from_dict(cls, data: dict, where: str = "item") -> EvalItem:
-        choices = _optional(data, "choices", list, where)
+        choices = optional_field(data, "choices", list, where)
         if choices is not None and not all(isinstance(c, str) for c in choices):
             raise RecordError(f"{where}: field 'choices' must be a list of strings")
         return cls(
-            id=str(_require(data, "id", (str, int), where)),
-            image=_require(data, "image", str, where),
-            question=_require(data, "question", str, where),
-            answer=str(_require(data, "answer", (str, int, float), where)),
+            id=str(require_field(data, "id", (str, int), where)),
+            image=require_field(data, "image", str, where),
+            question=require_field(data, "question", str, where),
+            answer=str(require_field(data, "answer", (str, int, float), where)),
             choices=tuple(choices) if choices else None,
         )
 
@@ -234,9 +234,9 @@ def _unique(records: list, path: str | Path, where) -> list:
 
 def read_pairs(path: str | Path) -> list[PairRecord]:
     """Pair records of a JSONL file; a bad line raises :class:`RecordError` naming it."""
-    rows = read_jsonl(path, strict=True)
-    pairs = [PairRecord.from_dict(row, where=f"{path}:{n}") for n, row in enumerate(rows, start=1)]
-    return _unique(pairs, path, lambda i: f"{path}:{i + 1}")
+    rows = read_jsonl_numbered(path, strict=True)
+    pairs = [PairRecord.from_dict(row, where=f"{path}:{n}") for n, row in rows]
+    return _unique(pairs, path, lambda i: f"{path}:{rows[i][0]}")
 
 
 def read_instruct(path: str | Path) -> list[InstructSample]:
@@ -250,6 +250,6 @@ def read_instruct(path: str | Path) -> list[InstructSample]:
 
 def read_eval_items(path: str | Path) -> list[EvalItem]:
     """VQA items of a JSONL file; a bad line raises :class:`RecordError` naming it."""
-    rows = read_jsonl(path, strict=True)
-    items = [EvalItem.from_dict(row, where=f"{path}:{n}") for n, row in enumerate(rows, start=1)]
-    return _unique(items, path, lambda i: f"{path}:{i + 1}")
+    rows = read_jsonl_numbered(path, strict=True)
+    items = [EvalItem.from_dict(row, where=f"{path}:{n}") for n, row in rows]
+    return _unique(items, path, lambda i: f"{path}:{rows[i][0]}")
