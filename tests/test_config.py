@@ -536,7 +536,7 @@ def _squash(text: str) -> str:
 def test_top_level_help_lists_every_verb(capsys, restore_stic_logging):
     out = _help_of(capsys, ["--help"])
     assert out.startswith(f"stic {stic.__version__}:")
-    verbs = {"pairs", "dpo", "infuse", "sft", "eval", "run", "demo", "merge", "convert"}
+    verbs = {"pairs", "dpo", "infuse", "sft", "eval", "run", "demo", "merge", "convert", "doctor"}
     for verb in verbs:
         assert f"  {verb} " in out
     assert set(VERBS) == verbs

@@ -8,10 +8,15 @@ from PIL import Image
 from stic.images import (
     IMAGE_EXTENSIONS,
     ImageError,
+    ImageScan,
+    image_path_problems,
     list_images,
     load_image,
     resolve_image_path,
+    scan_images,
 )
+
+needs_symlinks = pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
 
 
 def _touch_image(path: pathlib.Path, color=(10, 20, 30)) -> None:
@@ -79,6 +84,134 @@ def test_list_images_errors(tmp_path):
         list_images(tmp_path, limit=0)
 
 
+def _symlink(link: pathlib.Path, target: str, directory: bool = False) -> None:
+    try:
+        link.symlink_to(target, target_is_directory=directory)
+    except OSError:
+        pytest.skip("symlinks not permitted here")
+
+
+def _assert_one_line_reasons(skipped: dict[str, str]) -> None:
+    for name, reason in skipped.items():
+        assert reason.startswith(f"{name}: ") and "\n" not in reason
+        reason.encode("utf-8")  # printable in a UTF-8 summary or log
+
+
+def test_scan_without_problems_equals_list_images(tmp_path):
+    for name in ["b.png", "sub/a.jpg"]:
+        _touch_image(tmp_path / name)
+    (tmp_path / "notes.txt").write_text("ignored silently")
+    assert scan_images(tmp_path) == ImageScan(["b.png", "sub/a.jpg"], {})
+    assert list_images(tmp_path) == ["b.png", "sub/a.jpg"]
+
+
+@pytest.mark.skipif(os.name == "nt", reason="POSIX file names are bytes")
+def test_scan_reports_names_that_are_not_utf8(tmp_path):
+    _touch_image(tmp_path / "good.png")
+    root = os.fsencode(tmp_path)
+    try:
+        with open(root + b"/bad\xff.png", "wb") as f:
+            f.write(b"anything")
+        os.mkdir(root + b"/dir\xfe")
+    except OSError:
+        pytest.skip("this file system refuses names that are not UTF-8")
+    Image.new("RGB", (2, 2)).save(os.fsdecode(root + b"/dir\xfe/inside.png"))
+    scan = scan_images(tmp_path)
+    assert scan.ids == ["good.png"]
+    assert set(scan.skipped) == {"bad\\xff.png", "dir\\xfe"}
+    assert "not valid UTF-8" in scan.skipped["bad\\xff.png"]
+    assert "its files are left out" in scan.skipped["dir\\xfe"]
+    _assert_one_line_reasons(scan.skipped)
+    assert list_images(tmp_path) == ["good.png"]
+
+
+def test_scan_reports_names_with_control_characters(tmp_path):
+    _touch_image(tmp_path / "good.png")
+    try:
+        _touch_image(tmp_path / "two\nlines.png")
+    except OSError:
+        pytest.skip("this file system refuses newlines in names")
+    scan = scan_images(tmp_path)
+    assert scan.ids == ["good.png"]
+    assert list(scan.skipped) == ["two\\nlines.png"]
+    assert "control character" in scan.skipped["two\\nlines.png"]
+    _assert_one_line_reasons(scan.skipped)
+
+
+@needs_symlinks
+def test_scan_reports_link_loops_broken_links_and_linked_folders(tmp_path):
+    _touch_image(tmp_path / "good.png")
+    _touch_image(tmp_path / "sub" / "inner.png")
+    _symlink(tmp_path / "loop.jpg", "loop.jpg")  # points at itself
+    _symlink(tmp_path / "a.jpg", "b.jpg")  # a two-link cycle
+    _symlink(tmp_path / "b.jpg", "a.jpg")
+    _symlink(tmp_path / "gone.png", "missing.png")
+    _symlink(tmp_path / "sub" / "up", "..", directory=True)  # a folder loop
+    _symlink(tmp_path / "alias.png", "good.png")  # a link to an image: listed
+    _symlink(tmp_path / "readme", "missing.txt")  # not an image name: ignored
+    scan = scan_images(tmp_path)
+    assert scan.ids == ["alias.png", "good.png", "sub/inner.png"]
+    assert set(scan.skipped) == {"a.jpg", "b.jpg", "gone.png", "loop.jpg", "sub/up"}
+    assert "symbolic link loop" in scan.skipped["loop.jpg"]
+    assert "symbolic link loop" in scan.skipped["a.jpg"]
+    assert "broken symbolic link" in scan.skipped["gone.png"]
+    assert "symbolic link to a folder, not followed" in scan.skipped["sub/up"]
+    _assert_one_line_reasons(scan.skipped)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_scan_and_load_refuse_a_named_pipe(tmp_path):
+    _touch_image(tmp_path / "good.png")
+    os.mkfifo(tmp_path / "pipe.jpg")  # opening it for reading would block forever
+    scan = scan_images(tmp_path)
+    assert scan.ids == ["good.png"]
+    assert "not a regular file" in scan.skipped["pipe.jpg"]
+    with pytest.raises(ImageError, match="not a regular file"):
+        load_image(tmp_path / "pipe.jpg")
+
+
+@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads any folder")
+def test_scan_reports_an_unreadable_subfolder(tmp_path):
+    _touch_image(tmp_path / "good.png")
+    _touch_image(tmp_path / "locked" / "x.png")
+    (tmp_path / "locked").chmod(0)
+    try:
+        scan = scan_images(tmp_path)
+    finally:
+        (tmp_path / "locked").chmod(0o755)
+    assert scan.ids == ["good.png"]
+    assert "folder cannot be read" in scan.skipped["locked"]
+
+
+def test_scan_limit_reports_only_skips_before_the_cut(tmp_path):
+    for name in ["a.png", "c.png", "e.png"]:
+        _touch_image(tmp_path / name)
+    for name in ["b\tx.png", "d\tx.png"]:
+        _touch_image(tmp_path / name)
+    scan = scan_images(tmp_path, limit=2)
+    assert scan.ids == ["a.png", "c.png"]
+    assert list(scan.skipped) == ["b\\tx.png"]
+    assert len(scan_images(tmp_path).skipped) == 2
+
+
+def test_scan_with_only_unusable_entries_says_why(tmp_path):
+    _touch_image(tmp_path / "tab\there.png")
+    with pytest.raises(ValueError, match=r"no images found under .*1 skipped: tab"):
+        scan_images(tmp_path)
+
+
+@needs_symlinks
+def test_load_image_names_link_problems(tmp_path):
+    _symlink(tmp_path / "loop.jpg", "loop.jpg")
+    _symlink(tmp_path / "gone.png", "missing.png")
+    with pytest.raises(ImageError, match="symbolic link loop") as error:
+        load_image(tmp_path / "loop.jpg")
+    _assert_one_line_reason(error, tmp_path / "loop.jpg")
+    with pytest.raises(ImageError, match="broken symbolic link") as error:
+        load_image(tmp_path / "gone.png")
+    _assert_one_line_reason(error, tmp_path / "gone.png")
+
+
 def test_extensions_are_lowercase_with_dot():
     assert all(ext.startswith(".") and ext == ext.lower() for ext in IMAGE_EXTENSIONS)
 
@@ -97,6 +230,36 @@ def test_resolve_image_path_joins_relative_ids(tmp_path):
 def test_resolve_image_path_refuses_escapes(tmp_path, relative):
     with pytest.raises(ValueError, match=r"absolute|escapes|does not name"):
         resolve_image_path(tmp_path, relative)
+
+
+def test_image_path_problems_names_each_bad_record(tmp_path):
+    root = tmp_path / "images"
+    _touch_image(root / "ok.png")
+    _touch_image(tmp_path / "outside.jpg")
+    (root / "folder.png").mkdir()
+    problems = image_path_problems(
+        root,
+        [
+            ("data.jsonl:1", "ok.png"),
+            ("data.jsonl:2", "../outside.jpg"),
+            ("data.jsonl:3", str(tmp_path / "outside.jpg")),
+            ("data.jsonl:4", "missing.png"),
+            ("data.jsonl:5", None),  # a text-only record
+            ("data.jsonl:6", "folder.png"),
+        ],
+    )
+    assert [p.split(": ", 1)[0] for p in problems] == [
+        "data.jsonl:2",
+        "data.jsonl:3",
+        "data.jsonl:4",
+        "data.jsonl:6",
+    ]
+    assert "escapes the image folder" in problems[0]
+    assert "is absolute" in problems[1]
+    assert "not found" in problems[2]
+    assert "not a regular file" in problems[3]
+    assert all("\n" not in p for p in problems)
+    assert image_path_problems(root, [("x", "ok.png")]) == []
 
 
 # --- loading ------------------------------------------------------------------------------

@@ -24,11 +24,17 @@ VERBS = {
     "run": "Run the stages in order from one YAML config (stic run CONFIG.yaml).",
     "merge": "Join the outputs of sharded `stic pairs` or `stic infuse` runs (--shard I/N).",
     "convert": "Convert pairs between stic, the reference code, TRL and LLaMA-Factory formats.",
+    "doctor": "Check the environment, a model, an adapter and an image folder before a run.",
     "demo": "Build a tiny model and images, and run the whole method on CPU in a few minutes.",
 }
 
 # Commands that are small programs of their own: module whose main(argv) runs them.
-TOOLS = {"demo": "stic.demo", "merge": "stic.shards", "convert": "stic.convert"}
+TOOLS = {
+    "demo": "stic.demo",
+    "merge": "stic.shards",
+    "convert": "stic.convert",
+    "doctor": "stic.doctor",
+}
 
 EXAMPLES = {
     "pairs": "stic pairs --model llava-hf/llava-1.5-7b-hf --images coco/train2014 --out pairs.jsonl --limit 6000",

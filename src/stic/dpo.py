@@ -22,10 +22,11 @@ from stic.config import DPOConfig
 from stic.convert import read_pairs_any
 from stic.files import atomic_write_text
 from stic.filters import FilterSettings, filter_pairs
+from stic.images import image_path_problems
 from stic.losses import answer_logps, dpo_nll_loss
 from stic.manifest import stage_status
 from stic.models import add_lora, load_model
-from stic.schemas import PairRecord
+from stic.schemas import PairRecord, RecordError
 from stic.training import load_training_image, train_and_save, training_arguments
 
 logger = logging.getLogger(__name__)
@@ -107,8 +108,18 @@ def run_dpo(config: DPOConfig, model=None, processor=None) -> dict:
     out = Path(config.out)
     if stage_status(out, STAGE, config) == "complete":
         return {"skipped": True}
+    pairs = read_pairs_any(config.pairs, config.pairs_format, images_root=config.images)
+    # A bad image path found by the collator would stop training midway: refuse the file now.
+    problems = image_path_problems(
+        config.images, [(f"{config.pairs}: pair {p.id!r}", p.image) for p in pairs]
+    )
+    if problems:
+        raise RecordError(
+            "\n".join(problems[:10])
+            + (f"\n... {len(problems)} in all" if len(problems) > 10 else "")
+        )
     pairs, dropped, counts = filter_pairs(
-        read_pairs_any(config.pairs, config.pairs_format, images_root=config.images),
+        pairs,
         FilterSettings(
             identical=config.filter_identical,
             empty=config.filter_empty,

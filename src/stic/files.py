@@ -39,7 +39,10 @@ def atomic_write_json(path: str | os.PathLike, data: Any) -> None:
 
 def read_json(path: str | os.PathLike) -> Any:
     with open(path, encoding="utf-8") as f:
-        return json.load(f)
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:  # name the file; stay a JSONDecodeError for callers
+            raise json.JSONDecodeError(f"{path}: not valid JSON ({e.msg})", e.doc, e.pos) from e
 
 
 def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:

@@ -1,20 +1,28 @@
 """Finding and loading user images safely.
 
 Stage 1a reads a folder of unlabeled images that nobody has checked. An image's id is its path
-relative to that folder, in POSIX form, so records stay valid when the folder moves. Loading
-turns every bad file into an :class:`ImageError` with a one-line reason, so a pipeline can skip
-and log it instead of dying on image 4,812, and turns every usable mode into plain RGB.
+relative to that folder, in POSIX form, so records stay valid when the folder moves. Scanning
+(:func:`scan_images`) reports the entries that cannot become ids (names that are not UTF-8, link
+loops) with a one-line reason each; loading (:func:`load_image`) turns every bad file into an
+:class:`ImageError` with a one-line reason, so a pipeline can skip and report it instead of dying
+on image 4,812, and turns every usable mode into plain RGB.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import pathlib
 import posixpath
+import re
+import stat
 import struct
+import unicodedata
 import warnings
 import zlib
+from collections.abc import Iterable
+from typing import NamedTuple
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -43,25 +51,46 @@ class ImageError(Exception):
     """An image that cannot be used; ``str(e)`` is a one-line reason that names the file."""
 
 
-def list_images(root: str | os.PathLike, limit: int | None = None) -> list[str]:
-    """List the image files under ``root``; their relative POSIX paths are the image ids.
+class ImageScan(NamedTuple):
+    """What :func:`scan_images` found: the usable image ids, and what it left out and why."""
 
-    The walk is recursive; files are kept when their extension (any case) is in
-    :data:`IMAGE_EXTENSIONS`. Hidden files and folders (name starting with ".") are skipped,
-    and symlinked folders are not entered, so a link loop cannot hang the walk (symlinked files
-    are listed). Nothing is opened: a listed file may still fail :func:`load_image`.
+    ids: list[str]
+    # printable relative name -> one-line reason that starts with that name, e.g.
+    # {"loop.jpg": "loop.jpg: symbolic link loop (following it never reaches a file)"}
+    skipped: dict[str, str]
+
+
+def scan_images(root: str | os.PathLike, limit: int | None = None) -> ImageScan:
+    """Find the image files under ``root``, and report the entries that cannot be used.
+
+    The walk is recursive; a file is a candidate when its extension (any case) is in
+    :data:`IMAGE_EXTENSIONS`. Hidden files and folders (name starting with ".") are passed over
+    silently. Reported in ``skipped`` (the run goes on without them):
+
+    - names that are not valid UTF-8 (an id must be text in the JSON records) or that hold a
+      control character such as a newline (a reason must stay on one line); the name is shown
+      with the bad bytes escaped, e.g. ``bad\\xff.png``;
+    - symbolic links that loop, are broken, or point at something that is not a file;
+    - symlinked folders: not entered, so a link loop (``sub/up -> ..``) cannot hang the walk;
+    - entries that cannot be examined, e.g. a subfolder without read permission.
+
+    No file is opened: a listed file may still fail :func:`load_image`.
 
     Args:
         root: the folder to search.
-        limit: keep only the first ``limit`` ids of the sorted list (>= 1), or all if None.
+        limit: keep only the first ``limit`` ids of the sorted list (>= 1), or all if None; then
+            only the skipped names that sort before the last kept id are reported.
 
     Returns:
-        Sorted relative POSIX paths, e.g. ``["a.jpg", "sub/b.png"]``.
+        ``ImageScan(ids, skipped)``: sorted relative POSIX paths (e.g. ``["a.jpg", "sub/b.png"]``)
+        and the skipped names with their reasons, sorted by name.
 
     Raises:
         FileNotFoundError: ``root`` does not exist.
         NotADirectoryError: ``root`` is not a folder.
-        ValueError: ``limit`` < 1, or no image was found ("no images found under ...").
+        PermissionError: ``root`` cannot be read.
+        ValueError: ``limit`` < 1, or no usable image was found ("no images found under ...",
+            with the first skipped reasons).
     """
     if limit is not None and limit < 1:
         raise ValueError(f"limit must be >= 1 or None, got {limit!r}")
@@ -72,26 +101,118 @@ def list_images(root: str | os.PathLike, limit: int | None = None) -> list[str]:
         raise NotADirectoryError(f"image folder is not a folder: {root_path}")
 
     found: list[str] = []
+    skipped: dict[str, str] = {}
+
+    def skip(relative: str, reason: str) -> None:
+        shown = _printable(relative)
+        skipped[shown] = f"{shown}: {reason}"
+
     pending = [""]  # relative POSIX paths of folders still to scan
     while pending:
         relative_dir = pending.pop()
-        with os.scandir(root_path / relative_dir) as entries:
-            for entry in entries:
-                if entry.name.startswith("."):
-                    continue
-                relative = posixpath.join(relative_dir, entry.name) if relative_dir else entry.name
+        try:
+            with os.scandir(root_path / relative_dir) as listing:
+                entries = list(listing)
+        except OSError as error:
+            if not relative_dir:
+                raise
+            skip(
+                relative_dir, f"folder cannot be read ({_os_reason(error)}); its files are left out"
+            )
+            continue
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            relative = posixpath.join(relative_dir, entry.name) if relative_dir else entry.name
+            is_image_name = os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
+            try:
                 if entry.is_dir(follow_symlinks=False):
-                    pending.append(relative)
-                elif (
-                    entry.is_file() and os.path.splitext(entry.name)[1].lower() in IMAGE_EXTENSIONS
-                ):
-                    found.append(relative)
+                    problem = _name_problem(entry.name)
+                    if problem:
+                        skip(relative, f"folder {problem}; its files are left out")
+                    else:
+                        pending.append(relative)
+                    continue
+                if entry.is_symlink():
+                    problem = _symlink_problem(entry, is_image_name)
+                    if problem:
+                        skip(relative, problem)
+                        continue
+                if not is_image_name:
+                    continue
+                if not entry.is_file():
+                    skip(relative, "not a regular file (a device, pipe or socket)")
+                    continue
+            except OSError as error:
+                skip(relative, f"cannot be examined ({_os_reason(error)})")
+                continue
+            problem = _name_problem(entry.name)
+            if problem:
+                skip(relative, problem)
+            else:
+                found.append(relative)
+    found.sort()
     if not found:
+        first = "; ".join(sorted(skipped.values())[:3])
+        skipped_note = f"; {len(skipped)} skipped: {first}" if skipped else ""
         raise ValueError(
             f"no images found under {root_path} (extensions: {sorted(IMAGE_EXTENSIONS)})"
+            + skipped_note
         )
-    found.sort()
-    return found if limit is None else found[:limit]
+    if limit is not None and len(found) > limit:
+        found = found[:limit]
+        skipped = {name: reason for name, reason in skipped.items() if name < found[-1]}
+    return ImageScan(found, dict(sorted(skipped.items())))
+
+
+def list_images(root: str | os.PathLike, limit: int | None = None) -> list[str]:
+    """The ids of :func:`scan_images` (same arguments and errors), without the skipped names.
+
+    Skipped entries are logged as warnings; use :func:`scan_images` to report them.
+    """
+    scan = scan_images(root, limit)
+    for reason in scan.skipped.values():
+        logger.warning("skipped an entry of the image folder: %s", reason)
+    return scan.ids
+
+
+def _printable(relative: str) -> str:
+    """``relative`` as valid UTF-8 text on one line: undecodable bytes and control characters escaped."""
+    text = os.fsencode(relative).decode("utf-8", "backslashreplace")
+    return "".join(c if c.isprintable() or c == " " else ascii(c)[1:-1] for c in text)
+
+
+def _name_problem(name: str) -> str | None:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "name is not valid UTF-8 (rename it to use it)"
+    if any(unicodedata.category(c) == "Cc" for c in name):
+        return "name contains a control character such as a newline or tab (rename it to use it)"
+    return None
+
+
+def _symlink_problem(entry: os.DirEntry, is_image_name: bool) -> str | None:
+    """Why a symbolic link under the image folder is left out, or None if it is a usable file.
+
+    Links that do not carry an image extension are reported only when they lead to a folder
+    (which is not entered) or loop; other such links are ignored like any non-image file.
+    """
+    try:
+        target = os.stat(entry.path)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            return "symbolic link loop (following it never reaches a file)"
+        if error.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "broken symbolic link (its target does not exist)" if is_image_name else None
+        return f"symbolic link cannot be followed ({_os_reason(error)})"
+    if stat.S_ISDIR(target.st_mode):
+        return "symbolic link to a folder, not followed (a link loop would never end); its images are left out"
+    return None
+
+
+def _os_reason(error: OSError) -> str:
+    return error.strerror or _one_line(error)
 
 
 def resolve_image_path(root: str | os.PathLike, relative: str) -> pathlib.Path:
@@ -121,6 +242,49 @@ def resolve_image_path(root: str | os.PathLike, relative: str) -> pathlib.Path:
     return pathlib.Path(root) / relative
 
 
+def image_path_problems(
+    root: str | os.PathLike, references: Iterable[tuple[str, str | None]]
+) -> list[str]:
+    """Check the image paths of data records before any model work; one line per bad record.
+
+    Meant for the training stages, where a bad path found by the data collator would stop
+    training midway: call it on every record first and refuse the file if anything is listed.
+    Only the path is checked (it stays under ``root`` and names a regular file), nothing is
+    decoded.
+
+    Args:
+        root: the image folder the paths are relative to.
+        references: ``(where, image)`` per record, ``where`` naming the record (e.g.
+            ``"pairs.jsonl:2"``); ``image`` None means a text-only record and is not checked.
+
+    Returns:
+        ``"<where>: <reason>"`` for each bad record, in the order given; empty if all are fine.
+    """
+    problems = []
+    for where, relative in references:
+        if relative is None:
+            continue
+        try:
+            path = resolve_image_path(root, relative)
+        except ValueError as error:
+            problems.append(f"{where}: {error}")
+            continue
+        try:
+            regular = stat.S_ISREG(path.stat().st_mode)
+        except OSError as error:
+            if error.errno in (errno.ENOENT, errno.ENOTDIR):
+                reason = "not found"
+            elif error.errno == errno.ELOOP:
+                reason = "is a symbolic link loop"
+            else:
+                reason = f"cannot be read ({_os_reason(error)})"
+            problems.append(f"{where}: image {relative!r} {reason} under {root}")
+            continue
+        if not regular:
+            problems.append(f"{where}: image {relative!r} is not a regular file under {root}")
+    return problems
+
+
 def load_image(path: str | os.PathLike) -> Image.Image:
     """Open and fully decode an image file as RGB.
 
@@ -146,15 +310,28 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         A new, fully loaded RGB image that does not hold the file open.
 
     Raises:
-        ImageError: missing or empty file, not an image, truncated or corrupt data, an image
+        ImageError: missing or empty file, a symbolic link that loops or is broken, not an image, truncated or corrupt data, an image
             too large to decode safely, or a mode that cannot be made RGB.
     """
     path = pathlib.Path(path)
-    if not path.exists():
-        raise ImageError(f"{path}: file not found")
-    if not path.is_file():
-        raise ImageError(f"{path}: not a regular file")
-    if path.stat().st_size == 0:
+    try:
+        info = path.stat()
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise ImageError(
+                f"{path}: symbolic link loop (following it never reaches a file)"
+            ) from error
+        if error.errno in (errno.ENOENT, errno.ENOTDIR):
+            broken = path.is_symlink()
+            reason = (
+                "broken symbolic link (its target does not exist)" if broken else "file not found"
+            )
+            raise ImageError(f"{path}: {reason}") from error
+        raise ImageError(f"{path}: cannot be read ({_os_reason(error)})") from error
+    if not stat.S_ISREG(info.st_mode):
+        kind = "a folder" if stat.S_ISDIR(info.st_mode) else "a device, pipe or socket"
+        raise ImageError(f"{path}: not a regular file ({kind})")
+    if info.st_size == 0:
         raise ImageError(f"{path}: empty file (0 bytes)")
     try:
         # Treat PIL's "this might be a decompression bomb" warning as the error it usually is.
@@ -168,11 +345,11 @@ def load_image(path: str | os.PathLike) -> Image.Image:
     except PermissionError as error:
         raise ImageError(f"{path}: permission denied") from error
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-        raise ImageError(
-            f"{path}: image too large to decode safely ({_one_line(error)})"
-        ) from error
+        raise ImageError(f"{path}: {_too_large(error)}") from error
     except UnidentifiedImageError as error:
-        raise ImageError(f"{path}: not a recognised image file") from error
+        raise ImageError(
+            f"{path}: not a recognised image file (Pillow cannot identify its contents)"
+        ) from error
     except _DECODE_ERRORS as error:
         raise ImageError(f"{path}: corrupt or truncated image ({_one_line(error)})") from error
 
@@ -213,6 +390,16 @@ def _scale_to_8bit(image: Image.Image, low: float, high: float) -> Image.Image:
     scale = 255.0 / (high - low)
     offset = 0.5 - low * scale  # +0.5 rounds, since the conversion to L truncates
     return image.point(lambda value: value * scale + offset).convert("L").convert("RGB")
+
+
+def _too_large(error: BaseException) -> str:
+    """The reason for a decompression-bomb refusal, with the image's pixel count if PIL gave it."""
+    found = re.search(r"\((\d+) pixels\)", str(error))
+    size = f"{int(found.group(1)):,} pixels" if found else "its pixel count"
+    return (
+        f"image too large to decode safely: {size} is over the decompression-bomb limit of "
+        f"{Image.MAX_IMAGE_PIXELS:,} pixels (PIL.Image.MAX_IMAGE_PIXELS)"
+    )
 
 
 def _one_line(error: BaseException) -> str:

@@ -24,7 +24,7 @@ from stic.config import PairsConfig
 from stic.corruptions import apply_corruption, sample_corruption
 from stic.files import append_jsonl, read_jsonl
 from stic.generation import Request, batched, generate
-from stic.images import ImageError, list_images, load_image, resolve_image_path
+from stic.images import ImageError, load_image, resolve_image_path, scan_images
 from stic.manifest import stage_status, write_manifest
 from stic.models import model_loader
 from stic.prompts import BAD_PROMPTS, GOOD_PROMPT, PLAIN_PROMPTS
@@ -91,9 +91,13 @@ def run_pairs(config: PairsConfig, model=None, processor=None) -> PairsSummary:
     ``model``/``processor`` may be passed in (tests, the demo); otherwise they are loaded, and
     only if some image still needs a pair.
     """
-    ids = select_shard(list_images(config.images, limit=config.limit), config.shard)
+    scan = scan_images(config.images, limit=config.limit)
+    ids = select_shard(scan.ids, config.shard)
+    # Folder entries that cannot become ids (names not UTF-8, link loops) are reported like
+    # unreadable images; under --shard, by the one shard their name falls in.
+    unlisted = {name: scan.skipped[name] for name in select_shard(list(scan.skipped), config.shard)}
     out = Path(config.out)
-    summary = PairsSummary(total=len(ids))
+    summary = PairsSummary(total=len(ids) + len(unlisted), skipped=unlisted)
     status = stage_status(out, STAGE, config)
     get_model = model_loader(config, model, processor)
     done = _done_ids(out, repair=True)

@@ -14,9 +14,10 @@ from transformers import Trainer
 
 from stic.chat import TrainRow, encode_rows, render_segments, strip_image_placeholder
 from stic.config import SFTConfig
+from stic.images import image_path_problems
 from stic.manifest import stage_status
 from stic.models import load_model
-from stic.schemas import InstructSample, read_instruct
+from stic.schemas import InstructSample, RecordError, read_instruct
 from stic.training import load_training_image, train_and_save, training_arguments
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,11 @@ def run_sft(config: SFTConfig) -> dict:
     if stage_status(out, STAGE, config) == "complete":
         return {"skipped": True}
     samples = read_instruct(config.data)
+    problems = image_path_problems(
+        config.images, [(f"{config.data}[{i}]", s.image) for i, s in enumerate(samples)]
+    )
+    if problems:
+        raise RecordError("\n".join(problems[:10]))
     model, processor = load_model(
         config.model,
         dtype=config.dtype,
