@@ -80,6 +80,23 @@ def render_segments(
     return [(text, trainable) for text, trainable in segments if text]
 
 
+def process(processor, texts: list[str], images: list, padding_side: str = "right") -> dict:
+    """The processor on rendered texts and their images (``None`` for text-only rows), padded.
+
+    A template that already writes the BOS token gets none added by the tokenizer.
+    """
+    bos = processor.tokenizer.bos_token
+    present = [image for image in images if image is not None]
+    return processor(
+        text=texts,
+        images=present or None,
+        padding=True,
+        padding_side=padding_side,
+        return_tensors="pt",
+        add_special_tokens=not (bos and all(text.startswith(bos) for text in texts)),
+    )
+
+
 @dataclass(frozen=True)
 class TrainRow:
     """One training sequence before tokenization: segments and the image of its first turn."""
@@ -101,19 +118,9 @@ def encode_rows(processor, rows: list[TrainRow], max_length: int) -> dict[str, t
     Rows longer than ``max_length`` lose the end of their answers, never prompt or image tokens.
     """
     tokenizer = processor.tokenizer
-    first = [row.segments[0][0] for row in rows]
-    images = [row.image for row in rows if row.image is not None]
     if any(row.segments[0][1] for row in rows):
         raise ValueError("the first segment of a row must be a prompt")
-    bos = tokenizer.bos_token
-    add_special = not (bos and all(text.startswith(bos) for text in first))
-    batch = processor(
-        text=first,
-        images=images or None,
-        padding=True,
-        return_tensors="pt",
-        add_special_tokens=add_special,
-    )
+    batch = process(processor, [row.segments[0][0] for row in rows], [row.image for row in rows])
     mask = batch["attention_mask"].bool()
     seq_len = batch["input_ids"].shape[1]
     # Tensors aligned with the tokens (e.g. token type ids) are re-cut with input_ids; the rest

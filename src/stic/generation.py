@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from stic.chat import render_prompt
+from stic.chat import process, render_prompt
 
 
 @dataclass(frozen=True)
@@ -61,17 +61,7 @@ def generate(
         return []
     tokenizer = processor.tokenizer
     texts = [render_prompt(processor, r.prompt, r.image is not None) for r in requests]
-    images = [r.image for r in requests if r.image is not None]
-    bos = tokenizer.bos_token
-    add_special = not (bos and all(t.startswith(bos) for t in texts))
-    inputs = processor(
-        text=texts,
-        images=images or None,
-        padding=True,
-        padding_side="left",
-        return_tensors="pt",
-        add_special_tokens=add_special,
-    )
+    inputs = process(processor, texts, [r.image for r in requests], padding_side="left")
     device = next(model.parameters()).device
     dtype = next(p.dtype for p in model.parameters() if p.is_floating_point())
     inputs = {
