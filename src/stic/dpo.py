@@ -24,10 +24,9 @@ from stic.files import atomic_write_text
 from stic.filters import FilterSettings, filter_pairs
 from stic.images import image_path_problems
 from stic.losses import answer_logps, dpo_nll_loss
-from stic.manifest import stage_status
 from stic.models import add_lora, load_model
 from stic.schemas import PairRecord, RecordError
-from stic.training import load_training_image, train_and_save, training_arguments
+from stic.training import already_trained, load_training_image, train_and_save, training_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +105,7 @@ def run_dpo(config: DPOConfig, model=None, processor=None) -> dict:
     ``config.model`` is loaded. The model must not already carry an adapter.
     """
     out = Path(config.out)
-    if stage_status(out, STAGE, config) == "complete":
+    if already_trained(out, STAGE, config):
         return {"skipped": True}
     pairs = read_pairs_any(config.pairs, config.pairs_format, images_root=config.images)
     # A bad image path found by the collator would stop training midway: refuse the file now.

@@ -15,10 +15,9 @@ from transformers import Trainer
 from stic.chat import TrainRow, encode_rows, render_segments, strip_image_placeholder
 from stic.config import SFTConfig
 from stic.images import image_path_problems
-from stic.manifest import stage_status
 from stic.models import load_model
 from stic.schemas import InstructSample, RecordError, read_instruct
-from stic.training import load_training_image, train_and_save, training_arguments
+from stic.training import already_trained, load_training_image, train_and_save, training_arguments
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +45,7 @@ class InstructCollator:
 def run_sft(config: SFTConfig) -> dict:
     """Train ``config.adapter`` further on ``config.data`` and save it to ``config.out``."""
     out = Path(config.out)
-    if stage_status(out, STAGE, config) == "complete":
+    if already_trained(out, STAGE, config):
         return {"skipped": True}
     samples = read_instruct(config.data)
     problems = image_path_problems(

@@ -7,6 +7,7 @@ from the last one on a rerun, and finish with a plain PEFT adapter folder at ``<
 
 from __future__ import annotations
 
+import json
 import logging
 import shutil
 from pathlib import Path
@@ -14,9 +15,9 @@ from pathlib import Path
 import torch
 
 from stic.config import TrainOptions
-from stic.files import atomic_write_json
+from stic.files import atomic_write_json, read_json
 from stic.images import load_image, resolve_image_path
-from stic.manifest import write_manifest
+from stic.manifest import stage_status, write_manifest
 
 logger = logging.getLogger(__name__)
 
@@ -60,8 +61,9 @@ def load_training_image(images_root: str, relative: str | None):
 def last_checkpoint(out: str | Path) -> str | None:
     """The newest COMPLETE checkpoint under ``<out>/checkpoints``.
 
-    The Trainer writes ``trainer_state.json`` last, so a checkpoint without it was torn by a
-    kill mid-save: it is skipped (and removed) in favour of the one before.
+    The Trainer writes ``trainer_state.json`` last, and not atomically, so a checkpoint whose
+    ``trainer_state.json`` is missing or does not parse (a kill while it was being written) was
+    torn mid-save: it is skipped (and removed) in favour of the one before.
     """
     folder = Path(out) / CHECKPOINTS
     if not folder.is_dir():
@@ -71,11 +73,38 @@ def last_checkpoint(out: str | Path) -> str | None:
         key=lambda p: int(p.name.split("-")[-1]),
     )
     for checkpoint in reversed(found):
-        if (checkpoint / "trainer_state.json").exists():
+        if _complete(checkpoint):
             return str(checkpoint)
         logger.warning("removing %s: torn by an interrupted save", checkpoint)
         shutil.rmtree(checkpoint, ignore_errors=True)
     return None
+
+
+def _complete(checkpoint: Path) -> bool:
+    try:
+        state = read_json(checkpoint / "trainer_state.json")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    # A prefix of a JSON object never parses, so a torn write cannot pass for a whole one.
+    return isinstance(state, dict)
+
+
+def _finished(checkpoint: str) -> bool:
+    """Whether ``checkpoint`` was saved after the run's last step."""
+    state = read_json(Path(checkpoint) / "trainer_state.json")
+    return 0 < state.get("max_steps", 0) <= state.get("global_step", 0)
+
+
+def already_trained(out: str | Path, stage: str, config: TrainOptions) -> bool:
+    """Whether ``stage`` is complete at ``out`` for ``config`` (raises on a conflicting output).
+
+    Checkpoints are removed after the complete manifest is written; a kill in between leaves
+    them, so they are removed here (at 7B they are gigabytes of optimizer state).
+    """
+    if stage_status(out, stage, config) != "complete":
+        return False
+    shutil.rmtree(Path(out) / CHECKPOINTS, ignore_errors=True)
+    return True
 
 
 def train_and_save(
@@ -87,14 +116,26 @@ def train_and_save(
     if resume:
         logger.info("resuming %s from %s", stage, resume)
     write_manifest(out, stage, config, "running")
-    result = trainer.train(resume_from_checkpoint=resume)
+    if resume is not None and _finished(resume):
+        # Killed after its last step was checkpointed. Trainer.train would run one step more
+        # (it checks for the end only after a step, and in mid-epoch that step runs), so the
+        # checkpoint's weights and state are taken as they are.
+        from transformers import TrainerState
+
+        logger.info("%s had finished all its steps; saving %s", stage, resume)
+        model = trainer.model
+        model.load_adapter(resume, model.active_adapter, is_trainable=True)
+        trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
+        train_loss = None  # the Trainer reports it for the steps of one train() call: none here
+    else:
+        train_loss = trainer.train(resume_from_checkpoint=resume).training_loss
     trainer.save_model(str(out))
     processor.save_pretrained(str(out))
     atomic_write_json(out / "train_log.json", trainer.state.log_history)
     summary = {
         "global_step": trainer.state.global_step,
         "resumed_from": resume,
-        "train_loss": result.training_loss,
+        "train_loss": train_loss,
         **extra_summary,
     }
     write_manifest(out, stage, config, "complete", summary)
