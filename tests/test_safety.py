@@ -103,3 +103,20 @@ def test_remote_code_never_runs_without_the_flag(tiny_model_factory, tmp_path):
     with pytest.raises((ModelLoadError, ValueError, OSError)):
         load_model(str(folder), device="cpu")
     assert not marker.exists()
+
+
+def test_allow_pickle_and_trust_remote_code_reach_every_stage_of_a_run_config():
+    from stic.pipeline import plan
+
+    stages = plan(
+        {
+            "model": "m",
+            "output_dir": "runs/x",
+            "allow_pickle": True,
+            "pairs": {"images": "imgs"},
+            "dpo": {},
+            "eval": [{"data": "v.jsonl", "images": "imgs"}],
+        }
+    )
+    assert [s.config.allow_pickle for s in stages] == [True, True, True]
+    assert all(s.config.trust_remote_code is False for s in stages)

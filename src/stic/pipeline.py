@@ -2,7 +2,7 @@
 
 The YAML's keys mirror the command-line flags (underscores or dashes)::
 
-    model: llava-hf/llava-1.5-7b-hf      # shared keys: model, dtype, seed, trust_remote_code, overwrite
+    model: llava-hf/llava-1.5-7b-hf      # shared: model, dtype, seed, trust_remote_code, allow_pickle, overwrite
     output_dir: runs/llava15
     pairs:  {images: /data/coco/train2014, limit: 6000}
     dpo:    {lr: 1.0e-7}
@@ -35,7 +35,7 @@ from stic.manifest import redact
 logger = logging.getLogger(__name__)
 
 STAGE_ORDER = ("pairs", "dpo", "infuse", "sft", "eval")
-SHARED_KEYS = ("model", "dtype", "seed", "trust_remote_code", "overwrite")
+SHARED_KEYS = ("model", "dtype", "seed", "trust_remote_code", "allow_pickle", "overwrite")
 EVAL_AT = ("base", "stage1", "final")
 
 
