@@ -153,6 +153,25 @@ class TrainOptions(ModelOptions):
         "Where transformers reports metrics: none, tensorboard, wandb, ...", default="none"
     )
     dataloader_num_workers: int = _help("Worker processes that load images.", default=0)
+    # Settings of a new LoRA adapter: stage 1b always makes one, stage 2 only without --adapter
+    # (a given adapter keeps the settings it was made with).
+    lora_r: int = _help(
+        "LoRA rank of a new adapter: dpo's, or sft's without --adapter (reference: 128).",
+        default=128,
+    )
+    lora_alpha: int = _help(
+        "LoRA alpha of a new adapter: dpo's, or sft's without --adapter (reference: 256).",
+        default=256,
+    )
+    lora_dropout: float = _help(
+        "LoRA dropout of a new adapter: dpo's, or sft's without --adapter (reference: 0.05).",
+        default=0.05,
+    )
+    lora_targets: str = _help(
+        "Comma-separated names of the language model's linear layers that get LoRA in a new "
+        "adapter: dpo's, or sft's without --adapter (the vision tower and projector never do).",
+        default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+    )
 
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = (
         "overwrite",
@@ -205,14 +224,6 @@ class DPOConfig(TrainOptions):
     batch_size: int = _help(
         "Pairs per device per forward pass (each pair is two sequences).", default=1
     )
-    lora_r: int = _help("LoRA rank (reference: 128).", default=128)
-    lora_alpha: int = _help("LoRA alpha (reference: 256).", default=256)
-    lora_dropout: float = _help("LoRA dropout (reference: 0.05).", default=0.05)
-    lora_targets: str = _help(
-        "Comma-separated names of the language model's linear layers that get LoRA (vision tower and "
-        "projector never do).",
-        default="q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
-    )
 
 
 @dataclass(kw_only=True)
@@ -234,10 +245,14 @@ class InfuseConfig(GenerationOptions):
 
 @dataclass(kw_only=True)
 class SFTConfig(TrainOptions):
-    """Stage 2, part 2: continue training the stage-1 adapter on description-infused data."""
+    """Stage 2, part 2: train the stage-1 adapter further (or a fresh one) on description-infused data."""
 
     data: str = _help("Description-infused instruction data written by `stic infuse` (JSON list).")
-    adapter: str = _help("The stage-1 PEFT adapter; it is trained further, not replaced.")
+    adapter: str | None = _help(
+        "The stage-1 PEFT adapter, trained further; none: a fresh LoRA adapter on the base model "
+        "(e.g. the stage-2-only control).",
+        default=None,
+    )
     lr: float = _help("Peak learning rate (paper: 2e-5).", default=2e-5)
     batch_size: int = _help("Samples per device per forward pass.", default=4)
     grad_accum: int = _help("Gradient accumulation steps (paper: global batch 32).", default=8)
@@ -374,6 +389,9 @@ def value_errors(config: Any, where: str = "") -> list[str]:
             check(name, 0 <= getattr(config, name) <= 1, "must be in [0, 1]")
     check("jitter_hue", 0 <= getattr(config, "jitter_hue", 0) <= 0.5, "must be in [0, 0.5]")
     check("beta", getattr(config, "beta", 1) > 0, "must be > 0")
+    targets = getattr(config, "lora_targets", None)
+    if isinstance(targets, str):
+        check("lora_targets", any(n.strip() for n in targets.split(",")), "must name a layer")
     shard = getattr(config, "shard", None)
     if isinstance(shard, str):
         from stic.shards import parse_shard

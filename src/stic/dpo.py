@@ -24,9 +24,15 @@ from stic.files import atomic_write_text
 from stic.filters import FilterSettings, filter_pairs
 from stic.images import image_path_problems
 from stic.losses import answer_logps, dpo_nll_loss
-from stic.models import add_lora, load_model
+from stic.models import load_model
 from stic.schemas import PairRecord, RecordError
-from stic.training import already_trained, load_training_image, train_and_save, training_arguments
+from stic.training import (
+    add_new_lora,
+    already_trained,
+    load_training_image,
+    train_and_save,
+    training_arguments,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -153,13 +159,7 @@ def run_dpo(config: DPOConfig, model=None, processor=None) -> dict:
             trust_remote_code=config.trust_remote_code,
             allow_pickle=config.allow_pickle,
         )
-    model = add_lora(
-        model,
-        r=config.lora_r,
-        alpha=config.lora_alpha,
-        dropout=config.lora_dropout,
-        layer_names=[n.strip() for n in config.lora_targets.split(",") if n.strip()],
-    )
+    model = add_new_lora(model, config)
     if config.gradient_checkpointing:
         model.enable_input_require_grads()
     trainer = DPOTrainer(

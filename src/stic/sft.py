@@ -1,4 +1,10 @@
-"""Stage 2, part 2: continue training the stage-1 adapter on description-infused instruction data.
+"""Stage 2, part 2: train a LoRA adapter on description-infused instruction data.
+
+Normally the adapter is stage 1's (``adapter``), trained further: its LoRA settings are kept and
+``lora_*`` options are unused. With no ``adapter``, a new LoRA adapter is made on the base model's
+language model exactly as stage 1b makes one (``lora_*`` options): the stage-2-only control
+(description-infused SFT with no stage 1), or the "no negatives" ablation (SFT on the chosen
+descriptions instead of DPO).
 
 The loss is the model's own next-token loss on answer tokens only (every ``gpt`` turn); prompts,
 descriptions and image tokens are masked.
@@ -17,7 +23,13 @@ from stic.config import SFTConfig
 from stic.images import image_path_problems
 from stic.models import load_model
 from stic.schemas import InstructSample, RecordError, read_instruct
-from stic.training import already_trained, load_training_image, train_and_save, training_arguments
+from stic.training import (
+    add_new_lora,
+    already_trained,
+    load_training_image,
+    train_and_save,
+    training_arguments,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +55,10 @@ class InstructCollator:
 
 
 def run_sft(config: SFTConfig) -> dict:
-    """Train ``config.adapter`` further on ``config.data`` and save it to ``config.out``."""
+    """Train ``config.adapter`` further on ``config.data`` and save it to ``config.out``.
+
+    With no ``config.adapter``, a new LoRA adapter (``config.lora_*``) is trained instead.
+    """
     out = Path(config.out)
     if already_trained(out, STAGE, config):
         return {"skipped": True}
@@ -62,6 +77,8 @@ def run_sft(config: SFTConfig) -> dict:
         adapter=config.adapter,
         trainable_adapter=True,
     )
+    if config.adapter is None:
+        model = add_new_lora(model, config)
     if config.gradient_checkpointing:
         model.enable_input_require_grads()
     trainer = Trainer(

@@ -18,6 +18,7 @@ from stic.config import TrainOptions
 from stic.files import atomic_write_json, read_json
 from stic.images import load_image, resolve_image_path
 from stic.manifest import stage_status, write_manifest
+from stic.models import add_lora
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +52,17 @@ def training_arguments(config: TrainOptions, model_dtype: torch.dtype):
         fp16=model_dtype == torch.float16 and torch.cuda.is_available(),
         seed=config.seed,
         data_seed=config.seed,
+    )
+
+
+def add_new_lora(model, config: TrainOptions):
+    """Wrap ``model`` in a new LoRA adapter made with the ``config.lora_*`` settings."""
+    return add_lora(
+        model,
+        r=config.lora_r,
+        alpha=config.lora_alpha,
+        dropout=config.lora_dropout,
+        layer_names=[n.strip() for n in config.lora_targets.split(",") if n.strip()],
     )
 
 
