@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo lint format clean
+.PHONY: install test demo demo-model lint format clean
 
 install: $(STAMP)
 
@@ -26,6 +26,10 @@ test: install
 
 demo: install
 	$(VENV)/bin/stic demo
+
+# Rebuild the demo's base model in place (the package ships it; about 12 minutes on 2 CPU cores).
+demo-model: install
+	$(VENV)/bin/stic demo-model --out src/stic/demo_base
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -536,7 +536,19 @@ def _squash(text: str) -> str:
 def test_top_level_help_lists_every_verb(capsys, restore_stic_logging):
     out = _help_of(capsys, ["--help"])
     assert out.startswith(f"stic {stic.__version__}:")
-    verbs = {"pairs", "dpo", "infuse", "sft", "eval", "run", "demo", "merge", "convert", "doctor"}
+    verbs = {
+        "pairs",
+        "dpo",
+        "infuse",
+        "sft",
+        "eval",
+        "run",
+        "demo",
+        "demo-model",
+        "merge",
+        "convert",
+        "doctor",
+    }
     for verb in verbs:
         assert f"  {verb} " in out
     assert set(VERBS) == verbs
@@ -573,7 +585,7 @@ def test_run_help(capsys, restore_stic_logging):
 def test_demo_help(capsys, restore_stic_logging):
     out = _help_of(capsys, ["demo", "--help"])
     assert out.startswith("usage: stic demo")
-    for flag in ("--out", "--images", "--seed", "--family"):
+    for flag in ("--out", "--seeds", "--base", "--split"):
         assert flag in out
 
 

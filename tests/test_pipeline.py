@@ -15,10 +15,10 @@ import pytest
 import yaml
 
 from stic.cli import main
-from stic.demo import write_demo_inputs
 from stic.files import read_jsonl
 from stic.manifest import manifest_path, read_manifest
 from stic.schemas import PairRecord, read_instruct
+from stic.testing import write_pipeline_inputs
 
 FAMILIES = ["llava", "llava_next", "qwen2_vl"]
 STAGE_OUTPUTS = {
@@ -44,7 +44,7 @@ def pipeline_run(request, tmp_path_factory):
     """One `stic run` per family on the demo's inputs (4 images): (family, root, config, stdout)."""
     family = request.param
     root = tmp_path_factory.mktemp(f"run_{family}")
-    config_path = write_demo_inputs(root, num_images=4, seed=0, family=family)
+    config_path = write_pipeline_inputs(root, num_images=4, seed=0, family=family)
     code, stdout, stderr = _run_cli(["run", str(config_path)])
     assert code == 0, stderr[-3000:]
     return family, root, config_path, stdout
@@ -180,7 +180,7 @@ def test_retraining_an_upstream_stage_reruns_the_stages_that_read_it(tmp_path):
     """Eval results must come from the adapter that is on disk now: when the SFT stage is
     redone (its config changed, with overwrite), the evals that read its adapter are redone too,
     not skipped as 'complete' on their own unchanged config."""
-    config_path = write_demo_inputs(tmp_path, num_images=4, seed=0, family="llava")
+    config_path = write_pipeline_inputs(tmp_path, num_images=4, seed=0, family="llava")
     code, _, stderr = _run_cli(["run", str(config_path)])
     assert code == 0, stderr[-3000:]
     run = tmp_path / "run"

@@ -19,18 +19,20 @@ VERBS = {
     "pairs": "Stage 1a: build preference pairs from a folder of unlabeled images.",
     "dpo": "Stage 1b: train a LoRA adapter on the pairs with DPO + NLL.",
     "infuse": "Stage 2a: describe instruction-data images and infuse the descriptions into the prompts.",
-    "sft": "Stage 2b: continue training the stage-1 adapter on the infused data.",
+    "sft": "Stage 2b: train on the infused data (the stage-1 adapter further, or a new LoRA adapter).",
     "eval": "Answer a VQA file (optionally describe-and-respond) and score it.",
     "run": "Run the stages in order from one YAML config (stic run CONFIG.yaml).",
     "merge": "Join the outputs of sharded `stic pairs` or `stic infuse` runs (--shard I/N).",
     "convert": "Convert pairs between stic, the reference code, TRL and LLaMA-Factory formats.",
     "doctor": "Check the environment, a model, an adapter and an image folder before a run.",
-    "demo": "Build a tiny model and images, and run the whole method on CPU in a few minutes.",
+    "demo": "STIC's measured effect on a tiny pretrained LLaVA in a synthetic world, on CPU.",
+    "demo-model": "Rebuild the demo's tiny base LLaVA from nothing (the package ships a copy).",
 }
 
 # Commands that are small programs of their own: module whose main(argv) runs them.
 TOOLS = {
     "demo": "stic.demo",
+    "demo-model": "stic.demo_model",
     "merge": "stic.shards",
     "convert": "stic.convert",
     "doctor": "stic.doctor",
@@ -52,7 +54,7 @@ def _usage() -> str:
     ]
     lines.append("usage: stic <command> [options]     (stic <command> --help for its options)")
     lines.append("")
-    lines += [f"  {verb:<8} {text}" for verb, text in VERBS.items()]
+    lines += [f"  {verb:<10} {text}" for verb, text in VERBS.items()]
     lines += [
         "",
         "The paper's workflow: pairs -> dpo -> infuse -> sft -> eval, or all at once with `stic run`.",

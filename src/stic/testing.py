@@ -24,6 +24,7 @@ Chat templates of all three families share two properties callers may rely on:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import pathlib
@@ -33,6 +34,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 from PIL import Image, ImageDraw
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import (
@@ -60,10 +62,17 @@ from transformers import (
 from transformers.utils import logging as hf_logging
 
 from stic import prompts
+from stic.files import atomic_write_json, atomic_write_text
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FAMILIES", "build_tiny_model", "build_tokenizer", "make_images"]
+__all__ = [
+    "FAMILIES",
+    "build_tiny_model",
+    "build_tokenizer",
+    "make_images",
+    "write_pipeline_inputs",
+]
 
 FAMILIES: tuple[str, ...] = ("llava", "llava_next", "qwen2_vl")
 
@@ -539,3 +548,106 @@ def make_images(out_dir: str | os.PathLike, n: int, seed: int = 0) -> list[pathl
         image.save(path, format="PNG")
         paths.append(path)
     return paths
+
+
+def write_pipeline_inputs(
+    out: pathlib.Path, num_images: int, seed: int, family: str = "llava"
+) -> pathlib.Path:
+    """A tiny random model, images, instruction data, VQA data and a ``stic run`` config under
+    ``out`` (the pipeline tests' inputs); returns the config path."""
+
+    model_dir = build_tiny_model(family, out / "model", seed=seed)
+    images = make_images(out / "images", num_images, seed=seed)
+    names = [p.name for p in images]
+    instruct = [
+        {
+            "id": f"sample-{i}",
+            "image": name,
+            "conversations": [
+                {"from": "human", "value": "<image>\nWhat is in the image?"},
+                {"from": "gpt", "value": "A shape on a background."},
+                {"from": "human", "value": "Is it colourful?"},
+                {"from": "gpt", "value": "Yes."},
+            ],
+        }
+        for i, name in enumerate(names[: max(2, num_images // 2)])
+    ]
+    atomic_write_json(out / "instruct.json", instruct)
+    vqa = [
+        {
+            "id": f"q-{i}",
+            "image": name,
+            "question": "Is there a shape in the image?",
+            "answer": "yes",
+        }
+        for i, name in enumerate(names[: max(2, num_images // 2)])
+    ] + [
+        {
+            "id": f"mc-{i}",
+            "image": name,
+            "question": "What does the image show?",
+            "choices": ["a shape", "a person", "a car"],
+            "answer": "A",
+        }
+        for i, name in enumerate(names[: max(2, num_images // 4)])
+    ]
+    atomic_write_text(out / "vqa.jsonl", "".join(json.dumps(row) + "\n" for row in vqa))
+    config = {
+        "model": str(model_dir),
+        "output_dir": str(out / "run"),
+        "seed": seed,
+        "pairs": {"images": str(out / "images"), "batch_size": 4, "max_new_tokens": 24},
+        "dpo": {
+            # The random model never emits its end-of-turn token: every answer hits the token
+            # limit, so the truncation filter would drop every pair.
+            "filter_truncated": False,
+            "max_steps": 4,
+            "batch_size": 2,
+            "grad_accum": 1,
+            "lr": 1e-3,
+            "lora_r": 8,
+            "lora_alpha": 16,
+            "logging_steps": 1,
+            "save_steps": 2,
+        },
+        "infuse": {
+            "data": str(out / "instruct.json"),
+            "images": str(out / "images"),
+            "batch_size": 4,
+            "max_new_tokens": 24,
+        },
+        "sft": {
+            "max_steps": 4,
+            "batch_size": 2,
+            "grad_accum": 1,
+            "lr": 1e-3,
+            "logging_steps": 1,
+            "save_steps": 2,
+        },
+        "eval": [
+            {
+                "name": "base",
+                "at": "base",
+                "data": str(out / "vqa.jsonl"),
+                "images": str(out / "images"),
+                "max_new_tokens": 8,
+            },
+            {
+                "name": "stic",
+                "data": str(out / "vqa.jsonl"),
+                "images": str(out / "images"),
+                "max_new_tokens": 8,
+            },
+            {
+                "name": "stic_dar",
+                "data": str(out / "vqa.jsonl"),
+                "images": str(out / "images"),
+                "dar": True,
+                "max_new_tokens": 8,
+                "dar_max_new_tokens": 24,
+            },
+        ],
+    }
+    path = out / "stic.yaml"
+    atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
+    return path

@@ -605,12 +605,16 @@ PROMPT_KINDS: tuple[str, ...] = ("plain", "good", "bad", "question", "infused")
 def instruction_samples(scene: Scene, rng: random.Random, image: str | None = None) -> dict:
     """One LLaVA-format sample per prompt kind for base training, keyed by kind.
 
-    ``plain``: a PLAIN_PROMPT -> :func:`describe_brief`; ``good``: GOOD_PROMPT ->
+    ``plain``: a PLAIN_PROMPT -> :func:`describe_detailed`; ``good``: GOOD_PROMPT ->
     :func:`describe_detailed`; ``bad``: a BAD_PROMPT -> :func:`describe_imaginative`;
     ``question``: a VQA question (formatted by :func:`stic.prompts.question_prompt`, as
-    evaluation does) -> its answer; ``infused``: another VQA question with a brief description
+    evaluation does) -> its answer; ``infused``: another VQA question with the description
     put in front (:func:`stic.prompts.infuse_description`) -> its answer. Sample ids are
     ``{scene.id}-{kind}``; ``image`` defaults to ``{scene.id}.png``.
+
+    Plain and good prompts get the same format, as the misleading prompts do: then stage 1's
+    chosen and rejected answers differ in what they claim, not in how they are written (with
+    brief plain answers, DPO learns the format instead, and mixes the two).
     """
     image = image or f"{scene.id}.png"
     lead = IMAGE_TOKEN + "\n"
@@ -623,13 +627,13 @@ def instruction_samples(scene: Scene, rng: random.Random, image: str | None = No
     asked = rng.sample(items, 2)
     questions = [question_prompt(i["question"], i.get("choices")) for i in asked]
     return {
-        "plain": sample("plain", lead + rng.choice(PLAIN_PROMPTS), describe_brief(scene, rng)),
+        "plain": sample("plain", lead + rng.choice(PLAIN_PROMPTS), describe_detailed(scene)),
         "good": sample("good", lead + GOOD_PROMPT, describe_detailed(scene)),
         "bad": sample("bad", lead + rng.choice(BAD_PROMPTS), describe_imaginative(scene, rng)),
         "question": sample("question", lead + questions[0], asked[0]["answer"]),
         "infused": sample(
             "infused",
-            infuse_description(lead + questions[1], describe_brief(scene, rng)),
+            infuse_description(lead + questions[1], describe_detailed(scene)),
             asked[1]["answer"],
         ),
     }
