@@ -68,7 +68,7 @@ class DemoSettings:
     # Stage 1b: LoRA on every linear layer of the tiny language model.
     lora_r: int = 32
     lora_alpha: int = 64
-    dpo_lr: float = 2e-4
+    dpo_lr: float = 5e-5
     dpo_epochs: float = 1.0
     dpo_batch: int = 8
     # Weight of the NLL term on the chosen answer (the paper: 1/1024 on the summed log-prob).
