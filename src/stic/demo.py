@@ -34,7 +34,7 @@ import yaml
 
 from stic import world
 from stic.files import atomic_write_json, atomic_write_text, read_json
-from stic.prompts import GOOD_PROMPT, PLAIN_PROMPTS, question_prompt
+from stic.prompts import GOOD_PROMPT, PLAIN_PROMPTS
 from stic.rng import item_rng
 from stic.schemas import read_pairs
 
@@ -144,16 +144,11 @@ def write_stage2_data(root: Path, seed: int, settings: DemoSettings, recipe) -> 
         scene = scenes[i]
         srng = item_rng(seed, scene.id, "stage2")
         items = world.vqa_items(scene, srng)
-        asked = srng.sample(items, 3)
-        conversations = []
-        for k, item in enumerate(asked):
-            text = question_prompt(item["question"], item.get("choices"))
-            conversations.append({"from": "human", "value": ("<image>\n" if k == 0 else "") + text})
-            conversations.append({"from": "gpt", "value": item["answer"]})
         path = images / f"{scene.id}.png"
         if not path.exists():
             world.render(scene).save(path)
-        records.append({"id": scene.id, "image": path.name, "conversations": conversations})
+        asked = srng.sample(items, 3)
+        records.append(world.vqa_conversation(scene.id, asked, path.name).to_dict())
     out = root / "instruct.json"
     atomic_write_json(out, records)
     return out

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 from stic import prompts, world
 from stic.chat import TrainRow, encode_rows, render_segments, strip_image_placeholder
 from stic.rng import item_rng
-from stic.schemas import InstructSample, Turn
+from stic.schemas import InstructSample
 
 logger = logging.getLogger(__name__)
 
@@ -114,12 +114,7 @@ def labeled_samples(recipe: BaseModelRecipe) -> list[InstructSample]:
         out += list(world.instruction_samples(scene, rng).values())
         items = world.vqa_items(scene, rng) + existence_questions(scene, rng)
         rng.shuffle(items)
-        turns = []
-        for k, item in enumerate(items):
-            question = prompts.question_prompt(item["question"], item.get("choices"))
-            lead = prompts.IMAGE_TOKEN + "\n" if k == 0 else ""
-            turns += [Turn("human", lead + question), Turn("gpt", item["answer"])]
-        out.append(InstructSample(f"{scene.id}-vqa", tuple(turns), f"{scene.id}.png"))
+        out.append(world.vqa_conversation(f"{scene.id}-vqa", items, f"{scene.id}.png"))
     return out
 
 

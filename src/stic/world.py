@@ -599,6 +599,18 @@ def vqa_metrics(results, items) -> dict:
 
 # ----------------------------------------------------------------------------- instruction data
 
+
+def vqa_conversation(sample_id: str, items: list[dict], image: str) -> InstructSample:
+    """One multi-turn LLaVA-format sample asking ``items`` (from :func:`vqa_items`) in order,
+    each formatted as evaluation does; the image placeholder leads the first turn."""
+    turns: list[Turn] = []
+    for k, item in enumerate(items):
+        lead = IMAGE_TOKEN + "\n" if k == 0 else ""
+        question = question_prompt(item["question"], item.get("choices"))
+        turns += [Turn("human", lead + question), Turn("gpt", item["answer"])]
+    return InstructSample(id=sample_id, conversations=tuple(turns), image=image)
+
+
 PROMPT_KINDS: tuple[str, ...] = ("plain", "good", "bad", "question", "infused")
 
 
