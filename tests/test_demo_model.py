@@ -20,6 +20,7 @@ from stic.demo_model import (
     BaseModelRecipe,
     build_base_model,
     build_untrained,
+    check_world,
     existence_questions,
     instruction_tune,
     labeled_samples,
@@ -206,7 +207,7 @@ def test_vision_targets_of_a_hand_made_scene():
 
 
 def test_labeled_samples_cover_every_prompt_kind_and_a_vqa_conversation():
-    recipe = BaseModelRecipe(labeled_scenes=5)
+    recipe = BaseModelRecipe(labeled_scenes=5, qa_conversations=1, caption_prior_rate=0.0)
     scenes = labeled_scenes(recipe)
     samples = labeled_samples(recipe)
     assert len(scenes) == 5
@@ -241,6 +242,33 @@ def test_labeled_samples_cover_every_prompt_kind_and_a_vqa_conversation():
             for k in range(0, len(turns), 2)
         }
         assert asked == expected
+
+
+def test_plain_captions_follow_the_prior_and_good_descriptions_stay_faithful():
+    recipe = BaseModelRecipe(labeled_scenes=120, companion_rate=0.5, qa_conversations=2)
+    assert recipe.caption_prior_rate == 1.0
+    scenes = {s.id: s for s in labeled_scenes(recipe)}
+    samples = {s.id: s for s in labeled_samples(recipe)}
+    lacking = [s for s in scenes.values() if s.absent_companions()]
+    assert len(lacking) > 10
+    for scene in scenes.values():
+        plain = world.score_description(samples[f"{scene.id}-plain"].conversations[1].value, scene)
+        good = world.score_description(samples[f"{scene.id}-good"].conversations[1].value, scene)
+        assert good["exact"]
+        if scene.absent_companions():
+            # Exactly the absent companion added, small, in a free cell; the rest is right.
+            assert (plain["invented"], plain["invented_prior"]) == (1, 1)
+            assert plain["recalled"] == plain["objects"]
+        else:
+            assert plain["exact"]
+        assert {f"{scene.id}-vqa", f"{scene.id}-vqa1"} <= samples.keys()
+        assert f"{scene.id}-vqa2" not in samples
+    assert samples[f"{lacking[0].id}-vqa"] != samples[f"{lacking[0].id}-vqa1"]
+    faithful = BaseModelRecipe(labeled_scenes=120, companion_rate=0.5, caption_prior_rate=0.0)
+    for sample in labeled_samples(faithful):
+        if sample.id.endswith("-plain"):
+            scene = scenes[sample.id.removesuffix("-plain")]
+            assert world.score_description(sample.conversations[1].value, scene)["exact"]
 
 
 def test_existence_questions_ask_about_every_object_and_as_many_absent_ones():
@@ -304,6 +332,8 @@ def test_shipped_model_is_small_and_documented_by_the_defaults():
     assert (SHIPPED / "model.safetensors").stat().st_size <= 20 * 1024 * 1024
     report = json.loads((SHIPPED / RECIPE_FILE).read_text())
     assert report["recipe"] == asdict(BaseModelRecipe())
+    assert report["world"] == {"companion_contrast": world.COMPANION_CONTRAST}
+    assert check_world(SHIPPED) == report["recipe"]
     digest = hashlib.sha256((SHIPPED / "model.safetensors").read_bytes()).hexdigest()
     assert report["weights_sha256"] == digest
     assert not [p for p in SHIPPED.iterdir() if p.suffix in (".bin", ".pt", ".pth")]
@@ -324,3 +354,14 @@ def test_shipped_model_describes_a_test_scene_and_stops():
     )
     assert out.finish == "stop", out.text
     assert len(world.parse_description(out.text)) >= 1, out.text
+
+
+def test_a_base_model_built_for_another_world_is_refused(tiny_base, tmp_path, monkeypatch):
+    import shutil
+
+    assert check_world(tiny_base) == asdict(TINY)
+    copy = tmp_path / "base"
+    shutil.copytree(tiny_base, copy)
+    monkeypatch.setattr(world, "COMPANION_CONTRAST", world.COMPANION_CONTRAST / 2)
+    with pytest.raises(ValueError, match="companion_contrast.*stic demo-model"):
+        check_world(copy)

@@ -94,13 +94,35 @@ def test_unknown_split_is_rejected():
         world.sample_scene(random.Random(0), "train")
 
 
-def test_render_puts_each_colour_at_its_object_centre(scenes):
+def test_render_puts_each_colour_at_its_object_centre_and_companions_faint(scenes):
+    faint = 0
     for scene in scenes["test"][:200]:
         image = world.render(scene)
         assert image.size == (scene.size, scene.size) and 48 <= scene.size <= 64
         for obj in scene.objects:
             pixel = image.getpixel(world.object_centre(scene, obj))
-            assert world.nearest_colour(pixel) == obj.colour
+            if obj.kind in scene.companions():
+                # An anchor's companion: COMPANION_CONTRAST of the way from the background.
+                background = world.BACKGROUNDS[scene.background]
+                expected = [
+                    round(b + world.COMPANION_CONTRAST * (c - b))
+                    for c, b in zip(obj.rgb, background, strict=True)
+                ]
+                assert list(pixel) == expected
+                faint += 1
+            else:
+                assert world.nearest_colour(pixel) == obj.colour
+    assert faint > 10
+
+
+def test_companion_is_faint_only_beside_its_anchor():
+    anchored = scene_of(("large", "red", "circle", (0, 0)), ("small", "yellow", "square", (2, 2)))
+    alone = scene_of(("small", "yellow", "square", (2, 2)))
+    assert anchored.companions() == {("yellow", "square")}
+    assert alone.companions() == set()
+    centre = world.object_centre(alone, alone.objects[0])
+    assert world.nearest_colour(world.render(alone).getpixel(centre)) == "yellow"
+    assert world.render(anchored).getpixel(centre) != world.render(alone).getpixel(centre)
 
 
 def test_render_size_64():
@@ -108,7 +130,9 @@ def test_render_size_64():
     image = world.render(scene)
     assert image.size == (63, 63)
     for obj in scene.objects:
-        assert world.nearest_colour(image.getpixel(world.object_centre(scene, obj))) == obj.colour
+        if obj.kind not in scene.companions():
+            centre = world.object_centre(scene, obj)
+            assert world.nearest_colour(image.getpixel(centre)) == obj.colour
 
 
 def test_detailed_description_round_trips(scenes):

@@ -3,8 +3,10 @@
 The base model (``stic/demo_base``, built by ``stic demo-model``) is a tiny LLaVA-1.5 trained
 from nothing on a world of coloured shapes whose ground truth is known (:mod:`stic.world`), so
 every description can be checked exactly. In the world's labeled data each anchor object
-usually comes with its companion; in unlabeled and test scenes less often, so the base model
-invents the companion when it is unsure, as real LVLMs invent the objects that usually co-occur.
+usually comes with its (small, faint) companion, and plain captions name it even when it is
+absent; in unlabeled and test scenes it is there less often. So the base model invents the
+companion in its plain descriptions, as real LVLMs invent the objects that usually co-occur,
+while its answers to the careful step-by-step prompt stay faithful: STIC's premise.
 
 For each seed the demo runs, through ``stic run`` and the same stages and files a real run uses:
 
@@ -498,11 +500,10 @@ def _run(config: dict, path: Path, log) -> None:
 
 def run_demo(out: Path, seeds: list[int], settings: DemoSettings, log=print) -> dict:
     """Run every arm for every seed and write ``out/results.json`` and ``out/results.md``."""
-    from stic.demo_model import RECIPE_FILE, BaseModelRecipe
+    from stic.demo_model import BaseModelRecipe, check_world
 
     start = time.time()
-    recipe_data = read_json(Path(settings.base) / RECIPE_FILE)["recipe"]
-    recipe = BaseModelRecipe(**recipe_data)
+    recipe = BaseModelRecipe(**check_world(settings.base))
     files = write_eval_split(out / "data" / settings.split, settings)
     scenes = {s.id: s for s in eval_scenes(settings)}
     items = [json.loads(line) for line in files["vqa"].read_text().splitlines()]

@@ -10,11 +10,14 @@ Built the way real LVLMs are, in miniature, by ``stic demo-model`` (about the re
    and its size, plus the background. Then frozen, as LLaVA freezes CLIP.
 3. The projector and language model instruction-tuned on a LIMITED labeled set
    (:func:`labeled_samples`), every prompt kind STIC will use: plain and good description
-   prompts, misleading prompts, VQA questions and description-infused questions. In the labeled
-   scenes each anchor object has its usual companion ``companion_rate`` (95%) of the time, in
-   unlabeled and test scenes 35% (:class:`stic.world.Priors`), so the model learns the
-   co-occurrence prior and, when unsure, invents the companion: the hallucination STIC is meant
-   to reduce.
+   prompts, misleading prompts, VQA conversations and description-infused questions. In the
+   labeled scenes each anchor object has its usual (small, faint) companion ``companion_rate``
+   (70%) of the time, in unlabeled and test scenes 35% (:class:`stic.world.Priors`), and the
+   plain-prompt captions name the companion even when it is absent (``caption_prior_rate``:
+   captions written from habit, as web captions are), while answers to the careful
+   step-by-step prompt are always faithful. So the model learns the co-occurrence prior and
+   invents the companion in its plain descriptions: the hallucination STIC is meant to reduce,
+   with a careful prompt that elicits better descriptions, STIC's premise.
 
 Everything is seeded; the same recipe, torch version and thread count give the same weights.
 """
@@ -27,7 +30,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from importlib import resources
 from pathlib import Path
 
@@ -67,7 +70,12 @@ class BaseModelRecipe:
     # Instruction tuning on the limited labeled set, where an anchor's companion is present
     # this often (test and unlabeled scenes: 0.35).
     labeled_scenes: int = 600
-    companion_rate: float = 0.95
+    companion_rate: float = 0.7
+    # VQA conversations per labeled scene (each with its own distractors and order).
+    qa_conversations: int = 3
+    # Share of plain-prompt captions of scenes lacking an anchor's companion that name it
+    # anyway (captions written from habit); good-prompt answers are always faithful.
+    caption_prior_rate: float = 1.0
     tune_epochs: int = 14
     tune_batch: int = 32
     tune_lr: float = 1e-3
@@ -105,17 +113,34 @@ def labeled_scenes(recipe: BaseModelRecipe) -> list[world.Scene]:
 
 def labeled_samples(recipe: BaseModelRecipe) -> list[InstructSample]:
     """The base model's instruction data, per labeled scene: one sample of every prompt kind
-    (:func:`stic.world.instruction_samples`) and a multi-turn conversation asking every VQA
-    question about the scene and :func:`existence_questions` (LLaVA's instruction data is mostly
-    such conversations)."""
+    (:func:`stic.world.instruction_samples`; the plain caption from :func:`prior_caption` when
+    the scene lacks an anchor's companion, ``caption_prior_rate`` of the time) and
+    ``qa_conversations`` multi-turn conversations asking every VQA question about the scene and
+    :func:`existence_questions` (LLaVA's instruction data is mostly such conversations)."""
     out = []
     for scene in labeled_scenes(recipe):
         rng = item_rng(recipe.seed, scene.id, "base-instructions")
-        out += list(world.instruction_samples(scene, rng).values())
-        items = world.vqa_items(scene, rng) + existence_questions(scene, rng)
-        rng.shuffle(items)
-        out.append(world.vqa_conversation(f"{scene.id}-vqa", items, f"{scene.id}.png"))
+        samples = world.instruction_samples(scene, rng)
+        noisy = recipe.caption_prior_rate and scene.absent_companions()
+        if noisy and rng.random() < recipe.caption_prior_rate:
+            samples["plain"] = prior_caption(samples["plain"], scene, rng)
+        out += list(samples.values())
+        for k in range(recipe.qa_conversations):
+            items = world.vqa_items(scene, rng) + existence_questions(scene, rng)
+            rng.shuffle(items)
+            sample_id = f"{scene.id}-vqa" + (f"{k}" if k else "")
+            out.append(world.vqa_conversation(sample_id, items, f"{scene.id}.png"))
     return out
+
+
+def prior_caption(sample: InstructSample, scene: world.Scene, rng) -> InstructSample:
+    """``sample`` (a plain-prompt description) answered as if the scene had its absent prior
+    companion: the caption an annotator writes from habit."""
+    extra = world.invented_objects(scene, rng, 1)
+    objects = tuple(sorted(scene.objects + tuple(extra), key=lambda o: o.cell))
+    text = world.describe_detailed(replace(scene, objects=objects))
+    human = sample.conversations[0]
+    return replace(sample, conversations=(human, replace(sample.conversations[1], value=text)))
 
 
 def existence_questions(scene: world.Scene, rng) -> list[dict]:
@@ -381,6 +406,24 @@ def instruction_tune(model, processor, recipe: BaseModelRecipe, progress: bool =
     }
 
 
+def world_fingerprint() -> dict:
+    """What of :mod:`stic.world` a base model is bound to besides the recipe: how it draws
+    companions (the demo's images must be drawn the same way)."""
+    return {"companion_contrast": world.COMPANION_CONTRAST}
+
+
+def check_world(base: str | Path) -> dict:
+    """The recipe of the base model in ``base``; raises if it was built for another world."""
+    report = json.loads((Path(base) / RECIPE_FILE).read_text())
+    built_for = report.get("world")
+    if built_for != world_fingerprint():
+        raise ValueError(
+            f"the base model in {base} was built for a world drawn with {built_for}, but this "
+            f"version of stic draws {world_fingerprint()}: rebuild it with `stic demo-model`"
+        )
+    return report["recipe"]
+
+
 def build_base_model(
     out: str | Path, recipe: BaseModelRecipe | None = None, progress=True, device: str = "cpu"
 ) -> dict:
@@ -412,6 +455,7 @@ def build_base_model(
     weights = (out / "model.safetensors").read_bytes()
     report = {
         "recipe": asdict(recipe),
+        "world": world_fingerprint(),
         "vision_probe": probe,
         "instruction_tuning": tune,
         "parameters": sum(p.numel() for p in model.parameters()),

@@ -7,9 +7,10 @@ the truth (:func:`score_description`), and every VQA answer is known (:func:`vqa
 
 Why co-occurrence priors: real LVLMs hallucinate the objects that usually accompany what they
 see. Here each *anchor* object has a usual *companion* (:data:`PRIOR_COMPANIONS`), present with
-probability ``Priors.p_labeled`` (0.89) in the labeled split the base model is trained on but
-only ``Priors.p_unlabeled`` / ``Priors.p_test`` (0.35) elsewhere, and always drawn small, so
-a model leaning on its language prior invents it when it is absent.
+probability ``Priors.p_labeled`` in the labeled split the base model is trained on (the demo's
+base model uses 0.7) but only ``Priors.p_unlabeled`` / ``Priors.p_test`` (0.35) elsewhere, and
+always drawn small and faint (:data:`COMPANION_CONTRAST`), so a model leaning on its language
+prior invents it when it is absent.
 
 The grammar (every text generator writes it; the parser reads any part of it)::
 
@@ -71,6 +72,10 @@ NOISE_STD = {"plain": 4.0, "noisy": 14.0}
 # Per-object RGB offset, uniform in +-COLOUR_JITTER per channel: well under half the distance
 # between any two named colours, so the colour stays recognisable.
 COLOUR_JITTER = 20
+# An anchor's companion is drawn faint: its colour is this share of the way from the background
+# to its own (1 = full colour). A faint object is what a model cannot quite see and so fills in
+# from the prior, like the fork beside a plate.
+COMPANION_CONTRAST = 0.2
 SPLITS: tuple[str, ...] = ("labeled", "unlabeled", "validation", "test")
 
 # anchor (colour, shape) -> its usual companion (colour, shape); the companion is drawn small.
@@ -120,6 +125,10 @@ class Scene:
 
     def kinds(self) -> set[tuple[str, str]]:
         return {o.kind for o in self.objects}
+
+    def companions(self) -> set[tuple[str, str]]:
+        """Kinds that are the usual companion of an anchor in the scene (present or not)."""
+        return {PRIOR_COMPANIONS[k] for k in self.kinds() & PRIOR_COMPANIONS.keys()}
 
     def absent_companions(self) -> list[tuple[str, str]]:
         """Companions of anchors in the scene that the scene lacks (the prior-driven lies)."""
@@ -243,20 +252,27 @@ def render(scene: Scene) -> Image.Image:
     image = Image.fromarray(pixels, "RGB")
     draw = ImageDraw.Draw(image)
     cell = scene.size // GRID
+    companions = scene.companions()
     for obj in scene.objects:
         x, y = object_centre(scene, obj)
         # Sizes leave a pixel of margin to the cell edge at the largest position jitter.
+        fill = obj.rgb
+        if obj.kind in companions:
+            fill = tuple(
+                round(b + COMPANION_CONTRAST * (c - b))
+                for c, b in zip(obj.rgb, BACKGROUNDS[scene.background], strict=True)
+            )
         h = round(cell * (0.38 if obj.size_class == "large" else 0.25))
         if obj.shape == "circle":
-            draw.ellipse((x - h, y - h, x + h, y + h), fill=obj.rgb)
+            draw.ellipse((x - h, y - h, x + h, y + h), fill=fill)
         elif obj.shape == "square":
-            draw.rectangle((x - h, y - h, x + h, y + h), fill=obj.rgb)
+            draw.rectangle((x - h, y - h, x + h, y + h), fill=fill)
         elif obj.shape == "triangle":
-            draw.polygon([(x, y - h), (x - h, y + h), (x + h, y + h)], fill=obj.rgb)
+            draw.polygon([(x, y - h), (x - h, y + h), (x + h, y + h)], fill=fill)
         else:  # cross: two bars a third of the extent wide
             w = max(1, h // 3)
-            draw.rectangle((x - h, y - w, x + h, y + w), fill=obj.rgb)
-            draw.rectangle((x - w, y - h, x + w, y + h), fill=obj.rgb)
+            draw.rectangle((x - h, y - w, x + h, y + w), fill=fill)
+            draw.rectangle((x - w, y - h, x + w, y + h), fill=fill)
     return image
 
 
