@@ -34,7 +34,7 @@ from stic.files import atomic_write_text, read_json
 from stic.pipeline import plan
 from stic.prompts import GOOD_PROMPT, IMAGE_TOKEN, PLAIN_PROMPTS, question_prompt
 from stic.schemas import REJECTED_KINDS, PairRecord, read_instruct, read_pairs
-from stic.world import Obj, Scene
+from stic.world import Scene
 
 SMALL = DemoSettings(
     base="unused",
@@ -47,19 +47,6 @@ SMALL = DemoSettings(
     dpo_batch=2,
     sft_batch=2,
 )
-
-
-def _scene(scene_id: str, *objects: tuple[str, str, str, tuple[int, int]]) -> Scene:
-    objs = tuple(
-        sorted(
-            (
-                Obj(shape, colour, size, cell, world.COLOURS[colour])
-                for size, colour, shape, cell in objects
-            ),
-            key=lambda o: o.cell,
-        )
-    )
-    return Scene(scene_id, 48, "gray", "plain", 0, objs, "unlabeled")
 
 
 def _pair(scene_id: str, chosen: str, rejected: str, kind: str, chosen_finish="stop") -> dict:
@@ -87,8 +74,10 @@ def _write_pairs(path: Path, rows: list[dict]) -> Path:
 
 def test_pair_metrics_count_invented_objects_by_hand(tmp_path):
     # a: an anchor (red circle) without its companion (yellow square); b: one green circle.
-    a = _scene("a", ("large", "red", "circle", (0, 0)), ("small", "blue", "square", (1, 1)))
-    b = _scene("b", ("large", "green", "circle", (0, 1)))
+    a = world.scene_from(
+        ("large", "red", "circle", (0, 0)), ("small", "blue", "square", (1, 1)), scene_id="a"
+    )
+    b = world.scene_from(("large", "green", "circle", (0, 1)), scene_id="b")
     exact_a = "There is a large red circle at the top left. There is a small blue square at the middle center."
     rows = [
         # chosen: 2 stated, 0 invented; rejected: 3 stated, 1 invented (the absent companion).

@@ -30,7 +30,6 @@ from stic.demo_model import (
     vision_targets,
 )
 from stic.rng import item_rng
-from stic.world import Obj, Scene
 
 # Every part of the real recipe, each as small as it goes: a build takes seconds.
 TINY = BaseModelRecipe(
@@ -58,20 +57,6 @@ def tiny_base_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_base(tmp_path_factory) -> Path:
     return tiny_base_model(tmp_path_factory)
-
-
-def _scene(*objects: tuple[str, str, str, tuple[int, int]], background="gray", noise="plain"):
-    """A hand-made scene from (size, colour, shape, cell) tuples."""
-    objs = tuple(
-        sorted(
-            (
-                Obj(shape, colour, size, cell, world.COLOURS[colour])
-                for size, colour, shape, cell in objects
-            ),
-            key=lambda o: o.cell,
-        )
-    )
-    return Scene("hand", 48, background, noise, 0, objs, "test")
 
 
 # ----------------------------------------------------------------------------- the built folder
@@ -174,7 +159,7 @@ def test_vision_tower_frozen_during_instruction_tuning():
 
 
 def test_vision_targets_of_a_hand_made_scene():
-    scene = _scene(
+    scene = world.scene_from(
         ("large", "red", "circle", (0, 0)),
         ("small", "white", "cross", (2, 1)),
         ("large", "blue", "triangle", (1, 2)),
@@ -196,7 +181,7 @@ def test_vision_targets_of_a_hand_made_scene():
     # Background: sorted backgrounds (charcoal, gray) x 2 + sorted noises (noisy, plain).
     assert targets["background"].item() == 1 * 2 + 1
     other = vision_targets(
-        _scene(("small", "green", "square", (1, 1)), background="charcoal", noise="noisy")
+        world.scene_from(("small", "green", "square", (1, 1)), background="charcoal", noise="noisy")
     )
     assert other["background"].item() == 0
     assert other["cls"].tolist() == [0] * 4 + [1 + 1 * 4 + 1] + [0] * 4
@@ -272,7 +257,9 @@ def test_plain_captions_follow_the_prior_and_good_descriptions_stay_faithful():
 
 
 def test_existence_questions_ask_about_every_object_and_as_many_absent_ones():
-    anchor_only = _scene(("large", "red", "circle", (0, 0)), ("small", "blue", "cross", (2, 2)))
+    anchor_only = world.scene_from(
+        ("large", "red", "circle", (0, 0)), ("small", "blue", "cross", (2, 2))
+    )
     assert anchor_only.absent_companions() == [("yellow", "square")]
     for seed in range(20):
         rng = item_rng(seed, "q", "test")

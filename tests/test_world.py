@@ -11,27 +11,15 @@ from stic import world
 from stic.prompts import GOOD_PROMPT, IMAGE_TOKEN
 from stic.schemas import EvalItem, InstructSample
 from stic.scoring import answer_index
-from stic.world import Claim, Obj, Scene
+from stic.world import Claim, Scene
 
 ANCHORS = sorted(world.PRIOR_COMPANIONS)
 
 
-def scene_of(*objects: tuple[str, str, str, tuple[int, int]], scene_id: str = "s") -> Scene:
-    """A hand-made scene from (size, colour, shape, cell) tuples."""
-    objs = tuple(
-        sorted(
-            (
-                Obj(shape, colour, size, cell, world.COLOURS[colour])
-                for size, colour, shape, cell in objects
-            ),
-            key=lambda o: o.cell,
-        )
-    )
-    return Scene(scene_id, 48, "gray", "plain", 0, objs, "test")
-
-
 # red circle (anchor) without its yellow square companion, plus a blue cross.
-ANCHOR_SCENE = scene_of(("large", "red", "circle", (0, 0)), ("small", "blue", "cross", (2, 2)))
+ANCHOR_SCENE = world.scene_from(
+    ("large", "red", "circle", (0, 0)), ("small", "blue", "cross", (2, 2))
+)
 
 
 @pytest.fixture(scope="module")
@@ -116,8 +104,10 @@ def test_render_puts_each_colour_at_its_object_centre_and_companions_faint(scene
 
 
 def test_companion_is_faint_only_beside_its_anchor():
-    anchored = scene_of(("large", "red", "circle", (0, 0)), ("small", "yellow", "square", (2, 2)))
-    alone = scene_of(("small", "yellow", "square", (2, 2)))
+    anchored = world.scene_from(
+        ("large", "red", "circle", (0, 0)), ("small", "yellow", "square", (2, 2))
+    )
+    alone = world.scene_from(("small", "yellow", "square", (2, 2)))
     assert anchored.companions() == {("yellow", "square")}
     assert alone.companions() == set()
     centre = world.object_centre(alone, alone.objects[0])
@@ -216,7 +206,7 @@ def test_exact_allows_unstated_attributes_but_not_extra_or_wrong_claims():
 
 
 def test_description_metrics_against_hand_counts():
-    other = scene_of(("large", "green", "square", (1, 1)))
+    other = world.scene_from(("large", "green", "square", (1, 1)))
     pairs = [
         (
             "There is a large red circle at the top left. There is a small yellow square.",

@@ -226,6 +226,22 @@ def sample_scene(
     )
 
 
+def scene_from(
+    *objects: tuple[str, str, str, tuple[int, int]],
+    scene_id: str = "s",
+    split: str = "test",
+    background: str = "gray",
+    noise: str = "plain",
+) -> Scene:
+    """A hand-made scene (for examples and tests) from ``(size, colour, shape, cell)`` tuples,
+    each object in its exact named colour at its cell's centre."""
+    objs = sorted(
+        (Obj(shape, colour, size, cell, COLOURS[colour]) for size, colour, shape, cell in objects),
+        key=lambda o: o.cell,
+    )
+    return Scene(scene_id, 48, background, noise, 0, tuple(objs), split)
+
+
 def make_scenes(seed: int, split: str, count: int, priors: Priors | None = None, size: int = 48):
     """``count`` scenes with ids ``{split}-{i:05d}``, each from its own (seed, id) generator."""
     scenes = []
