@@ -27,7 +27,7 @@ test: install
 demo: install
 	$(VENV)/bin/stic demo
 
-# Rebuild the demo's base model in place (the package ships it; about 28 minutes on 2 CPU cores).
+# Rebuild the demo's base model in place (the package ships it; about 29 minutes on 2 CPU cores).
 demo-model: install
 	$(VENV)/bin/stic demo-model --out src/stic/demo_base
 

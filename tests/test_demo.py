@@ -305,6 +305,19 @@ def test_write_eval_split_matches_the_world(tmp_path):
     assert {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.parametrize("ask", [False, True])
+def test_stage2_data_asks_about_absent_companions_as_the_base_recipe_did(tmp_path, ask):
+    recipe = BaseModelRecipe(labeled_scenes=80, ask_absent_companions=ask)
+    out = write_stage2_data(tmp_path, 0, dataclasses.replace(SMALL, stage2_scenes=80), recipe)
+    labeled = {s.id: s for s in labeled_scenes(recipe)}
+    named = 0
+    for sample in read_instruct(out):
+        scene = labeled[sample.id]
+        questions = " ".join(q for q, _ in sample.exchanges())
+        named += any(f"{c} {s}" in questions for c, s in scene.absent_companions())
+    assert (named > 3) if ask else (named == 0)
+
+
 def test_write_stage2_data_asks_labeled_scenes(tmp_path):
     recipe = BaseModelRecipe(labeled_scenes=6)
     out = write_stage2_data(tmp_path, 0, SMALL, recipe)

@@ -217,8 +217,9 @@ def test_labeled_samples_cover_every_prompt_kind_and_a_vqa_conversation():
         assert all(prompts.IMAGE_TOKEN not in t.value for t in turns[1:])
         # The same generator as labeled_samples: after the per-kind samples, the VQA items.
         rng = item_rng(recipe.seed, scene.id, "base-instructions")
-        world.instruction_samples(scene, rng)
-        items = world.vqa_items(scene, rng) + existence_questions(scene, rng)
+        ask = recipe.ask_absent_companions
+        world.instruction_samples(scene, rng, ask_absent_companions=ask)
+        items = world.vqa_items(scene, rng, ask) + existence_questions(scene, rng, ask)
         expected = {
             prompts.question_prompt(i["question"], i.get("choices")): i["answer"] for i in items
         }
@@ -273,6 +274,35 @@ def test_existence_questions_ask_about_every_object_and_as_many_absent_ones():
             colour, shape = q.removeprefix("Is there a ").removesuffix("?").split()
             assert (colour, shape) not in anchor_only.kinds()
         assert len({q["id"] for q in questions}) == len(questions)
+
+
+def test_existence_questions_can_leave_the_absent_companion_unasked():
+    anchor_only = world.scene_from(
+        ("large", "red", "circle", (0, 0)), ("small", "blue", "cross", (2, 2))
+    )
+    for seed in range(20):
+        questions = existence_questions(anchor_only, item_rng(seed, "q", "test"), False)
+        no = [q["question"] for q in questions if q["answer"] == "no"]
+        assert len(no) == 2 and "Is there a yellow square?" not in no
+        assert sum(q["answer"] == "yes" for q in questions) == 2
+
+
+@pytest.mark.parametrize("ask", [False, True])
+def test_labeled_questions_name_absent_companions_only_when_the_recipe_asks(ask):
+    """By default the base model is never asked about an absent companion (as LLaVA's data
+    almost never asks about absent objects); present companions are asked about either way."""
+    recipe = BaseModelRecipe(labeled_scenes=60, qa_conversations=1, ask_absent_companions=ask)
+    assert BaseModelRecipe().ask_absent_companions is False
+    scenes = {s.id: s for s in labeled_scenes(recipe)}
+    absent_named = present_named = 0
+    for sample in labeled_samples(recipe):
+        scene = scenes[sample.image.removesuffix(".png")]
+        questions = " ".join(t.value for t in sample.conversations if t.speaker == "human")
+        absent_named += any(f"{c} {s}" in questions for c, s in scene.absent_companions())
+        present = scene.companions() - set(scene.absent_companions())
+        present_named += any(f"{c} {s}" in questions for c, s in present)
+    assert present_named > 10
+    assert (absent_named > 10) if ask else (absent_named == 0)
 
 
 def test_companion_rate_sets_how_often_companions_are_present():

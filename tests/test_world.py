@@ -271,6 +271,25 @@ def test_vqa_answers_are_right_for_the_scene(scenes):
     assert seen["colour"] > 300 and seen["shape"] > 300
 
 
+def test_vqa_items_can_leave_absent_companions_unasked():
+    """Labeled-style questions (ask_absent_companions=False) never name an absent companion,
+    neither as the existence question nor as a multiple-choice distractor; the default asks."""
+    scenes = [s for s in world.make_scenes(3, "test", 300) if s.absent_companions()]
+    assert len(scenes) > 40
+    rng = random.Random(0)
+    for scene in scenes:
+        named = {f"{c} {s}" for c, s in scene.absent_companions()}
+        items = world.vqa_items(scene, rng, ask_absent_companions=False)
+        by_type = {item["type"]: item for item in items}
+        assert "exists_absent_prior" not in by_type
+        asked = by_type["exists_absent"]["question"][len("Is there a ") : -1]
+        assert asked not in named and by_type["exists_absent"]["answer"] == "no"
+        assert not named & set(by_type["choice"]["choices"])
+        assert len(set(by_type["choice"]["choices"])) == 4
+        default = {i["type"]: i for i in world.vqa_items(scene, rng)}
+        assert default["exists_absent_prior"]["question"][len("Is there a ") : -1] in named
+
+
 def test_vqa_metrics_against_hand_counts():
     items = world.vqa_items(ANCHOR_SCENE, random.Random(0))
     by_type = {item["type"]: item for item in items}

@@ -70,7 +70,7 @@ class DemoSettings:
     # Stage 1b: LoRA on every linear layer of the tiny language model.
     lora_r: int = 32
     lora_alpha: int = 64
-    dpo_lr: float = 5e-5
+    dpo_lr: float = 3e-5
     dpo_epochs: float = 1.0
     dpo_batch: int = 8
     # Weight of the NLL term on the chosen answer (the paper: 1/1024 on the summed log-prob).
@@ -133,7 +133,8 @@ def write_unlabeled(folder: Path, seed: int, settings: DemoSettings) -> Path:
 
 def write_stage2_data(root: Path, seed: int, settings: DemoSettings, recipe) -> Path:
     """A small slice of the base model's labeled scenes as VQA conversations (LLaVA format),
-    like the paper's 5k-sample slice of LLaVA's instruction data."""
+    like the paper's 5k-sample slice of LLaVA's instruction data: drawn as the base model's own
+    questions were (``recipe.ask_absent_companions``)."""
     from stic.demo_model import labeled_scenes
 
     scenes = labeled_scenes(recipe)
@@ -145,7 +146,7 @@ def write_stage2_data(root: Path, seed: int, settings: DemoSettings, recipe) -> 
     for i in picked:
         scene = scenes[i]
         srng = item_rng(seed, scene.id, "stage2")
-        items = world.vqa_items(scene, srng)
+        items = world.vqa_items(scene, srng, recipe.ask_absent_companions)
         path = images / f"{scene.id}.png"
         if not path.exists():
             world.render(scene).save(path)

@@ -520,7 +520,7 @@ def description_metrics(pairs) -> dict:
 # ----------------------------------------------------------------------------- VQA
 
 
-def vqa_items(scene: Scene, rng: random.Random) -> list[dict]:
+def vqa_items(scene: Scene, rng: random.Random, ask_absent_companions: bool = True) -> list[dict]:
     """Questions about ``scene`` with their exact answers, one per applicable type.
 
     Types: ``count``, ``colour`` (of a shape unique in the scene), ``shape`` (of a colour unique
@@ -530,6 +530,10 @@ def vqa_items(scene: Scene, rng: random.Random) -> list[dict]:
     (which object is in the image; answer is a letter). Each item: ``id`` (``{scene.id}-{type}``),
     ``image`` (``{scene.id}.png``), ``question``, ``answer``, ``type``, and ``choices`` for
     multiple choice.
+
+    With ``ask_absent_companions=False`` no question names an absent companion: the existence
+    question is a near miss and the multiple-choice distractors avoid it, as in LLaVA's
+    instruction data, which almost never asks about an object the image lacks.
     """
     objects = list(scene.objects)
     items: list[dict] = []
@@ -562,17 +566,22 @@ def vqa_items(scene: Scene, rng: random.Random) -> list[dict]:
     obj = rng.choice(objects)
     add("exists_present", f"Is there a {obj.colour} {obj.shape}?", "yes")
     absent_prior = scene.absent_companions()
-    if absent_prior:
+    unasked = set() if ask_absent_companions else set(absent_prior)
+    if absent_prior and ask_absent_companions:
         colour, shape = rng.choice(absent_prior)
         add("exists_absent_prior", f"Is there a {colour} {shape}?", "no")
     else:
-        colour, shape = _near_miss(scene, rng)
+        colour, shape = _near_miss(scene, rng, unasked)
         add("exists_absent", f"Is there a {colour} {shape}?", "no")
     # Multiple choice: one present object among absent ones, prior companions first.
     truth = rng.choice(objects).kind
-    distractors = list(absent_prior)
+    distractors = list(absent_prior) if ask_absent_companions else []
     while len(distractors) < 3:
-        kind = _near_miss(scene, rng) if rng.random() < 0.5 else _random_absent(scene, rng)
+        kind = (
+            _near_miss(scene, rng, unasked)
+            if rng.random() < 0.5
+            else _random_absent(scene, rng, unasked)
+        )
         if kind not in distractors:
             distractors.append(kind)
     options = [truth] + distractors[:3]
@@ -583,23 +592,24 @@ def vqa_items(scene: Scene, rng: random.Random) -> list[dict]:
     return items
 
 
-def _random_absent(scene: Scene, rng: random.Random) -> tuple[str, str]:
-    kinds = scene.kinds()
+def _random_absent(scene: Scene, rng: random.Random, avoid=frozenset()) -> tuple[str, str]:
+    """A random (colour, shape) the scene lacks, other than those in ``avoid``."""
+    kinds = scene.kinds() | set(avoid)
     while True:
         kind = (rng.choice(sorted(COLOURS)), rng.choice(SHAPES))
         if kind not in kinds:
             return kind
 
 
-def _near_miss(scene: Scene, rng: random.Random) -> tuple[str, str]:
-    """An absent (colour, shape) one attribute away from a present object."""
-    kinds = scene.kinds()
+def _near_miss(scene: Scene, rng: random.Random, avoid=frozenset()) -> tuple[str, str]:
+    """An absent (colour, shape) one attribute away from a present object, not in ``avoid``."""
+    kinds = scene.kinds() | set(avoid)
     obj = rng.choice(scene.objects)
     if rng.random() < 0.5:
         options = [(c, obj.shape) for c in COLOURS if (c, obj.shape) not in kinds]
     else:
         options = [(obj.colour, s) for s in SHAPES if (obj.colour, s) not in kinds]
-    return rng.choice(options) if options else _random_absent(scene, rng)
+    return rng.choice(options) if options else _random_absent(scene, rng, avoid)
 
 
 def vqa_metrics(results, items) -> dict:
@@ -646,7 +656,9 @@ def vqa_conversation(sample_id: str, items: list[dict], image: str) -> InstructS
 PROMPT_KINDS: tuple[str, ...] = ("plain", "good", "bad", "question", "infused")
 
 
-def instruction_samples(scene: Scene, rng: random.Random, image: str | None = None) -> dict:
+def instruction_samples(
+    scene: Scene, rng: random.Random, image: str | None = None, ask_absent_companions: bool = True
+) -> dict:
     """One LLaVA-format sample per prompt kind for base training, keyed by kind.
 
     ``plain``: a PLAIN_PROMPT -> :func:`describe_detailed`; ``good``: GOOD_PROMPT ->
@@ -654,7 +666,8 @@ def instruction_samples(scene: Scene, rng: random.Random, image: str | None = No
     ``question``: a VQA question (formatted by :func:`stic.prompts.question_prompt`, as
     evaluation does) -> its answer; ``infused``: another VQA question with the description
     put in front (:func:`stic.prompts.infuse_description`) -> its answer. Sample ids are
-    ``{scene.id}-{kind}``; ``image`` defaults to ``{scene.id}.png``.
+    ``{scene.id}-{kind}``; ``image`` defaults to ``{scene.id}.png``. ``ask_absent_companions``
+    goes to :func:`vqa_items`.
 
     Plain and good prompts get the same format, as the misleading prompts do: then stage 1's
     chosen and rejected answers differ in what they claim, not in how they are written (with
@@ -667,7 +680,7 @@ def instruction_samples(scene: Scene, rng: random.Random, image: str | None = No
         turns = (Turn("human", human), Turn("gpt", gpt))
         return InstructSample(id=f"{scene.id}-{kind}", conversations=turns, image=image)
 
-    items = vqa_items(scene, rng)
+    items = vqa_items(scene, rng, ask_absent_companions)
     asked = rng.sample(items, 2)
     questions = [question_prompt(i["question"], i.get("choices")) for i in asked]
     return {
