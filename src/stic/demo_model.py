@@ -125,17 +125,15 @@ def labeled_samples(recipe: BaseModelRecipe) -> list[InstructSample]:
     ``qa_conversations`` multi-turn conversations asking every VQA question about the scene and
     :func:`existence_questions` (LLaVA's instruction data is mostly such conversations)."""
     out = []
+    ask = recipe.ask_absent_companions
     for scene in labeled_scenes(recipe):
         rng = item_rng(recipe.seed, scene.id, "base-instructions")
-        samples = world.instruction_samples(
-            scene, rng, ask_absent_companions=recipe.ask_absent_companions
-        )
+        samples = world.instruction_samples(scene, rng, ask_absent_companions=ask)
         noisy = recipe.caption_prior_rate and scene.absent_companions()
         if noisy and rng.random() < recipe.caption_prior_rate:
             samples["plain"] = prior_caption(samples["plain"], scene, rng)
         out += list(samples.values())
         for k in range(recipe.qa_conversations):
-            ask = recipe.ask_absent_companions
             items = world.vqa_items(scene, rng, ask) + existence_questions(scene, rng, ask)
             rng.shuffle(items)
             sample_id = f"{scene.id}-vqa" + (f"{k}" if k else "")
