@@ -29,7 +29,7 @@ demo: install
 
 # Rebuild the demo's base model in place (the package ships it; about 29 minutes on 2 CPU cores).
 demo-model: install
-	$(VENV)/bin/stic demo-model --out src/stic/demo_base
+	$(VENV)/bin/stic demo-model --out src/stic/demo/tiny_llava
 
 lint: install
 	$(VENV)/bin/ruff check src tests benchmarks

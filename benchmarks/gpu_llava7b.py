@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from stic.config import DPOConfig, PairsConfig
-from stic.dpo import run_dpo
-from stic.pairs import run_pairs
+from stic.stages.dpo import run_dpo
+from stic.stages.pairs import run_pairs
 from stic.testing import build_tokenizer, make_images
 
 VOCAB = 32064  # llava-hf/llava-1.5-7b-hf

@@ -1,4 +1,4 @@
-"""Shared pytest fixtures. Tests never touch a model hub: everything is built by stic.testing."""
+"""Shared pytest fixtures. Tests never touch a model hub: everything is built by stic.testing.builders."""
 
 from __future__ import annotations
 

@@ -18,18 +18,18 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageDraw
 
-import stic.dpo
-import stic.models
-import stic.sft
+import stic.modeling.models
+import stic.stages.dpo
+import stic.stages.sft
 from stic.cli import main
 from stic.config import DPOConfig, EvalConfig, InfuseConfig, PairsConfig, SFTConfig
-from stic.dpo import run_dpo
-from stic.evaluate import run_eval
-from stic.images import load_image
-from stic.infuse import run_infuse
-from stic.pairs import PairsSummary, run_pairs
-from stic.schemas import RecordError
-from stic.sft import run_sft
+from stic.data.schemas import RecordError
+from stic.runtime.images import load_image
+from stic.stages.dpo import run_dpo
+from stic.stages.evaluate import run_eval
+from stic.stages.infuse import run_infuse
+from stic.stages.pairs import PairsSummary, run_pairs
+from stic.stages.sft import run_sft
 
 GOOD = ("a_good.png", "z_good.jpg")  # the bad file's name sorts between them
 
@@ -298,9 +298,9 @@ def _no_model_work(monkeypatch) -> None:
     def refuse(*args, **kwargs):
         raise AssertionError("a model was loaded before the data file was checked")
 
-    monkeypatch.setattr(stic.models, "load_model", refuse)
-    monkeypatch.setattr(stic.dpo, "load_model", refuse)
-    monkeypatch.setattr(stic.sft, "load_model", refuse)
+    monkeypatch.setattr(stic.modeling.models, "load_model", refuse)
+    monkeypatch.setattr(stic.stages.dpo, "load_model", refuse)
+    monkeypatch.setattr(stic.stages.sft, "load_model", refuse)
 
 
 def _write_jsonl(path: Path, rows: list) -> Path:

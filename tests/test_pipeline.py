@@ -15,9 +15,9 @@ import pytest
 import yaml
 
 from stic.cli import main
-from stic.files import read_jsonl
-from stic.manifest import manifest_path, read_manifest
-from stic.schemas import PairRecord, read_instruct
+from stic.data.schemas import PairRecord, read_instruct
+from stic.runtime.files import read_jsonl
+from stic.runtime.manifests import manifest_path, read_manifest
 from stic.testing import write_pipeline_inputs
 
 FAMILIES = ["llava", "llava_next", "qwen2_vl"]

@@ -13,9 +13,9 @@ import yaml
 from transformers import AutoModelForImageTextToText
 
 from stic.config import EvalConfig
-from stic.manifest import manifest_path, redact, write_manifest
-from stic.models import ModelLoadError, load_adapter, load_model
+from stic.modeling.models import ModelLoadError, load_adapter, load_model
 from stic.pipeline import load_run_config, write_resolved
+from stic.runtime.manifests import manifest_path, redact, write_manifest
 
 SECRET = "hf_abcdefghijklmnopqrstuvwxyz0123"
 

@@ -31,11 +31,11 @@ VERBS = {
 
 # Commands that are small programs of their own: module whose main(argv) runs them.
 TOOLS = {
-    "demo": "stic.demo",
-    "demo-model": "stic.demo_model",
-    "merge": "stic.shards",
-    "convert": "stic.convert",
-    "doctor": "stic.doctor",
+    "demo": "stic.demo.run",
+    "demo-model": "stic.demo.base_model",
+    "merge": "stic.tools.merge",
+    "convert": "stic.tools.convert",
+    "doctor": "stic.tools.doctor",
 }
 
 EXAMPLES = {
@@ -100,15 +100,15 @@ def _print_summary(label: str, summary) -> None:
 
 def _stage_runner(verb: str) -> Callable:
     if verb == "pairs":
-        from stic.pairs import run_pairs as runner
+        from stic.stages.pairs import run_pairs as runner
     elif verb == "dpo":
-        from stic.dpo import run_dpo as runner
+        from stic.stages.dpo import run_dpo as runner
     elif verb == "infuse":
-        from stic.infuse import run_infuse as runner
+        from stic.stages.infuse import run_infuse as runner
     elif verb == "sft":
-        from stic.sft import run_sft as runner
+        from stic.stages.sft import run_sft as runner
     else:
-        from stic.evaluate import run_eval as runner
+        from stic.stages.evaluate import run_eval as runner
     return runner
 
 

@@ -394,7 +394,7 @@ def value_errors(config: Any, where: str = "") -> list[str]:
         check("lora_targets", any(n.strip() for n in targets.split(",")), "must name a layer")
     shard = getattr(config, "shard", None)
     if isinstance(shard, str):
-        from stic.shards import parse_shard
+        from stic.runtime.shards import parse_shard
 
         try:
             parse_shard(shard)

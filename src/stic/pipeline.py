@@ -29,8 +29,8 @@ from typing import Any
 import yaml
 
 from stic.config import STAGE_CONFIGS, ConfigError, build, to_dict
-from stic.files import atomic_write_text
-from stic.manifest import redact
+from stic.runtime.files import atomic_write_text
+from stic.runtime.manifests import redact
 
 logger = logging.getLogger(__name__)
 
@@ -174,11 +174,11 @@ def load_run_config(path: str | Path) -> list[PlannedStage]:
 
 
 def run_stage(planned: PlannedStage) -> Any:
-    from stic.dpo import run_dpo
-    from stic.evaluate import run_eval
-    from stic.infuse import run_infuse
-    from stic.pairs import run_pairs
-    from stic.sft import run_sft
+    from stic.stages.dpo import run_dpo
+    from stic.stages.evaluate import run_eval
+    from stic.stages.infuse import run_infuse
+    from stic.stages.pairs import run_pairs
+    from stic.stages.sft import run_sft
 
     runners = {
         "pairs": run_pairs,

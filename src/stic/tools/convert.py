@@ -1,0 +1,107 @@
+"""``stic convert``: preference pairs to and from the files other tools read.
+
+The formats and their readers and writers live in :mod:`stic.data.formats`; this is the command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from stic.data import formats
+from stic.data.formats import (
+    FORMATS,
+    LLAMAFACTORY,
+    READ_FORMATS,
+    TRL,
+    llamafactory_dataset_info,
+    read_pairs_any,
+    write_pairs_as,
+)
+from stic.runtime.images import ImageError
+
+_EXAMPLES = """\
+examples:
+  # the reference code's pairs -> stic pairs, ready for `stic dpo --pairs`
+  stic convert --from stic-reference --to stic stic_pairs.json pairs.jsonl
+  # stic pairs -> a TRL data set with the images embedded (folder, or a .parquet file)
+  stic convert --to trl pairs.jsonl trl_pairs --images coco/train2014
+  stic convert --to trl pairs.jsonl trl_pairs.parquet --images coco/train2014
+  # stic pairs -> LLaMA-Factory (absolute image paths); prints the dataset_info.json entry
+  stic convert --to llamafactory pairs.jsonl LLaMA-Factory/data/stic_pairs.json --images coco/train2014
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="stic convert",
+        description="Convert preference pairs between stic and other tools' files.\n\n"
+        + (formats.__doc__ or "").split("\n\n", 1)[1]
+        + "\n"
+        + _EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument(
+        "--from",
+        dest="source",
+        default="auto",
+        choices=("auto", *READ_FORMATS),
+        help="Format of IN (default: auto, detected from its first record).",
+    )
+    parser.add_argument(
+        "--to", dest="target", required=True, choices=FORMATS, help="Format of OUT."
+    )
+    parser.add_argument("input", metavar="IN", help="The pair file to read.")
+    parser.add_argument(
+        "output",
+        metavar="OUT",
+        help="Where to write: a file; for trl a folder (no suffix) or a .parquet file.",
+    )
+    parser.add_argument(
+        "--images",
+        default=None,
+        help="The images folder the pairs' image paths are relative to. Required for --to trl "
+        "(the images are embedded); for --to llamafactory it makes image paths absolute; for "
+        "--from llamafactory it turns absolute image paths back into relative ones.",
+    )
+    parser.add_argument(
+        "--name",
+        default=None,
+        help="Name of the dataset_info.json entry printed for --to llamafactory (default: OUT's "
+        "file name without its suffix).",
+    )
+    return parser
+
+
+def main(argv: list[str]) -> int:
+    """``stic convert``: 0 on success, 1 on a bad input, 2 on a usage error."""
+    parser = _parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse exits 2 on usage errors and 0 on --help
+        return int(e.code or 0)
+    if args.target == TRL and args.images is None:
+        print(
+            "stic convert: error: --to trl needs --images (the images are embedded)",
+            file=sys.stderr,
+        )
+        return 2
+    try:
+        pairs = read_pairs_any(args.input, args.source, args.images)
+        write_pairs_as(pairs, args.output, args.target, args.images)
+    except (OSError, ValueError, ImageError) as e:
+        print(f"stic convert: error: {e}", file=sys.stderr)
+        return 1
+    print(f"stic convert: {len(pairs)} pairs {args.input} -> {args.output} ({args.target})")
+    if args.target == LLAMAFACTORY:
+        out = Path(args.output)
+        entry = llamafactory_dataset_info(args.name or out.stem, out.name)
+        paths = "absolute image paths" if args.images else "image paths relative to media_dir"
+        print(
+            f"Put {out.name} in LLaMA-Factory's dataset_dir ({paths}) and add to its "
+            "dataset_info.json:"
+        )
+        print(json.dumps(entry, indent=2)[1:-1].strip("\n"))
+    return 0
