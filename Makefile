@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test demo demo-model lint format clean
+.PHONY: install test test-fast demo demo-model lint format clean
 
 install: $(STAMP)
 
@@ -23,6 +23,11 @@ $(STAMP): pyproject.toml constraints.txt
 test: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q
+
+# The quick loop while editing: everything but the tests marked slow (under a minute here).
+test-fast: install
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(PY) -m pytest -q -m "not slow"
 
 demo: install
 	$(VENV)/bin/stic demo
