@@ -1,0 +1,195 @@
+"""The paper's benchmarks: one module each, and ONE registry (:data:`BENCHMARKS`) they all share.
+
+For each benchmark, :class:`BenchmarkSpec` bundles what a generation stage and a scorer need:
+
+- ``read(data, images) -> list[BenchItem]``: detects and reads the hub form (parquet shards or a
+  ``save_to_disk`` folder) or the original release files; a wrong folder raises
+  :class:`BenchmarkDataError` with a one-line message naming what is missing;
+- ``prompt(item) -> str``: the LLaVA-1.5 protocol text of the user turn (no image placeholder);
+  generate greedily with at most ``max_new_tokens`` new tokens;
+- ``score(pairs, judge) -> rows`` and ``summarize(rows) -> {"metrics", "categories"}``: the
+  official scoring rule, item by item and then aggregated (metrics in percent, 0-100).
+
+:func:`score_predictions` joins predictions to items by id and returns the result document
+that ``stic bench score`` writes.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from stic.data.benchmarks import pope
+from stic.data.benchmarks.records import (
+    BenchItem,
+    BenchmarkDataError,
+    ImageRef,
+    Judge,
+    JudgePrompt,
+    JudgeVerdict,
+)
+
+logger = logging.getLogger(__name__)
+
+JudgeUse = Literal["none", "optional", "required"]
+
+
+@dataclass(frozen=True)
+class BenchmarkSpec:
+    """Everything about one benchmark that the bench stage, the scorer and compare read."""
+
+    name: str
+    read: Callable[[str | Path, str | Path | None], list[BenchItem]]
+    prompt: Callable[[BenchItem], str]
+    score: Callable[[Sequence[tuple[BenchItem, str]], Judge | None], list[dict]]
+    summarize: Callable[[Sequence[dict]], dict]
+    metrics: tuple[str, ...]  # the keys of summarize(...)["metrics"], headline first
+    primary: str  # the metric stic compare tabulates
+    max_new_tokens: int  # the generation limit of the protocol
+    protocol: str  # one line: which prompt family, as recorded in results
+    judge: JudgeUse = "none"  # whether scoring needs a judge
+    judge_prompt_version: str | None = None
+
+
+BENCHMARKS: dict[str, BenchmarkSpec] = {
+    **{
+        f"pope_{split}": BenchmarkSpec(
+            name=f"pope_{split}",
+            read=functools.partial(pope.read, split=split),
+            prompt=pope.prompt,
+            score=pope.score,
+            summarize=pope.summarize,
+            metrics=pope.METRICS,
+            primary=pope.PRIMARY,
+            max_new_tokens=pope.MAX_NEW_TOKENS,
+            protocol=pope.PROTOCOL,
+        )
+        for split in pope.SPLITS
+    },
+}
+
+
+def get_spec(name: str) -> BenchmarkSpec:
+    """The spec of benchmark ``name``; an unknown name raises ValueError listing the known ones."""
+    if name not in BENCHMARKS:
+        raise ValueError(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+    return BENCHMARKS[name]
+
+
+def read_benchmark(
+    name: str, data: str | Path, images: str | Path | None = None
+) -> list[BenchItem]:
+    """The items of benchmark ``name`` read from ``data`` (see :class:`BenchmarkSpec`.read)."""
+    items = get_spec(name).read(data, images)
+    seen: set[str] = set()
+    for item in items:
+        if item.id in seen:
+            raise BenchmarkDataError(f"{name}: {data} holds question id {item.id!r} twice")
+        seen.add(item.id)
+    if not items:
+        raise BenchmarkDataError(f"{name}: {data} holds no questions")
+    return items
+
+
+def _prediction_map(predictions: Mapping[str, str] | Iterable[dict]) -> dict[str, str]:
+    if isinstance(predictions, Mapping):
+        return {str(k): v for k, v in predictions.items()}
+    out: dict[str, str] = {}
+    for index, row in enumerate(predictions):
+        if not isinstance(row, dict) or "id" not in row or "prediction" not in row:
+            raise ValueError(f"prediction {index}: expected {{'id', 'prediction'}}, got {row!r}")
+        key = str(row["id"])
+        if key in out:
+            raise ValueError(f"prediction {index}: id {key!r} appears twice")
+        if not isinstance(row["prediction"], str):
+            raise ValueError(f"prediction {index} (id {key!r}): 'prediction' must be a string")
+        out[key] = row["prediction"]
+    return out
+
+
+def _examples(ids: list[str], limit: int = 5) -> dict:
+    return {"count": len(ids), "examples": ids[:limit]}
+
+
+def score_predictions(
+    benchmark: str,
+    items: Sequence[BenchItem],
+    predictions: Mapping[str, str] | Iterable[dict],
+    judge: Judge | None = None,
+) -> dict:
+    """Score predictions (``{id: text}`` or rows ``{"id", "prediction"}``) of ``benchmark``.
+
+    Predictions are joined to ``items`` by id, never by position. Only items with a prediction
+    are scored; ``unmatched`` reports items without a prediction (``missing_predictions``) and
+    prediction ids that are not in the data (``unknown_ids``), each as a count and examples.
+
+    Returns the result document: ``benchmark``, ``n`` (items scored), ``n_data``, ``metrics``
+    (percent), ``primary_metric``, ``categories`` (per-category metrics), ``items`` (one row per
+    scored item with its extracted answer and score), ``unmatched``, ``protocol`` and ``judge``.
+    A benchmark that requires a judge raises ValueError when ``judge`` is None.
+    """
+    spec = get_spec(benchmark)
+    if spec.judge == "required" and judge is None:
+        raise ValueError(
+            f"{benchmark} is scored by a judge model: give --judge-url and --judge-model"
+        )
+    by_id = _prediction_map(predictions)
+    known = {item.id for item in items}
+    pairs = [(item, by_id[item.id]) for item in items if item.id in by_id]
+    missing = [item.id for item in items if item.id not in by_id]
+    unknown = [key for key in by_id if key not in known]
+    if missing or unknown:
+        logger.warning(
+            "%s: %d items without a prediction, %d prediction ids not in the data",
+            benchmark,
+            len(missing),
+            len(unknown),
+        )
+    rows = spec.score(pairs, judge)
+    summary = spec.summarize(rows)
+    judge_failed = [row for row in rows if row.get("judge_failed")]
+    return {
+        "benchmark": benchmark,
+        "n": len(rows),
+        "n_data": len(items),
+        "primary_metric": spec.primary,
+        "metrics": summary["metrics"],
+        "categories": summary["categories"],
+        "unmatched": {
+            "missing_predictions": _examples(missing),
+            "unknown_ids": _examples(unknown),
+        },
+        "protocol": {
+            "prompt": spec.protocol,
+            "max_new_tokens": spec.max_new_tokens,
+            "decoding": "greedy",
+        },
+        "judge": None
+        if judge is None
+        else {
+            "model": judge.model,
+            "prompt_version": spec.judge_prompt_version,
+            "judge_failed": len(judge_failed),
+            "failures": [{"id": r["id"], "reason": r["judge_failed"]} for r in judge_failed[:20]],
+        },
+        "items": rows,
+    }
+
+
+__all__ = [
+    "BENCHMARKS",
+    "BenchItem",
+    "BenchmarkDataError",
+    "BenchmarkSpec",
+    "ImageRef",
+    "Judge",
+    "JudgePrompt",
+    "JudgeVerdict",
+    "get_spec",
+    "read_benchmark",
+    "score_predictions",
+]

@@ -1,0 +1,142 @@
+"""POPE (object hallucination, COCO val2014): three splits of 3,000 yes/no questions.
+
+Formats read:
+- original: ``coco_pope_{split}.json`` (one JSON object a line: ``question_id``, ``image``
+  (a COCO val2014 file name), ``text``, ``label``) plus the COCO val2014 image folder
+  (``--images``; default ``val2014/`` beside the file);
+- hub: the ``lmms-lab/POPE`` parquet shards of split ``test`` (columns ``question_id``,
+  ``question``, ``answer``, ``image``, ``category``; ``category`` selects the split).
+
+Item ids are POPE's ``question_id`` (unique within a split, not across splits).
+
+Scoring follows LLaVA's ``eval_pope.py``: keep the text before the first period, drop commas,
+split on spaces; the answer is "no" if a word is ``no``, ``not`` or ``No``, else "yes". Per
+split: accuracy, precision, recall, F1 (positive class: yes) and ``yes_ratio``, the share of
+PREDICTED yes (lmms-eval v0.7.2 reports the ground truth's share under that name).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from stic.data.benchmarks.aggregate import percent
+from stic.data.benchmarks.records import (
+    BenchItem,
+    BenchmarkDataError,
+    ImageRef,
+    Judge,
+    check_image_files,
+)
+from stic.data.benchmarks.tables import find_file, image_from_cell, read_hub_rows, read_json_lines
+from stic.data.prompts import SHORT_ANSWER_INSTRUCTION
+
+SPLITS = ("adversarial", "popular", "random")
+MAX_NEW_TOKENS = 128  # LLaVA-1.5's model_vqa_loader default, used for its POPE run
+METRICS = ("accuracy", "precision", "recall", "f1", "yes_ratio")
+PRIMARY = "f1"
+PROTOCOL = "LLaVA-1.5 short-answer prompt: '{question}\\n" + SHORT_ANSWER_INSTRUCTION + "'"
+
+
+def read(data: str | Path, images: str | Path | None, split: str) -> list[BenchItem]:
+    """The questions of one POPE split, from the hub parquet or the original JSON lines."""
+    name = f"pope_{split}"
+    data = Path(data)
+    rows = read_hub_rows(
+        data, name, split="test", columns=("question_id", "question", "answer", "image", "category")
+    )
+    if rows is not None:
+        kept = [row for row in rows if row["category"] == split]
+        if not kept:
+            raise BenchmarkDataError(f"{name}: {data} has no rows with category {split!r}")
+        return [
+            BenchItem(
+                id=str(row["question_id"]),
+                image=image_from_cell(row["image"], None, name, str(row["question_id"])),
+                question=row["question"],
+                answers=(row["answer"].strip().lower(),),
+                meta={"split": split},
+            )
+            for row in kept
+        ]
+    path = find_file(
+        data,
+        [f"coco_pope_{split}.json", f"coco_pope_{split}.jsonl"],
+        name,
+        "give the POPE question file or its folder",
+    )
+    if images is None:
+        images = path.parent / "val2014"
+    images = Path(images)
+    items = []
+    for row in read_json_lines(path, name):
+        for key in ("question_id", "image", "text", "label"):
+            if key not in row:
+                raise BenchmarkDataError(f"{name}: {path}: a line lacks {key!r}: {row}")
+        items.append(
+            BenchItem(
+                id=str(row["question_id"]),
+                image=ImageRef(path=str(images / row["image"])),
+                question=row["text"],
+                answers=(row["label"].strip().lower(),),
+                meta={"split": split},
+            )
+        )
+    check_image_files(name, items, images, "the COCO val2014 image folder")
+    return items
+
+
+def prompt(item: BenchItem) -> str:
+    return f"{item.question}\n{SHORT_ANSWER_INSTRUCTION}"
+
+
+def extract_yes_no(prediction: str) -> str:
+    """ "yes" or "no" by LLaVA's POPE rule (see the module docstring).
+
+    "Yes, there is." -> "yes"; "No." -> "no"; "There is not a dog" -> "no"; "NO" -> "yes" (the
+    rule looks for the words ``no``, ``No`` and ``not`` only).
+    """
+    text = prediction.strip()
+    if "." in text:
+        text = text.split(".")[0]
+    words = text.replace(",", "").split(" ")
+    return "no" if {"no", "No", "not"} & set(words) else "yes"
+
+
+def score(pairs: Sequence[tuple[BenchItem, str]], judge: Judge | None = None) -> list[dict]:
+    rows = []
+    for item, prediction in pairs:
+        extracted = extract_yes_no(prediction)
+        rows.append(
+            {
+                "id": item.id,
+                "prediction": prediction,
+                "extracted": extracted,
+                "answer": item.answers[0],
+                "score": float(extracted == item.answers[0]),
+                "categories": {},
+            }
+        )
+    return rows
+
+
+def metrics_of(rows: Sequence[dict]) -> dict:
+    """Accuracy, precision, recall, F1 and the predicted-yes share, in percent."""
+    tp = sum(r["extracted"] == "yes" and r["answer"] == "yes" for r in rows)
+    fp = sum(r["extracted"] == "yes" and r["answer"] == "no" for r in rows)
+    fn = sum(r["extracted"] == "no" and r["answer"] == "yes" for r in rows)
+    tn = sum(r["extracted"] == "no" and r["answer"] == "no" for r in rows)
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "accuracy": percent(tp + tn, len(rows)),
+        "precision": percent(precision, 1),
+        "recall": percent(recall, 1),
+        "f1": percent(f1, 1),
+        "yes_ratio": percent(tp + fp, len(rows)),
+    }
+
+
+def summarize(rows: Sequence[dict]) -> dict:
+    return {"metrics": metrics_of(rows), "categories": {}}

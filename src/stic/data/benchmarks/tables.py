@@ -1,0 +1,142 @@
+"""Reading the hub form of a benchmark: parquet files or a ``datasets`` ``save_to_disk`` folder.
+
+A hub download is a folder of parquet shards named ``<split>-00000-of-0000N*.parquet``, often
+under a config folder (``ScienceQA-IMG/``, ``en/``, ``data/``). :func:`read_hub_rows` finds the
+shards of one split (and config) and returns their rows as plain dicts; image columns come back
+undecoded as ``{"bytes": ..., "path": ...}``, so nothing is decoded until a model needs it.
+``None`` means "no hub files here", and the reader then tries the benchmark's original format.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from stic.data.benchmarks.records import BenchmarkDataError, ImageRef
+
+
+def _shards(root: Path, split: str, config: str | None) -> list[Path]:
+    files = sorted(p for p in root.rglob("*.parquet") if not p.name.startswith("."))
+    if config is not None and any(config in p.relative_to(root).parts[:-1] for p in files):
+        files = [p for p in files if config in p.relative_to(root).parts[:-1]]
+    return [p for p in files if p.name.startswith((f"{split}-", f"{split}.", f"{split}_"))]
+
+
+def _arrow_rows(table: Any) -> list[dict]:
+    return table.to_pylist()
+
+
+def _read_saved(root: Path, name: str, split: str) -> list[dict]:
+    import datasets
+
+    loaded = datasets.load_from_disk(str(root))
+    if isinstance(loaded, datasets.DatasetDict):
+        if split not in loaded:
+            raise BenchmarkDataError(
+                f"{name}: {root} is a saved DatasetDict without split {split!r} "
+                f"(it has {', '.join(loaded)})"
+            )
+        loaded = loaded[split]
+    # The stored Arrow table holds images as {bytes, path} structs: read them undecoded.
+    return _arrow_rows(loaded.data.table)
+
+
+def read_hub_rows(
+    data: str | Path,
+    name: str,
+    split: str,
+    config: str | None = None,
+    columns: Sequence[str] = (),
+) -> list[dict] | None:
+    """Rows of the hub form of a benchmark at ``data``, or None when ``data`` holds none.
+
+    ``data`` may be one parquet file, a folder with parquet shards (searched recursively; only
+    those of ``split``, and of ``config`` when config folders exist), or a ``save_to_disk``
+    folder (a Dataset, or a DatasetDict holding ``split``). ``columns`` are required: a table
+    without one raises :class:`BenchmarkDataError` naming it.
+    """
+    import pyarrow.parquet as pq
+
+    root = Path(data)
+    if root.is_file() and root.suffix == ".parquet":
+        rows = _arrow_rows(pq.read_table(root))
+        where = str(root)
+    elif root.is_dir() and (
+        (root / "dataset_dict.json").is_file() or (root / "state.json").is_file()
+    ):
+        rows = _read_saved(root, name, split)
+        where = str(root)
+    elif root.is_dir() and any(root.rglob("*.parquet")):
+        shards = _shards(root, split, config)
+        if not shards:
+            found = sorted(p.name for p in root.rglob("*.parquet"))[:3]
+            wanted = f"{config}/{split}-*.parquet" if config else f"{split}-*.parquet"
+            raise BenchmarkDataError(
+                f"{name}: no parquet shard of split {split!r} under {root} "
+                f"(expected {wanted}; found {', '.join(found)})"
+            )
+        rows = [row for shard in shards for row in _arrow_rows(pq.read_table(shard))]
+        where = f"{root} ({len(shards)} parquet shards of {split!r})"
+    else:
+        return None
+    if rows:
+        absent = [c for c in columns if c not in rows[0]]
+        if absent:
+            raise BenchmarkDataError(
+                f"{name}: {where} lacks column(s) {', '.join(absent)} (has {', '.join(rows[0])})"
+            )
+    return rows
+
+
+def image_from_cell(cell: Any, base: Path | None, name: str, row_id: str) -> ImageRef:
+    """An :class:`ImageRef` from a hub image cell: ``{"bytes", "path"}`` (embedded bytes win),
+    raw bytes, or a file path relative to ``base``."""
+    if isinstance(cell, dict):
+        if cell.get("bytes"):
+            return ImageRef(data=cell["bytes"])
+        cell = cell.get("path")
+    if isinstance(cell, bytes | bytearray):
+        return ImageRef(data=bytes(cell))
+    if isinstance(cell, str) and cell:
+        path = Path(cell)
+        return ImageRef(path=str(path if path.is_absolute() or base is None else base / path))
+    raise BenchmarkDataError(f"{name}: row {row_id} has no image (cell {type(cell).__name__})")
+
+
+def read_json_lines(path: Path, name: str) -> list[dict]:
+    """Objects of a JSON-lines file (blank lines skipped); a bad line is named in the error."""
+    rows = []
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as e:
+                raise BenchmarkDataError(
+                    f"{name}: {path}:{number}: not valid JSON ({e.msg})"
+                ) from e
+    return rows
+
+
+def find_file(root: Path, names: Sequence[str], name: str, hint: str) -> Path:
+    """``root`` itself if it is a file, else the first of ``names`` found under it (recursively).
+
+    Raises :class:`BenchmarkDataError` naming the files that were looked for and ``hint``.
+    """
+    if root.is_file():
+        return root
+    if not root.exists():
+        raise BenchmarkDataError(f"{name}: {root} does not exist")
+    for wanted in names:
+        direct = root / wanted
+        if direct.is_file():
+            return direct
+        found = sorted(root.rglob(wanted))
+        if found:
+            return found[0]
+    raise BenchmarkDataError(
+        f"{name}: {root} holds neither hub parquet files nor {' / '.join(names)} ({hint})"
+    )

@@ -1,0 +1,128 @@
+"""POPE: both formats read, LLaVA's yes/no rule, and the metrics worked out by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from stic.data.benchmarks import BenchmarkDataError, read_benchmark, score_predictions
+from stic.data.benchmarks.pope import extract_yes_no, prompt
+from tests.data.bench_fixtures import png_bytes, write_hub_parquet, write_jsonl, write_png
+
+LABELS = {"1": "yes", "2": "no", "3": "yes", "4": "no", "5": "no"}
+
+
+def _original(tmp_path):
+    rows = [
+        {
+            "question_id": int(qid),
+            "image": f"COCO_val2014_00000000000{qid}.jpg",
+            "text": f"Is there a dog{qid} in the image?",
+            "label": label,
+        }
+        for qid, label in LABELS.items()
+    ]
+    write_jsonl(tmp_path / "pope" / "coco_pope_random.json", rows)
+    for row in rows:
+        write_png(tmp_path / "coco" / "val2014" / row["image"], int(row["question_id"]))
+    return tmp_path / "pope", tmp_path / "coco" / "val2014"
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("Yes, there is.", "yes"),
+        ("No.", "no"),
+        ("There is not", "no"),
+        ("There is not a dog. But no cat.", "no"),
+        ("Yes. There is no cat though.", "yes"),  # only the text before the first period counts
+        ("no, there isn't", "no"),
+        ("NO", "yes"),  # the official rule knows only "no", "No" and "not"
+        ("Nope", "yes"),
+        ("", "yes"),
+    ],
+)
+def test_yes_no_extraction_follows_llava_rule(text, expected):
+    assert extract_yes_no(text) == expected
+
+
+def test_original_format_read_and_scored_by_hand(tmp_path):
+    data, images = _original(tmp_path)
+    items = read_benchmark("pope_random", data, images)
+    assert [i.id for i in items] == ["1", "2", "3", "4", "5"]
+    assert items[0].image.load().size == (8, 8)
+    assert prompt(items[0]) == (
+        "Is there a dog1 in the image?\nAnswer the question using a single word or phrase."
+    )
+    predictions = [  # given in a shuffled order: joined by id
+        {"id": "4", "prediction": "Yes, there is."},  # label no  -> FP
+        {"id": "1", "prediction": "Yes, there is a dog."},  # yes -> TP
+        {"id": "2", "prediction": "No."},  # no -> TN
+        {"id": "3", "prediction": "There is not"},  # yes -> FN
+        {"id": "5", "prediction": "no"},  # no -> TN
+    ]
+    result = score_predictions("pope_random", items, predictions)
+    # TP=1 FP=1 TN=2 FN=1: accuracy 3/5, precision 1/2, recall 1/2, F1 1/2,
+    # predicted yes = 2 of 5 (the ground truth's share would also be 2/5, so check it apart).
+    assert result["metrics"] == {
+        "accuracy": 60.0,
+        "precision": 50.0,
+        "recall": 50.0,
+        "f1": 50.0,
+        "yes_ratio": 40.0,
+    }
+    assert {r["id"]: r["extracted"] for r in result["items"]}["3"] == "no"
+
+
+def test_yes_ratio_is_the_predicted_share(tmp_path):
+    data, images = _original(tmp_path)
+    items = read_benchmark("pope_random", data, images)
+    result = score_predictions("pope_random", items, {k: "Yes" for k in LABELS})
+    # all predicted yes: yes_ratio 100 (the labels' yes share is 40)
+    assert result["metrics"]["yes_ratio"] == 100.0
+    assert result["metrics"]["recall"] == 100.0 and result["metrics"]["precision"] == 40.0
+
+
+def test_unmatched_ids_reported(tmp_path):
+    data, images = _original(tmp_path)
+    items = read_benchmark("pope_random", data, images)
+    result = score_predictions("pope_random", items, {"1": "yes", "2": "no", "99": "yes"})
+    assert result["n"] == 2 and result["n_data"] == 5
+    assert result["unmatched"]["missing_predictions"] == {"count": 3, "examples": ["3", "4", "5"]}
+    assert result["unmatched"]["unknown_ids"] == {"count": 1, "examples": ["99"]}
+
+
+def test_missing_images_named(tmp_path):
+    data, _ = _original(tmp_path)
+    with pytest.raises(BenchmarkDataError, match=r"5 of 5 images not found.*COCO val2014"):
+        read_benchmark("pope_random", data, tmp_path / "nowhere")
+
+
+def test_folder_without_pope_files_named(tmp_path):
+    (tmp_path / "x.txt").write_text("hi")
+    with pytest.raises(BenchmarkDataError, match=r"coco_pope_popular.json"):
+        read_benchmark("pope_popular", tmp_path)
+
+
+@pytest.mark.slow
+def test_hub_parquet_selects_the_split(tmp_path):
+    rows = []
+    for n, split in enumerate(("adversarial", "popular", "random")):
+        for qid, label in LABELS.items():
+            rows.append(
+                {
+                    "id": str(len(rows)),
+                    "question_id": qid,
+                    "question": f"Is there a {split} {qid}?",
+                    "answer": label,
+                    "image_source": "x",
+                    "image": png_bytes(n),
+                    "category": split,
+                }
+            )
+    write_hub_parquet(tmp_path / "POPE" / "data" / "test-00000-of-00001.parquet", rows)
+    items = read_benchmark("pope_adversarial", tmp_path / "POPE")
+    assert [i.id for i in items] == list(LABELS)
+    assert items[0].question == "Is there a adversarial 1?"
+    assert items[0].image.load().size == (8, 8)
+    result = score_predictions("pope_adversarial", items, {k: "Yes, there is." for k in LABELS})
+    assert result["metrics"]["accuracy"] == 40.0
