@@ -239,3 +239,25 @@ def test_answer_logps_gradient_flows_to_logits():
     expected[5] += 1
     assert torch.allclose(grad[1], expected, atol=1e-6)
     assert torch.count_nonzero(grad[[0, 2, 3]]) == 0
+
+
+def test_loss_value_with_asymmetric_margins_catches_a_flipped_dpo_term():
+    """The fixture above has margins +0.2 and -0.2, whose -log sigmoid values average the same
+    with the DPO term's sign flipped. Here margins are +0.5 and +0.15 (no symmetry), so the loss
+    VALUE alone pins the sign: flipped, it would be the mean of -log sigmoid(-z)."""
+    pc, pr = torch.tensor([-8.0, -30.0]), torch.tensor([-12.0, -31.0])
+    rc, rr = torch.tensor([-9.0, -30.5]), torch.tensor([-8.0, -30.0])
+    margins = [BETA * ((-8 + 9) - (-12 + 8)), BETA * ((-30 + 30.5) - (-31 + 30))]
+    assert margins == pytest.approx([0.5, 0.15])
+    dpo = [math.log1p(math.exp(-z)) for z in margins]  # -log sigmoid(z)
+    flipped = [math.log1p(math.exp(z)) for z in margins]
+    nll = [8.0, 30.0]
+    loss, metrics = dpo_nll_loss(
+        pc, pr, rc, rr, torch.tensor([4, 9]), beta=BETA, nll_coef=ALPHA, nll_normalization="sum"
+    )
+    expected = sum(d + ALPHA * n for d, n in zip(dpo, nll, strict=True)) / 2
+    assert loss.item() == pytest.approx(expected, rel=1e-6)
+    assert metrics["loss/dpo"].item() == pytest.approx(sum(dpo) / 2, rel=1e-6)
+    assert sum(flipped) / 2 - sum(dpo) / 2 > 0.3  # what a flipped sign would add
+    # By hand: -log sigmoid(0.5) = 0.474077, -log sigmoid(0.15) = 0.620957.
+    assert dpo == pytest.approx([0.4740769841801067, 0.6209570477895321], rel=1e-9)

@@ -167,3 +167,55 @@ def test_rows_are_returned_as_written(tmp_path):
     append_jsonl(path, rows)
     assert read_jsonl(path) == rows
     assert json.loads(path.read_text(encoding="utf-8")) == rows[0]
+
+
+# --- durability: fsync before the rename / after the append ------------------------------------
+# A kill cannot show a missing fsync (the page cache survives it; a power cut does not), so
+# these tests watch the calls instead: the data is on disk before the name points at it.
+
+
+def _spy_on_fsync_and_replace(monkeypatch) -> list[tuple]:
+    """Record ("fsync", inode, size at that moment) and ("replace", src, dst) in call order."""
+    import os
+
+    calls: list[tuple] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd):
+        info = os.fstat(fd)
+        calls.append(("fsync", info.st_ino, info.st_size))
+        return real_fsync(fd)
+
+    def replace(src, dst, *args, **kwargs):
+        calls.append(("replace", str(src), str(dst)))
+        return real_replace(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    return calls
+
+
+def test_atomic_write_fsyncs_the_complete_temp_file_before_renaming_it(tmp_path, monkeypatch):
+    path = tmp_path / "out.json"
+    atomic_write_json(path, {"old": 1})
+    calls = _spy_on_fsync_and_replace(monkeypatch)
+    atomic_write_text(path, "new content\n")
+    kinds = [c[0] for c in calls]
+    assert "fsync" in kinds and "replace" in kinds, calls
+    replace = next(c for c in calls if c[0] == "replace")
+    assert replace[2] == str(path)
+    # The file synced is the one now at `path`, with all its bytes, and it was synced first.
+    synced = [c for c in calls[: calls.index(replace)] if c[0] == "fsync"]
+    stat = path.stat()
+    assert ("fsync", stat.st_ino, stat.st_size) in synced, calls
+    assert path.read_text() == "new content\n"
+
+
+def test_append_fsyncs_after_writing_every_line(tmp_path, monkeypatch):
+    path = tmp_path / "rows.jsonl"
+    append_jsonl(path, [{"id": "a"}])
+    calls = _spy_on_fsync_and_replace(monkeypatch)
+    append_jsonl(path, [{"id": "b"}, {"id": "c"}])
+    stat = path.stat()
+    assert calls == [("fsync", stat.st_ino, stat.st_size)]
+    assert [r["id"] for r in read_jsonl(path)] == ["a", "b", "c"]

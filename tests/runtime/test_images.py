@@ -170,17 +170,38 @@ def test_scan_and_load_refuse_a_named_pipe(tmp_path):
         load_image(tmp_path / "pipe.jpg")
 
 
-@pytest.mark.skipif(not hasattr(os, "geteuid") or os.geteuid() == 0, reason="root reads any folder")
-def test_scan_reports_an_unreadable_subfolder(tmp_path):
+def test_scan_reports_an_unreadable_subfolder(tmp_path, monkeypatch):
+    """The listing of one subfolder fails (as without read permission): its files are left out
+    and the folder is reported. Made to fail by patching the listing, not by permissions, which
+    root (as in CI containers) ignores."""
     _touch_image(tmp_path / "good.png")
     _touch_image(tmp_path / "locked" / "x.png")
-    (tmp_path / "locked").chmod(0)
-    try:
-        scan = scan_images(tmp_path)
-    finally:
-        (tmp_path / "locked").chmod(0o755)
-    assert scan.ids == ["good.png"]
+    _touch_image(tmp_path / "open" / "y.png")
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        if pathlib.Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    scan = scan_images(tmp_path)
+    assert scan.ids == ["good.png", "open/y.png"]
+    assert list(scan.skipped) == ["locked"]
     assert "folder cannot be read" in scan.skipped["locked"]
+    assert "ermission denied" in scan.skipped["locked"]
+    _assert_one_line_reasons(scan.skipped)
+
+
+def test_scan_of_an_unreadable_root_raises(tmp_path, monkeypatch):
+    _touch_image(tmp_path / "good.png")
+
+    def scandir(path="."):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.raises(PermissionError):
+        scan_images(tmp_path)
 
 
 def test_scan_limit_reports_only_skips_before_the_cut(tmp_path):
