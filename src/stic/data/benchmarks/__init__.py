@@ -21,9 +21,10 @@ import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from types import ModuleType
 from typing import Literal
 
-from stic.data.benchmarks import pope
+from stic.data.benchmarks import mmbench_en_dev, pope, scienceqa_img
 from stic.data.benchmarks.records import (
     BenchItem,
     BenchmarkDataError,
@@ -55,18 +56,31 @@ class BenchmarkSpec:
     judge_prompt_version: str | None = None
 
 
+def _spec(name: str, module: ModuleType, **overrides) -> BenchmarkSpec:
+    """A spec from a benchmark module's read/prompt/score/summarize and its constants."""
+    return BenchmarkSpec(
+        name=name,
+        read=overrides.pop("read", module.read),
+        prompt=module.prompt,
+        score=module.score,
+        summarize=module.summarize,
+        metrics=module.METRICS,
+        primary=module.PRIMARY,
+        max_new_tokens=module.MAX_NEW_TOKENS,
+        protocol=module.PROTOCOL,
+        judge=getattr(module, "JUDGE", "none"),
+        judge_prompt_version=getattr(module, "JUDGE_PROMPT_VERSION", None),
+        **overrides,
+    )
+
+
+# The one list of benchmarks: the bench stage, `stic bench score` and `stic compare` read it.
 BENCHMARKS: dict[str, BenchmarkSpec] = {
+    "scienceqa_img": _spec("scienceqa_img", scienceqa_img),
+    "mmbench_en_dev": _spec("mmbench_en_dev", mmbench_en_dev),
     **{
-        f"pope_{split}": BenchmarkSpec(
-            name=f"pope_{split}",
-            read=functools.partial(pope.read, split=split),
-            prompt=pope.prompt,
-            score=pope.score,
-            summarize=pope.summarize,
-            metrics=pope.METRICS,
-            primary=pope.PRIMARY,
-            max_new_tokens=pope.MAX_NEW_TOKENS,
-            protocol=pope.PROTOCOL,
+        f"pope_{split}": _spec(
+            f"pope_{split}", pope, read=functools.partial(pope.read, split=split)
         )
         for split in pope.SPLITS
     },

@@ -1,0 +1,141 @@
+"""ScienceQA-IMG: the 2,017 test questions that have an image.
+
+Formats read:
+- original: ``problems.json`` (pid -> record with ``question``, ``choices``, ``answer`` (index),
+  ``hint``, ``image`` (file name or null), ``split``, ``subject``, ...), optionally
+  ``pid_splits.json`` (its ``test`` list wins over each record's ``split``), and the images at
+  ``images/test/<pid>/<image>`` (``--images`` may name ``images/test`` or ``images``);
+- hub: ``lmms-lab/ScienceQA`` config ``ScienceQA-IMG`` split ``test``. Its rows carry no pid,
+  so an item's id there is its row position ("0", "1", ...).
+
+Prompt (LLaVA-1.5's ``--single-pred-prompt``): ``Context: {hint}\\n`` when a hint exists, the
+question, the options as ``A. text`` lines, then the option-letter instruction.
+
+Score (LLaVA's ``eval_science_qa.py``): the prediction is the letter if it is exactly one of the
+options' letters, or starts with ``X. ``, or contains exactly one ``The answer is X.``; the letter
+must name one of the question's options. Anything else is wrong (LLaVA would draw a random
+option instead; we do not). Accuracy overall and per subject.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from stic.data.benchmarks.aggregate import by_category, mean_score
+from stic.data.benchmarks.records import (
+    BenchItem,
+    BenchmarkDataError,
+    ImageRef,
+    Judge,
+    check_image_files,
+    existing_file,
+    is_blank,
+)
+from stic.data.benchmarks.tables import find_file, image_from_cell, read_hub_rows
+from stic.data.prompts import CHOICE_LETTERS, question_prompt
+from stic.runtime.files import read_json
+
+NAME = "scienceqa_img"
+MAX_NEW_TOKENS = 1024  # LLaVA's model_vqa_science default
+METRICS = ("accuracy",)
+PRIMARY = "accuracy"
+PROTOCOL = "LLaVA-1.5 multiple choice: 'Context: {hint}\\n' if any, question, 'A. ...' options, option-letter instruction"
+
+_ANSWER_IS = re.compile(r"The answer is ([A-Z]).")
+
+
+def _item(item_id: str, record: dict, image: ImageRef) -> BenchItem:
+    choices = tuple(str(c) for c in record["choices"])
+    return BenchItem(
+        id=item_id,
+        image=image,
+        question=record["question"],
+        answers=(CHOICE_LETTERS[int(record["answer"])],),
+        choices=choices,
+        hint=None if is_blank(record.get("hint")) else record["hint"],
+        categories={"subject": (record["subject"],)} if record.get("subject") else {},
+        meta={k: record.get(k) for k in ("grade", "topic", "category", "skill") if k in record},
+    )
+
+
+def read(data: str | Path, images: str | Path | None = None) -> list[BenchItem]:
+    data = Path(data)
+    needed = ("image", "question", "choices", "answer", "hint")
+    rows = read_hub_rows(data, NAME, split="test", config="ScienceQA-IMG", columns=needed)
+    if rows is not None:
+        return [
+            _item(str(n), row, image_from_cell(row["image"], None, NAME, str(n)))
+            for n, row in enumerate(rows)
+            if row["image"] is not None
+        ]
+    problems_path = find_file(data, ["problems.json"], NAME, "give the ScienceQA data folder")
+    problems = read_json(problems_path)
+    splits_path = problems_path.parent / "pid_splits.json"
+    if splits_path.is_file():
+        test_pids = [str(p) for p in read_json(splits_path)["test"]]
+    else:
+        test_pids = [pid for pid, rec in problems.items() if rec.get("split") == "test"]
+    if not test_pids:
+        raise BenchmarkDataError(
+            f"{NAME}: {problems_path} has no test questions (no pid_splits.json 'test' list, no split 'test')"
+        )
+    root = problems_path.parent
+    if images is None:
+        images = root / "images" / "test"
+    images = Path(images)
+    items = []
+    for pid in test_pids:
+        record = problems[pid]
+        if not record.get("image"):
+            continue
+        candidates = [images / pid / record["image"], images / "test" / pid / record["image"]]
+        path = existing_file(candidates) or candidates[0]
+        items.append(_item(pid, record, ImageRef(path=str(path))))
+    check_image_files(NAME, items, images, "the ScienceQA images/test folder (<pid>/image.png)")
+    return items
+
+
+def prompt(item: BenchItem) -> str:
+    context = f"Context: {item.hint}\n" if item.hint else ""
+    return context + question_prompt(item.question, list(item.choices))
+
+
+def extract_letter(prediction: str, num_choices: int) -> str | None:
+    """The option letter by LLaVA's ScienceQA rule, or None (see the module docstring)."""
+    options = CHOICE_LETTERS[:5]
+    text = prediction.strip()
+    if text in options:
+        letter = text
+    elif len(text) >= 3 and text[0] in options and text[1:3] == ". ":
+        letter = text[0]
+    else:
+        found = _ANSWER_IS.findall(text)
+        letter = found[0] if len(found) == 1 else None
+    return letter if letter is not None and letter in CHOICE_LETTERS[:num_choices] else None
+
+
+def score(pairs: Sequence[tuple[BenchItem, str]], judge: Judge | None = None) -> list[dict]:
+    rows = []
+    for item, prediction in pairs:
+        letter = extract_letter(prediction, len(item.choices))
+        rows.append(
+            {
+                "id": item.id,
+                "prediction": prediction,
+                "extracted": letter,
+                "answer": item.answers[0],
+                "score": float(letter == item.answers[0]),
+                "categories": {k: list(v) for k, v in item.categories.items()},
+            }
+        )
+    return rows
+
+
+def metrics_of(rows: Sequence[dict]) -> dict:
+    return {"accuracy": mean_score(rows)}
+
+
+def summarize(rows: Sequence[dict]) -> dict:
+    return {"metrics": metrics_of(rows), "categories": by_category(rows, metrics_of)}

@@ -1,0 +1,199 @@
+"""MMBench: the TSV with base64 images and the hub parquet, rules extraction, CircularEval."""
+
+from __future__ import annotations
+
+import base64
+import csv
+
+import pytest
+
+from stic.data.benchmarks import BenchmarkDataError, read_benchmark, score_predictions
+from stic.data.benchmarks.mmbench_en_dev import extract_letter, prompt
+from tests.data.bench_fixtures import png_bytes, write_hub_parquet
+
+# Question 0 (3 options, rotated twice) and question 1 (2 options, rotated once). The rotation
+# k shifts the options left by k, so the answer letter moves.
+ROWS = [
+    {
+        "index": 0,
+        "question": "What color is the cat?",
+        "hint": "A pet photo.",
+        "A": "black",
+        "B": "white",
+        "C": "orange",
+        "D": "",
+        "answer": "C",
+        "category": "attribute_recognition",
+        "l2-category": "finegrained_perception",
+    },
+    {
+        "index": 1000000,
+        "question": "What color is the cat?",
+        "hint": "A pet photo.",
+        "A": "white",
+        "B": "orange",
+        "C": "black",
+        "D": "",
+        "answer": "B",
+        "category": "attribute_recognition",
+        "l2-category": "finegrained_perception",
+    },
+    {
+        "index": 2000000,
+        "question": "What color is the cat?",
+        "hint": "A pet photo.",
+        "A": "orange",
+        "B": "black",
+        "C": "white",
+        "D": "",
+        "answer": "A",
+        "category": "attribute_recognition",
+        "l2-category": "finegrained_perception",
+    },
+    {
+        "index": 1,
+        "question": "Is it day?",
+        "hint": "nan",
+        "A": "yes",
+        "B": "no",
+        "C": "",
+        "D": "",
+        "answer": "A",
+        "category": "scene",
+        "l2-category": "coarse_perception",
+    },
+    {
+        "index": 1000001,
+        "question": "Is it day?",
+        "hint": "nan",
+        "A": "no",
+        "B": "yes",
+        "C": "",
+        "D": "",
+        "answer": "B",
+        "category": "scene",
+        "l2-category": "coarse_perception",
+    },
+]
+
+
+def _tsv(tmp_path):
+    path = tmp_path / "mmbench" / "mmbench_dev_20230712.tsv"
+    path.parent.mkdir(parents=True)
+    columns = [
+        "index",
+        "question",
+        "hint",
+        "A",
+        "B",
+        "C",
+        "D",
+        "answer",
+        "category",
+        "l2-category",
+        "split",
+        "image",
+    ]
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        writer = csv.DictWriter(f, columns, delimiter="\t")
+        writer.writeheader()
+        for row in ROWS:
+            group = row["index"] % 1_000_000
+            # rotation copies point at their question's row, as the published TSV does
+            image = (
+                base64.b64encode(png_bytes(group)).decode()
+                if row["index"] < 1_000_000
+                else str(group)
+            )
+            writer.writerow({**row, "split": "dev", "image": image})
+    return path.parent
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("C", "C"),
+        ("C.", "C"),
+        ("(C)", "C"),
+        ("C: orange", "C"),
+        ("C. orange", "C"),
+        ("(C) orange", "C"),
+        ("The cat is orange.", "C"),  # the one option text it contains
+        ("black or white", None),  # two option texts: unresolved
+        ("E", None),  # not an option of this question
+        ("I cannot tell", None),
+    ],
+)
+def test_letter_rules(text, expected):
+    assert extract_letter(text, ("black", "white", "orange")) == expected
+
+
+def test_tsv_read_prompt_and_circular_score(tmp_path):
+    items = read_benchmark("mmbench_en_dev", _tsv(tmp_path))
+    assert [i.id for i in items] == ["0", "1000000", "2000000", "1", "1000001"]
+    assert items[0].choices == ("black", "white", "orange")  # empty D left out
+    assert items[1].image.load().getpixel((0, 0)) == items[0].image.load().getpixel((0, 0))
+    assert prompt(items[0]) == (
+        "A pet photo.\nWhat color is the cat?\nA. black\nB. white\nC. orange\n"
+        "Answer with the option's letter from the given choices directly."
+    )
+    assert prompt(items[3]).startswith("Is it day?\nA. yes")  # "nan" hint left out
+    predictions = {
+        "0": "C",
+        "1000000": "B. orange",
+        "2000000": "A",  # all three rotations right
+        "1": "A",
+        "1000001": "A",  # rotation 1 wrong (answer B)
+    }
+    result = score_predictions("mmbench_en_dev", items, predictions)
+    # circular: question 0 right, question 1 wrong -> 1/2 = 50;
+    # single pass: rows 0 and 1 (rotation 0) both right -> 100
+    assert result["metrics"]["circular"] == 50.0
+    assert result["metrics"]["single_pass"] == 100.0
+    assert result["categories"]["category"]["scene"]["circular"] == 0.0
+    assert result["categories"]["l2-category"]["finegrained_perception"]["circular"] == 100.0
+
+
+def test_question_with_an_unpredicted_rotation_left_out_of_circular(tmp_path):
+    items = read_benchmark("mmbench_en_dev", _tsv(tmp_path))
+    result = score_predictions(
+        "mmbench_en_dev", items, {"0": "C", "1000000": "B", "1": "A", "1000001": "B"}
+    )
+    assert result["metrics"]["n_circular"] == 1 and result["metrics"]["circular"] == 100.0
+    assert result["unmatched"]["missing_predictions"]["examples"] == ["2000000"]
+
+
+def test_folder_without_tsv_named(tmp_path):
+    with pytest.raises(BenchmarkDataError, match="mmbench_dev_20230712.tsv"):
+        read_benchmark("mmbench_en_dev", tmp_path)
+
+
+@pytest.mark.slow
+def test_hub_parquet(tmp_path):
+    rows = [
+        {
+            "index": r["index"],
+            "question": r["question"],
+            "hint": None if r["hint"] == "nan" else r["hint"],
+            "A": r["A"],
+            "B": r["B"],
+            "C": r["C"] or None,
+            "D": None,
+            "answer": r["answer"],
+            "category": r["category"],
+            "L2-category": r["l2-category"],
+            "source": "x",
+            "comment": None,
+            "split": "dev",
+            "image": png_bytes(r["index"] % 7),
+        }
+        for r in ROWS
+    ]
+    root = tmp_path / "MMBench"
+    write_hub_parquet(root / "en" / "dev-00000-of-00001.parquet", rows)
+    write_hub_parquet(root / "cn" / "dev-00000-of-00001.parquet", rows[:1])
+    items = read_benchmark("mmbench_en_dev", root)
+    assert len(items) == 5 and items[3].choices == ("yes", "no")
+    assert items[0].categories["l2-category"] == ("finegrained_perception",)
+    result = score_predictions("mmbench_en_dev", items, {i.id: i.answers[0] for i in items})
+    assert result["metrics"]["circular"] == 100.0
