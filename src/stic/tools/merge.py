@@ -1,19 +1,41 @@
 """``stic merge``: join the outputs of sharded ``stic pairs`` or ``stic infuse`` runs.
 
 Sharding itself (``--shard I/N``) is :mod:`stic.runtime.shards`. A merge refuses ids that appear
-in two shards and reports ids that appear in none.
+in two shards and reports ids that appear in none. It joins only shards of one run: their
+manifests must name the same stage, be complete and hold the same config but for the shard and
+how fast it ran (:data:`IGNORED_KEYS`); a shard whose manifest was not copied along is accepted
+only if its records say they were made by the same model with the same sampling as the others'.
+The merged file gets a manifest of its own (stage ``merge``), so later stages and ``--overwrite``
+know stic wrote it.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
 from stic.data.schemas import InstructSample, PairRecord, read_instruct
 from stic.runtime.files import atomic_write_json, atomic_write_text, read_json, read_jsonl
+from stic.runtime.manifests import (
+    input_identity,
+    library_versions,
+    manifest_path,
+    read_manifest,
+    redact,
+)
+
+# Config keys that may differ between the shards of one run: which shard, where it wrote, and
+# how fast it ran. Every other key decides what the records hold.
+IGNORED_KEYS = ("shard", "out", "overwrite", "device", "batch_size", "limit")
+# Config keys that hold local paths: compared as absolute, resolved paths (a Hub model id, a
+# name with no folder of that name here, is compared as written).
+_PATH_KEYS = ("model", "images", "pairs", "data", "adapter")
+SUFFIX = {"pairs": ".jsonl", "infuse": ".json"}
 
 
 class MergeError(ValueError):
@@ -49,13 +71,221 @@ def merge_records(
     return [by_id[i] for i in expected if i in by_id], [i for i in expected if i not in by_id]
 
 
+def _comparable(config: dict) -> dict:
+    """A shard's recorded config without :data:`IGNORED_KEYS`, paths normalized."""
+    out = {}
+    for key, value in config.items():
+        if key in IGNORED_KEYS:
+            continue
+        if key in _PATH_KEYS and isinstance(value, str) and value:
+            local = Path(value).expanduser()
+            if key != "model" or local.exists():
+                value = str(local.resolve())
+        out[key] = value
+    return out
+
+
+def _differing(a: dict, b: dict) -> list[str]:
+    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+
+
+def _show(keys: list[str], a: dict, b: dict, limit: int = 3) -> str:
+    shown = ", ".join(f"{k} {a.get(k)!r} vs {b.get(k)!r}" for k in keys[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def check_manifests(shards: Sequence[str], kind: str) -> dict[str, dict]:
+    """The shards' manifests (``None`` for a shard without one), checked to be of one run.
+
+    Raises :class:`MergeError` (one line) for a manifest of another stage, one not complete,
+    settings that differ (naming the keys and the two shards), inputs whose content differs,
+    or shards split different ways (``0/2`` with ``1/3``).
+    """
+    manifests = {name: read_manifest(name) for name in shards}
+    first: tuple[str, dict, dict] | None = None
+    splits: dict[str, str] = {}
+    for name, manifest in manifests.items():
+        if manifest is None:
+            continue
+        if manifest.get("stage") != kind:
+            raise MergeError(
+                f"{name} is a {manifest.get('stage')} output (by its manifest), not a {kind} shard"
+            )
+        if manifest.get("status") != "complete":
+            raise MergeError(
+                f"{name} is not complete (its manifest says {manifest.get('status')!r}): "
+                "rerun its command to finish it, then merge"
+            )
+        config = manifest.get("config") or {}
+        if config.get("shard"):
+            splits[name] = str(config["shard"]).split("/")[-1]
+        comparable = _comparable(config)
+        inputs = manifest.get("inputs") or {}
+        if first is None:
+            first = (name, comparable, inputs)
+            continue
+        first_name, first_config, first_inputs = first
+        keys = _differing(first_config, comparable)
+        if keys:
+            raise MergeError(
+                f"{first_name} and {name} were made with different settings "
+                f"({_show(keys, first_config, comparable)}); "
+                "merge only the shards of one run"
+            )
+        keys = _differing(first_inputs, inputs)
+        if keys:
+            raise MergeError(
+                f"{first_name} and {name} were made from inputs whose content differs "
+                f"({', '.join(keys)}); merge only the shards of one run"
+            )
+    if len(set(splits.values())) > 1:
+        shown = ", ".join(f"{n} ({manifests[n]['config']['shard']})" for n in splits)
+        raise MergeError(f"the shards were split different ways: {shown}")
+    return manifests
+
+
+def _record_provenance(rows: Sequence[dict]) -> list[tuple[str, str]]:
+    """The distinct (model, sampling) that pair records say made them, as JSON strings."""
+    seen = {}
+    for row in rows:
+        key = (
+            json.dumps(row.get("model"), sort_keys=True),
+            json.dumps(row.get("sampling"), sort_keys=True),
+        )
+        seen.setdefault(key, None)
+    return list(seen)
+
+
+def check_record_provenance(
+    shards: Sequence[str], rows: Sequence[Sequence[dict]], manifests: dict[str, dict | None], kind
+) -> None:
+    """Every shard's records made by one model with one sampling, the same for all shards.
+
+    Checked for every shard (a file appended to by two runs mixes them), and the only check a
+    shard without a manifest gets: infuse records carry no provenance, so such a shard is refused.
+    """
+    reference: tuple[str, tuple[str, str]] | None = None
+    for name, records in zip(shards, rows, strict=True):
+        if kind != "pairs":
+            if manifests[name] is None:
+                raise MergeError(
+                    f"{name} has no manifest ({manifest_path(name).name}) and infuse records do "
+                    "not say which model made them: copy its manifest beside it, or rerun the shard"
+                )
+            continue
+        found = _record_provenance(records)
+        if len(found) > 1:
+            raise MergeError(
+                f"{name} mixes records of {len(found)} different models or sampling settings "
+                f"(e.g. model {found[0][0]} sampling {found[0][1]} and model {found[1][0]} "
+                f"sampling {found[1][1]}): it was written by more than one run"
+            )
+        if not found:
+            continue
+        if reference is None:
+            reference = (name, found[0])
+            continue
+        if found[0] != reference[1]:
+            what = [
+                f"{field} {a} vs {b}"
+                for field, a, b in zip(("model", "sampling"), reference[1], found[0], strict=True)
+                if a != b
+            ]
+            raise MergeError(
+                f"{reference[0]} and {name} hold records made differently ({'; '.join(what)})"
+                + (
+                    f"; {name} has no manifest to say more"
+                    if manifests[name] is None
+                    else "; merge only the shards of one run"
+                )
+            )
+
+
+def check_out(out: Path, shards: Sequence[str], inputs: dict[str, str | None], overwrite: bool):
+    """Refuse an ``--out`` that is a shard or an input, or an existing file stic did not write."""
+    target = out.expanduser().resolve()
+    for name in shards:
+        if Path(name).expanduser().resolve() == target:
+            raise MergeError(
+                f"--out {out} is one of the shards ({name}): choose another output path"
+            )
+    for key, value in inputs.items():
+        if not value:
+            continue
+        source = Path(value).expanduser().resolve()
+        if source == target or source in target.parents:
+            how = "is" if source == target else "lies inside"
+            raise MergeError(
+                f"--out {out} {how} the {key} input {value}: choose another output path"
+            )
+    if out.exists() or out.is_symlink():
+        manifest = read_manifest(out) if manifest_path(out).exists() else None
+        if manifest is None and not overwrite:
+            raise MergeError(
+                f"--out {out} exists and stic did not write it (no {manifest_path(out).name} "
+                "beside it): choose another output path, or pass --overwrite to replace it"
+            )
+        if manifest is not None and manifest.get("stage") != "merge" and not overwrite:
+            raise MergeError(
+                f"--out {out} holds a {manifest.get('stage')} output, not a merge: choose another "
+                "output path, or pass --overwrite to replace it"
+            )
+    elif out.is_dir():
+        raise MergeError(f"--out {out} is a folder: give a file path")
+
+
+def merge_manifest(
+    out: Path,
+    shards: Sequence[str],
+    kind: str,
+    manifests: dict[str, dict | None],
+    status: str,
+    summary: dict | None = None,
+) -> dict:
+    """What the merged file's manifest records: the shards, their identities and common config."""
+    config = {
+        "shards": [str(Path(s).expanduser().resolve()) for s in shards],
+        "kind": kind,
+        "out": str(out.expanduser().resolve()),
+    }
+    recorded = next((m for m in manifests.values() if m is not None), None)
+    return redact(
+        {
+            "stage": "merge",
+            "status": status,
+            "config": config,
+            "config_hash": hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[
+                :16
+            ],
+            "versions": library_versions(),
+            "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "inputs": {s: input_identity(s) for s in config["shards"]},
+            "files": [out.name],
+            # What made the records: the shards' common stage and config (without the shard keys).
+            "made_by": None
+            if recorded is None
+            else {
+                "stage": recorded.get("stage"),
+                "config": _comparable(recorded.get("config", {})),
+            },
+            "shard_hashes": {
+                resolved: (manifests[s] or {}).get("config_hash")
+                for s, resolved in zip(shards, config["shards"], strict=True)
+            },
+            "summary": summary or {},
+        }
+    )
+
+
 def main(argv: list[str]) -> int:
     """``stic merge``: join the outputs of sharded ``stic pairs`` or ``stic infuse`` runs."""
     parser = argparse.ArgumentParser(
         prog="stic merge",
         description="Join the outputs of sharded `stic pairs` (JSONL) or `stic infuse` (JSON list) runs.\n"
         "Ids found in two shards are an error; ids expected (from --images or --data) but found in\n"
-        "no shard are listed and make the merge fail unless --allow-missing.\n\n"
+        "no shard are listed and make the merge fail unless --allow-missing. Only shards of one\n"
+        "run are joined: their manifests must agree on everything but the shard and runtime\n"
+        f"options ({', '.join(IGNORED_KEYS)}); the merged file gets a manifest of its own.\n\n"
         "example:\n  stic merge --images coco/train2014 --limit 6000 --out pairs.jsonl shard0.jsonl shard1.jsonl",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -77,9 +307,23 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--allow-missing", action="store_true", help="write the merge even if ids are missing"
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --out that stic did not write (a previous merge is replaced "
+        "without it)",
+    )
     args = parser.parse_args(argv)
     try:
         kind = "pairs" if all(Path(s).suffix == ".jsonl" for s in args.shards) else "infuse"
+        out = Path(args.out)
+        if out.suffix != SUFFIX[kind]:
+            raise MergeError(
+                f"--out {out}: {kind} shards merge into a {SUFFIX[kind]} file, "
+                f"got {out.suffix or 'no suffix'!r}"
+            )
+        check_out(out, args.shards, {"images": args.images, "data": args.data}, args.overwrite)
+        manifests = check_manifests(args.shards, kind)
         if kind == "pairs":
             from stic.runtime.images import list_images
 
@@ -96,6 +340,7 @@ def main(argv: list[str]) -> int:
                 for i, row in enumerate(rows):
                     InstructSample.from_dict(row, where=f"{name}[{i}]")
             expected = [s.id for s in read_instruct(args.data)] if args.data else None
+        check_record_provenance(args.shards, shards, manifests, kind)
         merged, missing = merge_records(shards, args.shards, expected)
         if missing:
             shown = ", ".join(repr(i) for i in missing[:5])
@@ -109,24 +354,24 @@ def main(argv: list[str]) -> int:
                     file=sys.stderr,
                 )
                 return 1
-        out = Path(args.out)
+        summary = {"merged": len(merged), "shards": len(args.shards), "missing": len(missing)}
+        # The manifest goes first (running), so a kill before the end leaves a file that a
+        # rerun may replace, never one that looks like a user's.
+        atomic_write_json(
+            manifest_path(out), merge_manifest(out, args.shards, kind, manifests, "running")
+        )
         if kind == "pairs":
             atomic_write_text(
                 out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in merged)
             )
         else:
             atomic_write_json(out, merged)
+        atomic_write_json(
+            manifest_path(out),
+            merge_manifest(out, args.shards, kind, manifests, "complete", summary),
+        )
     except (OSError, ValueError) as e:
         print(f"stic merge: error: {e}", file=sys.stderr)
         return 1
-    print(
-        json.dumps(
-            {
-                "merged": len(merged),
-                "shards": len(args.shards),
-                "missing": len(missing),
-                "out": str(out),
-            }
-        )
-    )
+    print(json.dumps({**summary, "out": str(out)}))
     return 0
