@@ -24,7 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Literal
 
-from stic.data.benchmarks import mmbench_en_dev, pope, scienceqa_img
+from stic.data.benchmarks import chartqa, mmbench_en_dev, pope, scienceqa_img, textvqa
 from stic.data.benchmarks.records import (
     BenchItem,
     BenchmarkDataError,
@@ -77,6 +77,8 @@ def _spec(name: str, module: ModuleType, **overrides) -> BenchmarkSpec:
 # The one list of benchmarks: the bench stage, `stic bench score` and `stic compare` read it.
 BENCHMARKS: dict[str, BenchmarkSpec] = {
     "scienceqa_img": _spec("scienceqa_img", scienceqa_img),
+    "textvqa": _spec("textvqa", textvqa),
+    "chartqa": _spec("chartqa", chartqa),
     "mmbench_en_dev": _spec("mmbench_en_dev", mmbench_en_dev),
     **{
         f"pope_{split}": _spec(

@@ -1,0 +1,202 @@
+"""TextVQA (validation, 5,000 questions): VQA accuracy over 10 human answers.
+
+Formats read:
+- original: ``TextVQA_0.5.1_val.json`` (``{"data": [{"question_id", "question", "image_id",
+  "answers", ...}]}``) with the images ``train_images/<image_id>.jpg`` (the validation images
+  ship in the train folder; ``--images`` names that folder). OCR tokens come from
+  ``TextVQA_Rosetta_OCR_v0.2_val.json`` beside it when present, else the prompt has no OCR line;
+- hub: ``lmms-lab/textvqa`` split ``validation`` (``question_id``, ``question``, ``image``,
+  ``answers``, ``ocr_tokens``).
+
+Prompt (LLaVA-1.5): ``{question}\\nReference OCR token: {t1}, {t2}, ...\\n`` then the
+short-answer instruction; the OCR line only when the item has OCR tokens (``meta["ocr_tokens"]``).
+
+Score: the standard VQA accuracy. The prediction and every human answer are normalised
+(:func:`normalize_vqa_answer`); for each of the 10 human answers, left out in turn, the
+prediction scores min(1, matches among the other 9 / 3); the item's score is the mean of the 10.
+"""
+
+from __future__ import annotations
+
+import itertools
+import re
+from collections.abc import Sequence
+from pathlib import Path
+
+from stic.data.benchmarks.aggregate import mean_score
+from stic.data.benchmarks.records import (
+    BenchItem,
+    BenchmarkDataError,
+    ImageRef,
+    Judge,
+    check_image_files,
+)
+from stic.data.benchmarks.tables import find_file, image_from_cell, read_hub_rows
+from stic.data.prompts import SHORT_ANSWER_INSTRUCTION
+from stic.runtime.files import read_json
+
+NAME = "textvqa"
+MAX_NEW_TOKENS = 128  # LLaVA-1.5's model_vqa_loader default, used for its TextVQA run
+METRICS = ("accuracy",)
+PRIMARY = "accuracy"
+PROTOCOL = (
+    "LLaVA-1.5 short answer with OCR: '{question}\\nReference OCR token: {tokens}\\n"
+    + SHORT_ANSWER_INSTRUCTION
+    + "' (OCR line only when the item has tokens)"
+)
+
+# The VQA evaluation's normalisation, step by step (see normalize_vqa_answer).
+_PUNCTUATION = (";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!")  # fmt: skip
+_DIGIT_COMMA_DIGIT = re.compile(r"(\d)(,)(\d)")
+_PERIOD_NOT_BEFORE_DIGIT = re.compile(r"\.(?!\d)")
+_NUMBERS = {"none": "0", "zero": "0", "one": "1", "two": "2", "three": "3", "four": "4", "five": "5", "six": "6", "seven": "7", "eight": "8", "nine": "9", "ten": "10"}  # fmt: skip
+_ARTICLES = frozenset({"a", "an", "the"})
+# English contractions, written with their apostrophes. Each spelling that lacks some of the
+# apostrophes maps back to the full one ("dont" -> "don't", "couldntve" -> "couldn't've"),
+# except spellings that are words of their own ("its", "well", "were", "ill", ...).
+_CONTRACTIONS = (
+    "ain't aren't can't could've couldn't couldn't've didn't doesn't don't hadn't hadn't've "
+    "hasn't haven't he'd he'd've he's how'd how'll how's i'd've i'm i've isn't it'd it'd've "
+    "it'll let's ma'am mightn't mightn't've might've mustn't must've needn't not've o'clock "
+    "oughtn't shan't she'd've she's should've shouldn't shouldn't've somebody'd "
+    "somebody'd've somebody'll somebody's someone'd someone'd've someone'll someone's "
+    "something'd something'd've something'll that's there'd there'd've there're there's "
+    "they'd they'd've they'll they're they've 'twas wasn't we'd've we're we've weren't "
+    "what'll what're what's what've when's where'd where's where've who'd who'd've who'll "
+    "who's who've why'll why're why's won't would've wouldn't wouldn't've y'all y'all'll "
+    "y'all'd've you'd you'd've you'll you're you've"
+).split()
+_WORDS_OF_THEIR_OWN = frozenset(
+    {"id", "ill", "its", "wed", "well", "were", "shell", "hell", "twas"}
+)
+
+
+def _contraction_table() -> dict[str, str]:
+    table = {}
+    for full in _CONTRACTIONS:
+        parts = full.split("'")
+        for kept in itertools.product((True, False), repeat=len(parts) - 1):
+            if all(kept):
+                continue
+            spelled = parts[0] + "".join(
+                ("'" if k else "") + p for k, p in zip(kept, parts[1:], strict=True)
+            )
+            if spelled not in _WORDS_OF_THEIR_OWN:
+                table[spelled] = full
+    return table
+
+
+_CONTRACTION_TABLE = _contraction_table()
+
+
+def normalize_vqa_answer(text: str) -> str:
+    """The VQA evaluation's answer normalisation.
+
+    1. newlines/tabs to spaces, strip, lowercase; remove ``,`` and ``?``; ``'s`` -> `` 's``;
+    2. each punctuation mark of ``; / [ ] " { } ( ) = + \\ _ - > < @ ` , ? !`` is deleted when it
+       touches a space in the answer (or the answer has a digit,digit comma), else replaced by a
+       space;
+    3. a period not followed by a digit is deleted ("3.5" keeps its point);
+    4. number words none/zero..ten become digits, articles a/an/the are dropped, contractions
+       spelled without apostrophes get them back ("dont" -> "don't").
+
+    Examples: ``"The Coca-Cola."`` -> ``"coca cola"``; ``"Two dogs"`` -> ``"2 dogs"``.
+    """
+    text = text.replace("\n", " ").replace("\t", " ").strip().lower()
+    text = text.replace(",", "").replace("?", "").replace("'s", " 's")
+    original = text
+    comma_number = _DIGIT_COMMA_DIGIT.search(original) is not None
+    for mark in _PUNCTUATION:
+        touches_space = f"{mark} " in original or f" {mark}" in original
+        text = text.replace(mark, "" if touches_space or comma_number else " ")
+    text = _PERIOD_NOT_BEFORE_DIGIT.sub("", text)
+    words = [_NUMBERS.get(word, word) for word in text.split()]
+    words = [_CONTRACTION_TABLE.get(word, word) for word in words if word not in _ARTICLES]
+    return " ".join(words)
+
+
+def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """Mean over the human answers, each left out in turn, of min(1, matches among the rest / 3).
+
+    Both sides are normalised with :func:`normalize_vqa_answer`.
+    """
+    predicted = normalize_vqa_answer(prediction)
+    gold = [normalize_vqa_answer(a) for a in answers]
+    matches = sum(g == predicted for g in gold)
+    total = 0.0
+    for g in gold:
+        others = matches - (g == predicted)
+        total += min(1.0, others / 3)
+    return total / len(gold)
+
+
+def _ocr_by_image(root: Path) -> dict[str, list[str]]:
+    found = sorted(root.rglob("TextVQA_Rosetta_OCR_v0.2_val.json"))
+    if not found:
+        return {}
+    return {
+        str(r["image_id"]): list(r.get("ocr_tokens") or []) for r in read_json(found[0])["data"]
+    }
+
+
+def read(data: str | Path, images: str | Path | None = None) -> list[BenchItem]:
+    data = Path(data)
+    rows = read_hub_rows(
+        data, NAME, split="validation", columns=("question_id", "question", "image", "answers")
+    )
+    if rows is not None:
+        return [
+            BenchItem(
+                id=str(row["question_id"]),
+                image=image_from_cell(row["image"], None, NAME, str(row["question_id"])),
+                question=row["question"],
+                answers=tuple(row["answers"]),
+                meta={"ocr_tokens": list(row.get("ocr_tokens") or [])},
+            )
+            for row in rows
+        ]
+    path = find_file(
+        data, ["TextVQA_0.5.1_val.json"], NAME, "give the TextVQA annotation file or its folder"
+    )
+    document = read_json(path)
+    if not isinstance(document, dict) or "data" not in document:
+        raise BenchmarkDataError(f"{NAME}: {path} lacks the 'data' list of questions")
+    ocr = _ocr_by_image(path.parent)
+    images = Path(images) if images is not None else path.parent / "train_images"
+    items = []
+    for row in document["data"]:
+        items.append(
+            BenchItem(
+                id=str(row["question_id"]),
+                image=ImageRef(path=str(images / f"{row['image_id']}.jpg")),
+                question=row["question"],
+                answers=tuple(row["answers"]),
+                meta={"ocr_tokens": ocr.get(str(row["image_id"]), [])},
+            )
+        )
+    check_image_files(NAME, items, images, "the TextVQA train_images folder (<image_id>.jpg)")
+    return items
+
+
+def prompt(item: BenchItem) -> str:
+    tokens = item.meta.get("ocr_tokens") or []
+    ocr = f"\nReference OCR token: {', '.join(tokens)}" if tokens else ""
+    return f"{item.question}{ocr}\n{SHORT_ANSWER_INSTRUCTION}"
+
+
+def score(pairs: Sequence[tuple[BenchItem, str]], judge: Judge | None = None) -> list[dict]:
+    return [
+        {
+            "id": item.id,
+            "prediction": prediction,
+            "extracted": normalize_vqa_answer(prediction),
+            "answer": list(item.answers),
+            "score": vqa_accuracy(prediction, item.answers),
+            "categories": {},
+        }
+        for item, prediction in pairs
+    ]
+
+
+def summarize(rows: Sequence[dict]) -> dict:
+    return {"metrics": {"accuracy": mean_score(rows)}, "categories": {}}

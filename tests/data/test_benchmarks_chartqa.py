@@ -1,0 +1,99 @@
+"""ChartQA: both formats and relaxed accuracy at the 5% edge, with percentages."""
+
+from __future__ import annotations
+
+import pytest
+
+from stic.data.benchmarks import BenchmarkDataError, read_benchmark, score_predictions
+from stic.data.benchmarks.chartqa import relaxed_correct
+from tests.data.bench_fixtures import png_bytes, write_hub_parquet, write_json, write_png
+
+
+@pytest.mark.parametrize(
+    "prediction, answer, right",
+    [
+        ("104.9", "100", True),  # 4.9% off
+        ("105.1", "100", False),  # 5.1% off
+        ("95.1", "100", True),
+        ("94.9", "100", False),
+        ("0.46", "45%", True),  # 45% is 0.45; |0.46 - 0.45| / 0.45 = 2.2%
+        ("46%", "45%", True),  # 0.46 vs 0.45
+        ("45", "45%", False),  # 45 vs 0.45: no unit magic beyond the % sign
+        ("0", "0", True),  # target 0: exact match only
+        ("0.0", "0", False),
+        ("Yes", "yes", True),  # text: case-insensitive exact match
+        ("yes.", "yes", False),
+        (" 12 ", "12", True),
+    ],
+)
+def test_relaxed_accuracy_rule(prediction, answer, right):
+    assert relaxed_correct(prediction, answer) is right
+
+
+def _original(tmp_path):
+    test = tmp_path / "ChartQA Dataset" / "test"
+    write_json(
+        test / "test_human.json",
+        [
+            {"imgname": "a.png", "query": "What is the peak?", "label": "100"},
+            {"imgname": "b.png", "query": "Which year?", "label": "2019"},
+        ],
+    )
+    write_json(
+        test / "test_augmented.json",
+        [
+            {"imgname": "c.png", "query": "What share?", "label": "45%"},
+        ],
+    )
+    for n, name in enumerate(("a.png", "b.png", "c.png")):
+        write_png(test / "png" / name, n)
+    return tmp_path / "ChartQA Dataset"
+
+
+def test_original_format_human_and_augmented(tmp_path):
+    items = read_benchmark("chartqa", _original(tmp_path))
+    assert [i.id for i in items] == ["human_0", "human_1", "augmented_0"]
+    predictions = {"human_0": "104.9", "human_1": "2020", "augmented_0": "0.44"}
+    result = score_predictions("chartqa", items, predictions)
+    # human: 104.9 is 4.9% off and 2020 is 0.05% off 2019 (a number, so relaxed): 2 of 2;
+    # augmented: 0.44 vs 0.45 is 2.2% off
+    assert result["metrics"] == {"relaxed_accuracy": 100.0, "human": 100.0, "augmented": 100.0}
+    result = score_predictions(
+        "chartqa", items, {"human_0": "105.1", "human_1": "2019", "augmented_0": "44"}
+    )
+    # human: 105.1 wrong, 2019 right -> 50; augmented: 44 vs 0.45 wrong -> 0; overall 1/3
+    assert result["metrics"]["human"] == 50.0 and result["metrics"]["augmented"] == 0.0
+    assert result["metrics"]["relaxed_accuracy"] == pytest.approx(33.3333)
+
+
+def test_missing_augmented_file_named(tmp_path):
+    root = _original(tmp_path)
+    (root / "test" / "test_augmented.json").unlink()
+    with pytest.raises(BenchmarkDataError, match="lacks test_augmented.json"):
+        read_benchmark("chartqa", root)
+
+
+@pytest.mark.slow
+def test_hub_parquet(tmp_path):
+    rows = [
+        {
+            "type": "human_test",
+            "question": "What is the peak?",
+            "answer": "100",
+            "image": png_bytes(0),
+        },
+        {
+            "type": "augmented_test",
+            "question": "What share?",
+            "answer": "45%",
+            "image": png_bytes(1),
+        },
+        {"type": "human_test", "question": "Which year?", "answer": "2019", "image": png_bytes(2)},
+    ]
+    write_hub_parquet(tmp_path / "ChartQA" / "data" / "test-00000-of-00001.parquet", rows)
+    items = read_benchmark("chartqa", tmp_path / "ChartQA")
+    assert [i.id for i in items] == ["human_0", "augmented_0", "human_1"]
+    result = score_predictions(
+        "chartqa", items, {"human_0": "100", "augmented_0": "45%", "human_1": "x"}
+    )
+    assert result["metrics"]["human"] == 50.0 and result["metrics"]["augmented"] == 100.0
