@@ -496,6 +496,67 @@ def test_cli_errors(tmp_path, capsys):
     assert "stic convert --from stic-reference" in capsys.readouterr().out
 
 
+def test_cli_refuses_out_equal_to_in_however_spelled(tmp_path, reference_rows, capsys, monkeypatch):
+    source = tmp_path / "ref.json"
+    source.write_text(json.dumps(reference_rows))
+    before = source.read_bytes()
+    monkeypatch.chdir(tmp_path)
+    for out in (str(source), "ref.json", "./sub/../ref.json"):
+        argv = ["--from", "stic-reference", "--to", "stic", str(source), out, "--overwrite"]
+        assert convert_cli.main(argv) == 1
+        err = capsys.readouterr().err
+        assert err.startswith("stic convert: error: OUT ") and "is IN" in err
+        assert err.count("\n") == 1
+    assert source.read_bytes() == before
+
+
+def test_cli_refuses_an_existing_out_unless_overwrite(tmp_path, reference_rows, capsys):
+    source = tmp_path / "ref.json"
+    source.write_text(json.dumps(reference_rows))
+    out = tmp_path / "mine.jsonl"
+    out.write_text("my only copy\n")
+    argv = ["--from", "stic-reference", "--to", "stic", str(source), str(out)]
+    assert convert_cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert "already exists" in err and "--overwrite" in err and err.count("\n") == 1
+    assert out.read_text() == "my only copy\n"
+    assert convert_cli.main([*argv, "--overwrite"]) == 0
+    assert len(read_pairs_any(out, "stic")) == 4
+    # A folder where a file goes is refused even with --overwrite.
+    (tmp_path / "folder").mkdir()
+    assert convert_cli.main([*argv[:-1], str(tmp_path / "folder"), "--overwrite"]) == 1
+    assert "is a folder" in capsys.readouterr().err
+
+
+def test_cli_refuses_out_inside_the_images_folder(tmp_path, image_dir, capsys):
+    write_pairs_as(native_pairs(), tmp_path / "pairs.jsonl", "stic")
+    out = image_dir / "lf.json"
+    argv = ["--to", "llamafactory", str(tmp_path / "pairs.jsonl"), str(out), "--images"]
+    assert convert_cli.main([*argv, str(image_dir)]) == 1
+    assert "lies inside --images" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_cli_trl_overwrite_replaces_a_saved_data_set_and_nothing_else(tmp_path, image_dir, capsys):
+    import datasets
+
+    write_pairs_as(native_pairs(), tmp_path / "pairs.jsonl", "stic")
+    out = tmp_path / "trl_pairs"
+    argv = ["--to", "trl", str(tmp_path / "pairs.jsonl"), str(out), "--images", str(image_dir)]
+    assert convert_cli.main(argv) == 0
+    assert convert_cli.main(argv) == 1
+    assert "--overwrite" in capsys.readouterr().err
+    write_pairs_as(native_pairs()[:1], tmp_path / "one.jsonl", "stic")
+    argv[2] = str(tmp_path / "one.jsonl")
+    assert convert_cli.main([*argv, "--overwrite"]) == 0, capsys.readouterr().err
+    assert len(datasets.load_from_disk(str(out))) == 1
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing left aside
+    (out / "keep.txt").write_text("mine")
+    assert convert_cli.main([*argv, "--overwrite"]) == 1
+    assert "not a saved data set (e.g. keep.txt)" in capsys.readouterr().err
+    assert (out / "keep.txt").read_text() == "mine"
+
+
 def test_pure_transform_of_one_reference_record():
     row = reference_record("cat.jpg", False, BAD_PROMPTS[4], PLAIN_PROMPTS[6])
     pair = pair_from_reference(row, "r[0]", "cat.jpg")

@@ -569,15 +569,19 @@ def _trl_rows(pairs: Sequence[PairRecord], images_root: str) -> Iterator[dict]:
 
 
 def write_trl_dataset(
-    pairs: Sequence[PairRecord], out: str | os.PathLike, images_root: str | os.PathLike
+    pairs: Sequence[PairRecord],
+    out: str | os.PathLike,
+    images_root: str | os.PathLike,
+    overwrite: bool = False,
 ) -> None:
     """Pairs as a TRL vision preference data set with the images embedded.
 
     ``out`` ending in ``.parquet``: one Parquet file (``load_dataset("parquet",
     data_files=out)``); no suffix: a ``save_to_disk`` folder (``load_from_disk(out)``), which must
-    not already exist with files in it. Images are read with :func:`stic.runtime.images.load_image`
-    (EXIF orientation applied, RGB) and stored as PNG. Written beside ``out`` and renamed, so a
-    crash leaves no half data set under ``out``.
+    not already exist with files in it (with ``overwrite``: unless it holds a saved data set and
+    nothing else, which is replaced). Images are read with
+    :func:`stic.runtime.images.load_image` (EXIF orientation applied, RGB) and stored as PNG.
+    Written beside ``out`` and renamed, so a crash leaves no half data set under ``out``.
     """
     from datasets import Dataset
     from datasets.exceptions import DatasetGenerationError
@@ -587,8 +591,16 @@ def write_trl_dataset(
         raise ValueError(
             f"{out}: a trl data set is a folder (no suffix) or a .parquet file, not {out.suffix!r}"
         )
-    if out.suffix == "" and out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out}: already exists; remove it or choose another path")
+    replace_folder = out.suffix == "" and out.is_dir() and any(out.iterdir())
+    if out.suffix == "" and out.exists() and (not out.is_dir() or replace_folder):
+        if not (overwrite and replace_folder):
+            raise FileExistsError(f"{out}: already exists; remove it or choose another path")
+        strangers = [p.name for p in out.iterdir() if not _saved_dataset_file(p)]
+        if strangers:
+            raise FileExistsError(
+                f"{out}: holds files that are not a saved data set (e.g. {strangers[0]}); "
+                "stic will not delete them: choose another path"
+            )
     if not pairs:
         raise ValueError("no pairs to write")
     for pair in pairs:  # fail on a missing image before any work, not 5,000 images in
@@ -620,11 +632,20 @@ def write_trl_dataset(
         else:
             dataset.save_to_disk(str(staged))
             if out.exists():
-                out.rmdir()  # checked empty above
+                # Empty, or (overwrite) a saved data set: moved aside, deleted with `work`.
+                out.rename(work / "replaced")
         del dataset
         os.replace(staged, out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _saved_dataset_file(path: Path) -> bool:
+    """Whether ``path`` is one of the files ``Dataset.save_to_disk`` writes."""
+    return path.is_file() and (
+        path.name in ("dataset_info.json", "state.json")
+        or (path.name.startswith("data-") and path.suffix == ".arrow")
+    )
 
 
 def write_pairs_as(
@@ -632,8 +653,13 @@ def write_pairs_as(
     out: str | os.PathLike,
     fmt: str,
     images_root: str | os.PathLike | None = None,
+    overwrite: bool = False,
 ) -> None:
-    """Write pairs in one of :data:`FORMATS`; ``images_root`` is required for ``trl``."""
+    """Write pairs in one of :data:`FORMATS`; ``images_root`` is required for ``trl``.
+
+    ``overwrite`` lets a ``trl`` folder that holds a saved data set be replaced (files are
+    always replaced whole; the caller decides whether that is wanted).
+    """
     if fmt == STIC:
         write_stic_pairs(pairs, out)
     elif fmt == REFERENCE:
@@ -643,6 +669,6 @@ def write_pairs_as(
     elif fmt == TRL:
         if images_root is None:
             raise ValueError("the trl format embeds the images: give the images folder (--images)")
-        write_trl_dataset(pairs, out, images_root)
+        write_trl_dataset(pairs, out, images_root, overwrite=overwrite)
     else:
         raise ValueError(f"unknown pair format {fmt!r}; expected one of {FORMATS}")

@@ -67,12 +67,53 @@ def _parser() -> argparse.ArgumentParser:
         "--from llamafactory it turns absolute image paths back into relative ones.",
     )
     parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="Replace an existing OUT (a file, or for --to trl a folder holding a saved data set "
+        "and nothing else). Without it an existing OUT is refused.",
+    )
+    parser.add_argument(
         "--name",
         default=None,
         help="Name of the dataset_info.json entry printed for --to llamafactory (default: OUT's "
         "file name without its suffix).",
     )
     return parser
+
+
+def check_paths(
+    source: str, target: str, images: str | None, overwrite: bool, folder_output: bool
+) -> None:
+    """Refuse an OUT that would overwrite IN or the images, or an existing OUT without ``overwrite``.
+
+    ``folder_output``: OUT is written as a folder (a trl data set). Raises ``ValueError`` (one
+    line) naming the paths and the way forward.
+    """
+    out = Path(target).expanduser().resolve()
+    for what, value in (("IN", source), ("--images", images)):
+        if value is None:
+            continue
+        path = Path(value).expanduser().resolve()
+        if out == path:
+            raise ValueError(f"OUT {target} is {what} ({value}): choose another OUT")
+        if path in out.parents:
+            raise ValueError(f"OUT {target} lies inside {what} ({value}): choose another OUT")
+        if out in path.parents:
+            raise ValueError(f"OUT {target} contains {what} ({value}): choose another OUT")
+    target_path = Path(target)
+    if target_path.is_symlink() or (target_path.exists() and not target_path.is_dir()):
+        if not overwrite:
+            raise ValueError(
+                f"OUT {target} already exists; pass --overwrite to replace it, or choose another OUT"
+            )
+    elif target_path.is_dir():
+        if not folder_output:
+            raise ValueError(f"OUT {target} is a folder; give a file path")
+        if any(target_path.iterdir()) and not overwrite:
+            raise ValueError(
+                f"OUT {target} is a folder that is not empty; pass --overwrite to replace it "
+                "(only a saved data set is replaced), or choose another OUT"
+            )
 
 
 def main(argv: list[str]) -> int:
@@ -89,8 +130,10 @@ def main(argv: list[str]) -> int:
         )
         return 2
     try:
+        folder_output = args.target == TRL and Path(args.output).suffix == ""
+        check_paths(args.input, args.output, args.images, args.overwrite, folder_output)
         pairs = read_pairs_any(args.input, args.source, args.images)
-        write_pairs_as(pairs, args.output, args.target, args.images)
+        write_pairs_as(pairs, args.output, args.target, args.images, overwrite=args.overwrite)
     except (OSError, ValueError, ImageError) as e:
         print(f"stic convert: error: {e}", file=sys.stderr)
         return 1
