@@ -393,3 +393,21 @@ def test_read_eval_items_bad_last_line_is_an_error_not_dropped(tmp_path):
     path.write_text(json.dumps(row) + '\n{"id": "b", "image": ', encoding="utf-8")
     with pytest.raises(ValueError, match=rf"{re.escape(str(path))}:2"):
         read_eval_items(path)
+
+
+@pytest.mark.parametrize("line", ["[1, 2]", '"a question"', "3", "null"])
+@pytest.mark.parametrize("reader", [read_eval_items, read_pairs])
+def test_a_line_that_is_not_an_object_is_one_error_naming_file_and_line(tmp_path, reader, line):
+    path = tmp_path / "data.jsonl"
+    row = _pair_dict() if reader is read_pairs else {"id": "a", "image": "a.png"}
+    path.write_text(json.dumps({**row, "question": "Q", "answer": "x"}) + "\n" + line + "\n")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))}:2: expected a JSON object") as e:
+        reader(path)
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("record", [EvalItem, PairRecord, InstructSample])
+def test_from_dict_of_a_non_object_is_a_record_error(record):
+    # Optional fields are read too: a list must not fail with AttributeError on .get.
+    with pytest.raises(RecordError, match="where: expected a JSON object, got list"):
+        record.from_dict([1, 2], where="where")

@@ -219,3 +219,35 @@ def test_append_fsyncs_after_writing_every_line(tmp_path, monkeypatch):
     stat = path.stat()
     assert calls == [("fsync", stat.st_ino, stat.st_size)]
     assert [r["id"] for r in read_jsonl(path)] == ["a", "b", "c"]
+
+
+# --- bad lines are one error naming the file, the line and what was expected -------------------
+
+
+@pytest.mark.parametrize(
+    ("line", "kind"),
+    [("[1, 2]", "an array"), ('"text"', "a string"), ("7", "a number"), ("null", "null")],
+)
+@pytest.mark.parametrize("strict", [False, True])
+def test_a_line_that_is_not_an_object_names_file_and_line(tmp_path, line, kind, strict):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"id": "a"}\n' + line + '\n{"id": "b"}\n')
+    with pytest.raises(ValueError) as e:
+        read_jsonl(path, strict=strict)
+    assert str(e.value) == (f"{path}:2: expected a JSON object (one record a line), got {kind}")
+
+
+def test_a_record_without_the_key_names_file_and_line(tmp_path):
+    path = tmp_path / "pairs.jsonl"
+    path.write_text('{"id": "a"}\n{"x": 1}\n')
+    assert read_jsonl(path) == [{"id": "a"}, {"x": 1}]  # no key asked: any object
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:2: a record without 'id'"):
+        read_jsonl(path, repair=True, key="id")
+    assert path.read_text() == '{"id": "a"}\n{"x": 1}\n'  # a bad file is not "repaired"
+
+
+def test_a_line_that_is_not_utf8_names_file_and_line(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_bytes(b'{"id": "a"}\n{"id": "\xff"}\n')
+    with pytest.raises(ValueError, match=rf"^{re.escape(str(path))}:2: not UTF-8 text"):
+        read_jsonl(path, strict=True)

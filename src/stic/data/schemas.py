@@ -31,9 +31,13 @@ class RecordError(ValueError):
     """A record that does not match its schema; the message names the field."""
 
 
-def require_field(data: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+def _require_object(data: Any, where: str) -> None:
     if not isinstance(data, dict):
         raise RecordError(f"{where}: expected a JSON object, got {type(data).__name__}")
+
+
+def require_field(data: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    _require_object(data, where)
     if key not in data:
         raise RecordError(f"{where}: missing field {key!r}")
     value = data[key]
@@ -44,6 +48,7 @@ def require_field(data: dict, key: str, kind: type | tuple[type, ...], where: st
 
 
 def optional_field(data: dict, key: str, kind: type | tuple[type, ...], where: str) -> Any:
+    _require_object(data, where)
     if data.get(key) is None:
         return None
     return require_field(data, key, kind, where)

@@ -58,13 +58,21 @@ def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
         os.fsync(f.fileno())
 
 
-def read_jsonl(path: str | os.PathLike, repair: bool = False, strict: bool = False) -> list[dict]:
+def read_jsonl(
+    path: str | os.PathLike, repair: bool = False, strict: bool = False, key: str | None = None
+) -> list[dict]:
     """Rows of a JSONL file; see :func:`read_jsonl_numbered`."""
-    return [row for _, row in read_jsonl_numbered(path, repair=repair, strict=strict)]
+    return [row for _, row in read_jsonl_numbered(path, repair=repair, strict=strict, key=key)]
+
+
+def _kind(value: Any) -> str:
+    """How a JSON value is called in an error message."""
+    names = {list: "an array", str: "a string", bool: "a boolean", type(None): "null"}
+    return names.get(type(value), "a number" if isinstance(value, (int, float)) else "a value")
 
 
 def read_jsonl_numbered(
-    path: str | os.PathLike, repair: bool = False, strict: bool = False
+    path: str | os.PathLike, repair: bool = False, strict: bool = False, key: str | None = None
 ) -> list[tuple[int, dict]]:
     """``(line number, row)`` for each row of a JSONL file (blank lines skipped).
 
@@ -72,7 +80,9 @@ def read_jsonl_numbered(
     its newline, or that does not parse, is what a kill mid-write leaves; it is dropped (and with
     ``repair=True`` cut from the file so appends start clean). For input files
     (``strict=True``): a missing file raises ``FileNotFoundError`` and the last line is read like
-    any other. A bad line raises ``ValueError`` naming the line.
+    any other. Every row must be a JSON object, and with ``key`` (e.g. ``"id"`` for stage
+    records) hold that field: a bad line raises ``ValueError`` naming the file, the line and what
+    was expected.
     """
     path = Path(path)
     if not path.exists():
@@ -91,12 +101,24 @@ def read_jsonl_numbered(
             good_bytes += len(line) + 1
             continue
         try:
-            rows.append((number, json.loads(line)))
+            row = json.loads(line)
         except json.JSONDecodeError as e:
             if number == len(complete) and not tail and not strict:
                 logger.warning("%s: dropping a torn last line", path)
                 break
             raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from e
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}:{number}: not UTF-8 text ({e.reason})") from e
+        if not isinstance(row, dict):
+            raise ValueError(
+                f"{path}:{number}: expected a JSON object (one record a line), got {_kind(row)}"
+            )
+        if key is not None and key not in row:
+            raise ValueError(
+                f"{path}:{number}: a record without {key!r} (every line of this file must be a "
+                f"record with {key!r}; is it the right file?)"
+            )
+        rows.append((number, row))
         good_bytes += len(line) + 1
     if tail.strip():
         logger.warning("%s: dropping a torn last line", path)
