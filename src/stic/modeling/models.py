@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import functools
 import logging
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from torch import nn
+
+from stic.runtime.files import read_json
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +147,49 @@ def load_adapter(
             f"{adapter!r} has no adapter_model.safetensors; pickled weights can run code when loaded "
             "(pass --allow-pickle if you trust them)"
         )
-    return PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+    try:
+        return PeftModel.from_pretrained(model, adapter, is_trainable=trainable)
+    except (RuntimeError, ValueError) as e:
+        if isinstance(e, RuntimeError) and not _SIZE_MISMATCH.search(str(e)):
+            raise
+        raise adapter_mismatch(adapter, model, e) from None
+
+
+# torch's load_state_dict lists every mismatching weight; the first one says enough.
+_SIZE_MISMATCH = re.compile(
+    r"size mismatch for (?P<name>\S+): copying a param with shape (?P<saved>.+?) from "
+    r"checkpoint, the shape in current model is (?P<now>.+?)\.?$",
+    re.MULTILINE,
+)
+
+
+def _shape(text: str) -> str:
+    return text.replace("torch.Size(", "").rstrip(")")
+
+
+def adapter_mismatch(adapter: str, model: nn.Module, error: Exception) -> ModelLoadError:
+    """One line saying why ``adapter`` does not load on ``model``: the base it was trained on,
+    this base, and the first weight whose shape differs (not torch's list of every one)."""
+    base = getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+    try:
+        trained_on = read_json(Path(adapter) / "adapter_config.json").get("base_model_name_or_path")
+    except (OSError, ValueError, AttributeError):
+        trained_on = None
+    origin = f" (it was trained on {trained_on!r})" if trained_on and trained_on != base else ""
+    found = _SIZE_MISMATCH.search(str(error))
+    if found:
+        name = found["name"].removeprefix("base_model.model.")
+        why = (
+            f"the first mismatching weight, {name}, has shape {_shape(found['saved'])} in the "
+            f"adapter and {_shape(found['now'])} in the model"
+        )
+    else:
+        lines = str(error).strip().splitlines()
+        why = lines[0] if lines else type(error).__name__
+    return ModelLoadError(
+        f"adapter {adapter!r} does not fit the base model {base!r}{origin}: {why}; "
+        "use the base model the adapter was trained on"
+    )
 
 
 def language_model(model: nn.Module) -> nn.Module:
