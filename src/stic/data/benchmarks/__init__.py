@@ -48,6 +48,9 @@ class BenchmarkSpec:
     prompt: Callable[[BenchItem], str]
     score: Callable[[Sequence[tuple[BenchItem, str]], Judge | None], list[dict]]
     summarize: Callable[[Sequence[dict]], dict]
+    # The headline metrics from item rows alone (no per-category breakdown): what stic compare
+    # recomputes on each bootstrap resample.
+    metrics_of: Callable[[Sequence[dict]], dict]
     metrics: tuple[str, ...]  # the keys of summarize(...)["metrics"], headline first
     primary: str  # the metric stic compare tabulates
     max_new_tokens: int  # the generation limit of the protocol
@@ -64,6 +67,7 @@ def _spec(name: str, module: ModuleType, **overrides) -> BenchmarkSpec:
         prompt=module.prompt,
         score=module.score,
         summarize=module.summarize,
+        metrics_of=module.metrics_of,
         metrics=module.METRICS,
         primary=module.PRIMARY,
         max_new_tokens=module.MAX_NEW_TOKENS,

@@ -198,5 +198,9 @@ def score(pairs: Sequence[tuple[BenchItem, str]], judge: Judge | None = None) ->
     ]
 
 
+def metrics_of(rows: Sequence[dict]) -> dict:
+    return {"accuracy": mean_score(rows)}
+
+
 def summarize(rows: Sequence[dict]) -> dict:
-    return {"metrics": {"accuracy": mean_score(rows)}, "categories": {}}
+    return {"metrics": metrics_of(rows), "categories": {}}
