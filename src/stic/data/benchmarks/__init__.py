@@ -24,7 +24,14 @@ from pathlib import Path
 from types import ModuleType
 from typing import Literal
 
-from stic.data.benchmarks import chartqa, mmbench_en_dev, pope, scienceqa_img, textvqa
+from stic.data.benchmarks import (
+    chartqa,
+    mathvista_testmini,
+    mmbench_en_dev,
+    pope,
+    scienceqa_img,
+    textvqa,
+)
 from stic.data.benchmarks.records import (
     BenchItem,
     BenchmarkDataError,
@@ -84,6 +91,7 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
     "textvqa": _spec("textvqa", textvqa),
     "chartqa": _spec("chartqa", chartqa),
     "mmbench_en_dev": _spec("mmbench_en_dev", mmbench_en_dev),
+    "mathvista_testmini": _spec("mathvista_testmini", mathvista_testmini),
     **{
         f"pope_{split}": _spec(
             f"pope_{split}", pope, read=functools.partial(pope.read, split=split)

@@ -1,0 +1,128 @@
+"""MathVista testmini: both formats, the format prompt, rule extraction and judged extraction."""
+
+from __future__ import annotations
+
+import pytest
+
+from stic.data.benchmarks import read_benchmark, score_predictions
+from stic.data.benchmarks.mathvista_testmini import extract_by_rules, prompt
+from stic.modeling.judge import JudgeClient
+from tests.data.bench_fixtures import png_bytes, write_hub_parquet, write_json, write_png
+from tests.modeling.judge_server import ScriptedJudge
+
+META = {"task": "figure question answering", "skills": ["arithmetic reasoning"], "source": "x"}
+PROBLEMS = {
+    "1": {"question": "Which is larger?", "image": "images/1.jpg", "choices": ["the cat", "the dog", "equal"],
+          "unit": None, "precision": None, "answer": "the dog", "question_type": "multi_choice",
+          "answer_type": "text", "metadata": META},
+    "2": {"question": "How long is the bar?", "image": "images/2.jpg", "choices": None, "unit": "cm",
+          "precision": None, "answer": "12", "question_type": "free_form", "answer_type": "integer",
+          "metadata": {**META, "task": "math word problem"}},
+    "3": {"question": "What is the slope?", "image": "images/3.jpg", "choices": None, "unit": None,
+          "precision": 2.0, "answer": "0.75", "question_type": "free_form", "answer_type": "float",
+          "metadata": META},
+    "4": {"question": "What is the value?", "image": "images/4.jpg", "choices": None, "unit": None,
+          "precision": 1.0, "answer": "1.5", "question_type": "free_form", "answer_type": "float",
+          "metadata": META},
+    "5": {"question": "Roots?", "image": "images/5.jpg", "choices": None, "unit": None,
+          "precision": None, "answer": "[-2, 3]", "question_type": "free_form", "answer_type": "list",
+          "metadata": META},
+}  # fmt: skip
+
+
+def _original(tmp_path):
+    root = tmp_path / "MathVista" / "data"
+    write_json(root / "testmini.json", PROBLEMS)
+    for pid in PROBLEMS:
+        write_png(root / "images" / f"{pid}.jpg", int(pid))
+    return root
+
+
+def test_prompts_by_type(tmp_path):
+    items = {i.id: i for i in read_benchmark("mathvista_testmini", _original(tmp_path))}
+    assert prompt(items["1"]) == (
+        "Which is larger?\nA. the cat\nB. the dog\nC. equal\n"
+        "Answer with the option's letter from the given choices directly."
+    )
+    assert prompt(items["2"]) == (
+        "How long is the bar? (Unit: cm)\nAnswer the question using a single integer number."
+    )
+    assert prompt(items["3"]).endswith("a single floating-point number with two decimal places.")
+    assert prompt(items["4"]).endswith("a single floating-point number with one decimal place.")
+    assert prompt(items["5"]).endswith("Answer the question using a Python list.")
+
+
+@pytest.mark.parametrize(
+    "pid, prediction, extracted",
+    [
+        ("1", "B", "the dog"),  # letter -> its choice
+        ("1", "(B)", "the dog"),
+        ("1", "the dog", "the dog"),  # the choice text itself
+        ("1", "D", None),  # not an option
+        ("1", "I think the dog is larger", None),  # rules cannot read it
+        ("2", "12 cm", "12"),  # unit removed
+        ("2", "12.0", "12"),  # str(int(float(x)))
+        ("2", "The answer is 13.", "13"),
+        ("3", "0.754", "0.75"),  # rounded to precision 2
+        ("3", "0.7", "0.7"),
+        ("4", "1.46", "1.5"),  # precision 1
+        ("5", "[-2, 3]", "[-2, 3]"),
+        ("5", "(-2, 3)", "[-2, 3]"),
+    ],
+)
+def test_rule_extraction(tmp_path, pid, prediction, extracted):
+    items = {i.id: i for i in read_benchmark("mathvista_testmini", _original(tmp_path))}
+    assert extract_by_rules(prediction, items[pid]) == extracted
+
+
+def test_rule_and_judged_accuracy(tmp_path):
+    items = read_benchmark("mathvista_testmini", _original(tmp_path))
+    predictions = {
+        "1": "I think the dog is larger",  # rules: none; judge says B -> right
+        "2": "12 cm",  # right by rules
+        "3": "0.7",  # wrong: 0.7 != 0.75
+        "4": "It is about one and a half",  # rules: none; the judge reads no number -> wrong
+        "5": "[-2, 3]",  # right
+    }
+    rule_only = score_predictions("mathvista_testmini", items, predictions)
+    # rules: 2 and 5 right of 5 -> 40
+    assert rule_only["metrics"] == {"accuracy": 40.0}
+    assert rule_only["categories"]["task"]["math word problem"] == {"accuracy": 100.0, "n": 1}
+
+    with ScriptedJudge() as server:
+        server.replier = lambda user: "B" if "dog is larger" in user else "no idea at all"
+        judge = JudgeClient(
+            url=server.url,
+            model="judge",
+            cache_path=tmp_path / "c.jsonl",
+            backoff_s=0.01,
+            parse_attempts=1,
+        )
+        # "no idea at all" parses as text, then does not normalise to a float: extracted None
+        judged = score_predictions("mathvista_testmini", items, predictions, judge=judge)
+        assert server.total == 2  # only the two replies the rules could not read
+    rows = {r["id"]: r for r in judged["items"]}
+    assert rows["1"]["extracted_judged"] == "the dog" and rows["1"]["extracted_by"] == "judge"
+    # judged: 1, 2, 5 right of 5 -> 60; rule-only accuracy unchanged
+    assert judged["metrics"] == {"accuracy": 40.0, "accuracy_judged": 60.0, "judge_failed": 0}
+    assert judged["judge"]["model"] == "judge"
+    assert judged["judge"]["prompt_version"] == "stic-mathvista-extract-v1"
+
+
+@pytest.mark.slow
+def test_hub_parquet(tmp_path):
+    rows = [
+        {"pid": pid, **{k: v for k, v in rec.items() if k != "metadata"},
+         "precision": rec["precision"], "choices": rec["choices"], "unit": rec["unit"] or "",
+         "metadata": rec["metadata"], "query": "q", "decoded_image": png_bytes(int(pid))}
+        for pid, rec in PROBLEMS.items()
+    ]  # fmt: skip
+    root = tmp_path / "MathVista"
+    write_hub_parquet(root / "data" / "testmini-00000-of-00001.parquet", rows, ("decoded_image",))
+    write_hub_parquet(root / "data" / "test-00000-of-00002.parquet", rows[:1], ("decoded_image",))
+    items = read_benchmark("mathvista_testmini", root)
+    assert [i.id for i in items] == ["1", "2", "3", "4", "5"]
+    assert items[0].image.load().size == (8, 8) and items[1].meta["unit"] == "cm"
+    assert prompt(items[2]).endswith("two decimal places.")
+    result = score_predictions("mathvista_testmini", items, {"1": "B", "2": "12", "3": "0.75"})
+    assert result["metrics"]["accuracy"] == 100.0
