@@ -102,3 +102,34 @@ def test_judged_benchmark_without_judge_refused(tmp_path, capsys):
     )
     assert code == 2
     assert "judge" in capsys.readouterr().err
+
+
+def test_judged_run_resumes_and_reruns_without_new_calls(tmp_path, monkeypatch):
+    from tests.data.bench_fixtures import write_json
+    from tests.modeling.judge_server import ScriptedJudge
+
+    root = tmp_path / "mm-vet"
+    records = {f"v1_{i}": {"imagename": f"v1_{i}.png", "capability": ["rec"], "question": f"q{i}?", "answer": "a"}
+               for i in range(4)}  # fmt: skip
+    write_json(root / "mm-vet.json", records)
+    for key in records:
+        write_png(root / "images" / f"{key}.png")
+    rows = [{"id": key, "prediction": f"answer {key}"} for key in records]
+    partial = write_jsonl(tmp_path / "partial.jsonl", rows[:2])  # what a killed run had reached
+    full = write_jsonl(tmp_path / "pred.jsonl", rows)
+    monkeypatch.setenv("MY_JUDGE_KEY", "sk-abc")
+    out = tmp_path / "mmvet.json"
+    with ScriptedJudge(default="0.5") as server:
+        args = ["--benchmark", "mmvet", "--data", str(root), "--out", str(out), "--judge-url", server.url,
+                "--judge-model", "judge-m", "--judge-key-env", "MY_JUDGE_KEY"]  # fmt: skip
+        assert main([*args, "--predictions", str(partial)]) == 0
+        assert server.total == 2
+        assert main([*args, "--predictions", str(full)]) == 0
+        assert server.total == 4  # only the two it had not asked
+        result = json.loads(out.read_text())
+        assert result["metrics"]["score"] == 50.0 and result["judge"]["new_calls"] == 2
+        assert main([*args, "--predictions", str(full)]) == 0
+        assert server.total == 4  # a rerun pays nothing
+    assert json.loads(out.read_text())["judge"]["model"] == "judge-m"
+    assert "sk-abc" not in out.read_text()
+    assert "sk-abc" not in (tmp_path / "mmvet.judge_cache.jsonl").read_text()

@@ -26,8 +26,10 @@ from typing import Literal
 
 from stic.data.benchmarks import (
     chartqa,
+    llava_bench_wild,
     mathvista_testmini,
     mmbench_en_dev,
+    mmvet,
     pope,
     scienceqa_img,
     textvqa,
@@ -92,6 +94,8 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
     "chartqa": _spec("chartqa", chartqa),
     "mmbench_en_dev": _spec("mmbench_en_dev", mmbench_en_dev),
     "mathvista_testmini": _spec("mathvista_testmini", mathvista_testmini),
+    "llava_bench_wild": _spec("llava_bench_wild", llava_bench_wild),
+    "mmvet": _spec("mmvet", mmvet),
     **{
         f"pope_{split}": _spec(
             f"pope_{split}", pope, read=functools.partial(pope.read, split=split)

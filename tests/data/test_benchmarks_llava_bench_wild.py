@@ -1,0 +1,134 @@
+"""LLaVA-Bench in-the-wild: both formats and the relative score from a scripted local judge."""
+
+from __future__ import annotations
+
+import pytest
+
+from stic.data.benchmarks import BenchmarkDataError, read_benchmark, score_predictions
+from stic.data.benchmarks.llava_bench_wild import parse_scores, prompt
+from stic.modeling.judge import JudgeClient
+from tests.data.bench_fixtures import png_bytes, write_hub_parquet, write_jsonl, write_png
+from tests.modeling.judge_server import ScriptedJudge
+
+QUESTIONS = [
+    {
+        "question_id": 0,
+        "image": "001.jpg",
+        "text": "What is the name of this dish?",
+        "category": "conv",
+    },
+    {
+        "question_id": 1,
+        "image": "001.jpg",
+        "text": "Describe the photo in detail.",
+        "category": "detail",
+    },
+    {
+        "question_id": 2,
+        "image": "002.jpg",
+        "text": "Why might this be funny?",
+        "category": "complex",
+    },
+]
+# judge's first line per question: reference score, model score
+SCORES = {"dish": "8 6", "detail": "10 5", "funny": "8, 8"}
+
+
+def _original(tmp_path):
+    root = tmp_path / "llava-bench-in-the-wild"
+    write_jsonl(root / "questions.jsonl", QUESTIONS)
+    write_jsonl(
+        root / "answers_gpt4.jsonl",
+        [{"question_id": q["question_id"], "text": f"ref {q['question_id']}"} for q in QUESTIONS],
+    )
+    write_jsonl(
+        root / "context.jsonl",
+        [
+            {"id": "a", "image": "001.jpg", "caption": "A bowl of ramen."},
+            {"id": "b", "image": "002.jpg", "caption": "A cat in a box."},
+        ],
+    )
+    write_png(root / "images" / "001.jpg", 1)
+    write_png(root / "images" / "002.jpg", 2)
+    return root
+
+
+def _replier(user: str) -> str:
+    question = user.split("[Question]\n")[1].split("\n")[0]
+    for word, line in SCORES.items():
+        if word in question:
+            return f"{line}\nAssistant 1 is more complete."
+    return "no scores here"
+
+
+def test_scores_parsed_from_the_first_line():
+    assert parse_scores("8 6\nbecause") == (8.0, 6.0)
+    assert parse_scores("7, 9") == (7.0, 9.0)
+    with pytest.raises(ValueError):
+        parse_scores("Assistant 1: 8, Assistant 2: 6")
+
+
+def test_original_format_relative_score_by_hand(tmp_path):
+    items = read_benchmark("llava_bench_wild", _original(tmp_path))
+    assert [i.id for i in items] == ["0", "1", "2"] and prompt(items[0]) == QUESTIONS[0]["text"]
+    with ScriptedJudge() as server:
+        server.replier = _replier
+        judge = JudgeClient(url=server.url, model="gpt-judge", cache_path=tmp_path / "c.jsonl")
+        result = score_predictions(
+            "llava_bench_wild", items, {"0": "ramen", "1": "a photo", "2": "a cat"}, judge=judge
+        )
+        assert server.total == 3
+        sent = next(
+            r["messages"][1]["content"]
+            for r in server.requests
+            if "dish" in r["messages"][1]["content"]
+        )
+        assert sent.startswith(
+            "[Context]\nA bowl of ramen.\n\n[Question]\nWhat is the name of this dish?"
+        )
+        assert "[Assistant 1]\nref 0\n\n[End of Assistant 1]\n\n[Assistant 2]\nramen\n" in sent
+        assert server.requests[0]["temperature"] == 0.2
+    # reference scores 8, 10, 8 (mean 26/3); model 6, 5, 8 (mean 19/3): 100 * 19/26 = 73.0769
+    assert result["metrics"] == {
+        "relative_score": 73.0769,
+        "model_score": 63.3333,
+        "reference_score": 86.6667,
+        "judge_failed": 0,
+    }
+    per = result["categories"]["category"]
+    assert per["conv"]["relative_score"] == 75.0 and per["detail"]["relative_score"] == 50.0
+    assert per["complex"]["relative_score"] == 100.0
+    assert result["judge"]["prompt_version"] == "stic-llava-bench-v1"
+
+
+def test_judge_required(tmp_path):
+    items = read_benchmark("llava_bench_wild", _original(tmp_path))
+    with pytest.raises(ValueError, match="judge"):
+        score_predictions("llava_bench_wild", items, {"0": "x"})
+
+
+def test_missing_context_file_named(tmp_path):
+    root = _original(tmp_path)
+    (root / "context.jsonl").unlink()
+    with pytest.raises(BenchmarkDataError, match="lacks context.jsonl"):
+        read_benchmark("llava_bench_wild", root)
+
+
+@pytest.mark.slow
+def test_hub_parquet(tmp_path):
+    rows = [
+        {
+            "question_id": q["question_id"],
+            "question": q["text"],
+            "image": png_bytes(n),
+            "caption": "A bowl of ramen.",
+            "gpt_answer": f"ref {n}",
+            "category": q["category"],
+            "image_id": q["image"],
+        }
+        for n, q in enumerate(QUESTIONS)
+    ]
+    write_hub_parquet(tmp_path / "hub" / "data" / "train-00000-of-00001.parquet", rows)
+    items = read_benchmark("llava_bench_wild", tmp_path / "hub")
+    assert items[2].answers == ("ref 2",) and items[2].categories["category"] == ("complex",)
+    assert items[0].meta["caption"] == "A bowl of ramen."

@@ -1,0 +1,90 @@
+"""MM-Vet: both formats, the judge's 0-1 correctness per capability, failures never scored."""
+
+from __future__ import annotations
+
+import pytest
+
+from stic.data.benchmarks import read_benchmark, score_predictions
+from stic.data.benchmarks.mmvet import parse_correctness
+from stic.modeling.judge import JudgeClient
+from tests.data.bench_fixtures import png_bytes, write_hub_parquet, write_json, write_png
+from tests.modeling.judge_server import ScriptedJudge
+
+MMVET = {
+    "v1_0": {"imagename": "v1_0.png", "capability": ["ocr", "math"], "question": "What is 2+2 on the board?", "answer": "4"},
+    "v1_1": {"imagename": "v1_1.png", "capability": ["rec"], "question": "Which animals?", "answer": "cat <AND> dog"},
+    "v1_2": {"imagename": "v1_2.png", "capability": ["ocr"], "question": "What is the title?", "answer": "Dune"},
+}  # fmt: skip
+REPLIES = {"2+2": "1.0", "animals": "0.4 only the cat", "title": "Correct!"}
+
+
+def _replier(user: str) -> str:
+    last_row = user.strip().splitlines()[-1]
+    return next(reply for word, reply in REPLIES.items() if word in last_row)
+
+
+def _original(tmp_path):
+    root = tmp_path / "mm-vet"
+    write_json(root / "mm-vet.json", MMVET)
+    for key in MMVET:
+        write_png(root / "images" / f"{key}.png")
+    return root
+
+
+@pytest.mark.parametrize("reply, value", [("1.0", 1.0), ("0.4 partly", 0.4), ("0", 0.0)])
+def test_first_token_parsed(reply, value):
+    assert parse_correctness(reply) == value
+
+
+@pytest.mark.parametrize("reply", ["Correct!", "1.5", "", "-0.1"])
+def test_bad_replies_rejected(reply):
+    with pytest.raises(ValueError):
+        parse_correctness(reply)
+
+
+def test_capability_scores_and_judge_failure(tmp_path):
+    items = read_benchmark("mmvet", _original(tmp_path))
+    assert [i.id for i in items] == ["v1_0", "v1_1", "v1_2"]
+    predictions = {
+        "v1_0": "It shows 4.",
+        "v1_1": "A cat.",
+        "v1_2": "Some book | by someone\nline 2",
+    }
+    with ScriptedJudge() as server:
+        server.replier = _replier
+        judge = JudgeClient(
+            url=server.url,
+            model="judge",
+            cache_path=tmp_path / "c.jsonl",
+            backoff_s=0.01,
+            parse_attempts=2,
+        )
+        result = score_predictions("mmvet", items, predictions, judge=judge)
+        assert server.total == 4  # v1_2 asked twice, then judge_failed
+        last_row = server.requests[-1]["messages"][1]["content"].splitlines()[-1]
+        assert last_row == "What is the title? | Dune | Some book / by someone<br>line 2 | "
+    # scored: v1_0 1.0 and v1_1 0.4 -> 70; v1_2 failed: not scored, counted
+    assert result["metrics"] == {"score": 70.0, "judge_failed": 1}
+    caps = result["categories"]["capability"]
+    assert caps["ocr"]["score"] == 100.0 and caps["math"]["score"] == 100.0
+    assert caps["rec"]["score"] == 40.0
+    assert result["judge"]["failures"][0]["id"] == "v1_2"
+    assert "unparseable after 2 replies" in result["judge"]["failures"][0]["reason"]
+
+
+@pytest.mark.slow
+def test_hub_parquet(tmp_path):
+    rows = [
+        {
+            "question_id": key,
+            "question": rec["question"],
+            "answer": rec["answer"],
+            "capability": ",".join(rec["capability"]),
+            "image": png_bytes(1),
+            "image_source": "x",
+        }
+        for key, rec in MMVET.items()
+    ]
+    write_hub_parquet(tmp_path / "MMVet" / "data" / "test-00000-of-00001.parquet", rows)
+    items = read_benchmark("mmvet", tmp_path / "MMVet")
+    assert items[0].categories == {"capability": ("ocr", "math")}
