@@ -499,6 +499,26 @@ def _run(config: dict, path: Path, log) -> None:
         log(f"  {planned.stage:>6} {planned.name:<26} {json.dumps(shown, default=str)}")
 
 
+def seed_arms(out: Path, seed: int, scenes: dict, items: list[dict], base: dict) -> dict:
+    """Every arm's metrics for one seed, each read from that arm's own eval files under ``out``
+    (``base``: the base model's, measured once for all seeds)."""
+    ev = {
+        name: out / f"seed{seed}" / name / "eval"
+        for name in ("stic", "stage2_only", "no_negatives")
+    }
+    return {
+        "base": base,
+        "stage1": collect_arm(ev["stic"], "stage1", scenes, items),
+        "stage2_only": collect_arm(ev["stage2_only"], "stage2_only", scenes, items),
+        "stic": collect_arm(ev["stic"], "stic", scenes, items),
+        # Describe-and-respond answers; its descriptions are stic's (DaR changes only answers).
+        "stic_dar": collect_arm(
+            ev["stic"], "stic_dar", scenes, items, describe_from=(ev["stic"], "stic")
+        ),
+        "no_negatives": collect_arm(ev["no_negatives"], "no_negatives", scenes, items),
+    }
+
+
 def run_demo(out: Path, seeds: list[int], settings: DemoSettings, log=print) -> dict:
     """Run every arm for every seed and write ``out/results.json`` and ``out/results.md``."""
     from stic.demo.base_model import BaseModelRecipe, check_world
@@ -523,17 +543,7 @@ def run_demo(out: Path, seeds: list[int], settings: DemoSettings, log=print) -> 
         chosen_as_instructions(pairs_path, root / "no_negatives" / "chosen.json")
         _run(configs["no_negatives"], root / "no_negatives.yaml", log)
         _run(configs["stage2_only"], root / "stage2_only.yaml", log)
-        ev = {name: root / name / "eval" for name in ("stic", "stage2_only", "no_negatives")}
-        arms = {
-            "base": base,
-            "stage1": collect_arm(ev["stic"], "stage1", scenes, items),
-            "stage2_only": collect_arm(ev["stage2_only"], "stage2_only", scenes, items),
-            "stic": collect_arm(ev["stic"], "stic", scenes, items),
-            "stic_dar": collect_arm(
-                ev["stic"], "stic_dar", scenes, items, describe_from=(ev["stic"], "stic")
-            ),
-            "no_negatives": collect_arm(ev["no_negatives"], "no_negatives", scenes, items),
-        }
+        arms = seed_arms(out, seed, scenes, items, base)
         unl = {s.id: s for s in unlabeled_scenes(seed, settings)}
         per_seed.append({"seed": seed, "arms": arms, "pairs": pair_metrics(pairs_path, unl)})
     results = {
