@@ -73,7 +73,6 @@ def test_missing_augmented_file_named(tmp_path):
         read_benchmark("chartqa", root)
 
 
-@pytest.mark.slow
 def test_hub_parquet(tmp_path):
     rows = [
         {

@@ -114,7 +114,6 @@ def test_missing_context_file_named(tmp_path):
         read_benchmark("llava_bench_wild", root)
 
 
-@pytest.mark.slow
 def test_hub_parquet(tmp_path):
     rows = [
         {

@@ -109,7 +109,6 @@ def test_rule_and_judged_accuracy(tmp_path):
     assert judged["judge"]["prompt_version"] == "stic-mathvista-extract-v1"
 
 
-@pytest.mark.slow
 def test_hub_parquet(tmp_path):
     rows = [
         {"pid": pid, **{k: v for k, v in rec.items() if k != "metadata"},

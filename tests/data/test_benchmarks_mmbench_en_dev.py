@@ -168,7 +168,6 @@ def test_folder_without_tsv_named(tmp_path):
         read_benchmark("mmbench_en_dev", tmp_path)
 
 
-@pytest.mark.slow
 def test_hub_parquet(tmp_path):
     rows = [
         {

@@ -72,7 +72,6 @@ def test_capability_scores_and_judge_failure(tmp_path):
     assert "unparseable after 2 replies" in result["judge"]["failures"][0]["reason"]
 
 
-@pytest.mark.slow
 def test_hub_parquet(tmp_path):
     rows = [
         {

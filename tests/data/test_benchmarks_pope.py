@@ -103,7 +103,6 @@ def test_folder_without_pope_files_named(tmp_path):
         read_benchmark("pope_popular", tmp_path)
 
 
-@pytest.mark.slow
 def test_hub_parquet_selects_the_split(tmp_path):
     rows = []
     for n, split in enumerate(("adversarial", "popular", "random")):

@@ -97,7 +97,6 @@ def test_missing_images_and_wrong_folder_named(tmp_path):
         read_benchmark("scienceqa_img", tmp_path / "ScienceQA" / "data" / "images")
 
 
-@pytest.mark.slow
 def test_hub_parquet(tmp_path):
     rows = [
         {

@@ -101,7 +101,6 @@ def test_missing_annotation_named(tmp_path):
         read_benchmark("textvqa", tmp_path)
 
 
-@pytest.mark.slow
 def test_hub_parquet_validation_split_only(tmp_path):
     row = {
         "image_id": "x",
