@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from stic.data import formats as convert
 from stic.data.formats import (
@@ -391,6 +393,7 @@ def test_trl_export_refuses_what_it_cannot_write(tmp_path, image_dir):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no staging left
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")
 def test_trl_export_trains_one_dpo_step(tmp_path, image_dir, tiny_model_factory):
     trl = pytest.importorskip("trl")
@@ -433,8 +436,14 @@ def test_trl_export_trains_one_dpo_step(tmp_path, image_dir, tiny_model_factory)
     before = {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
     result = trainer.train()
     assert result.global_step == 1
+    # A finite DPO loss (log 2 at the first step, where policy == reference, plus nothing
+    # infinite from a mis-masked image or answer token) and finite weights after the update.
+    losses = [e["loss"] for e in trainer.state.log_history if "loss" in e]
+    assert math.isfinite(result.training_loss) and all(math.isfinite(v) for v in losses)
+    assert result.training_loss > 0
     changed = [n for n, p in model.named_parameters() if n in before and not p.equal(before[n])]
     assert changed
+    assert all(torch.isfinite(p).all() for p in model.parameters()), "non-finite weights"
 
 
 # --- command line -------------------------------------------------------------------------------
