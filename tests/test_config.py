@@ -442,7 +442,7 @@ def test_plan_accepts_keys_with_dashes(tmp_path):
 def test_plan_empty_section_runs_the_stage_with_defaults(tmp_path):
     text = f"model: m\noutput_dir: {tmp_path}\npairs:\n  images: i\ndpo:\n"
     (tmp_path / "run.yaml").write_text(text, encoding="utf-8")
-    stages = load_run_config(tmp_path / "run.yaml")
+    stages = load_run_config(tmp_path / "run.yaml", check_inputs=False)  # "i" is not a folder
     assert [s.stage for s in stages] == ["pairs", "dpo"]
     assert stages[1].config.beta == 0.1
 
@@ -465,7 +465,7 @@ def test_presets_exist():
 
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
 def test_preset_loads_with_the_papers_values(preset):
-    stages = load_run_config(preset)
+    stages = load_run_config(preset, check_inputs=False)  # its data paths are placeholders
     c = {s.stage: s.config for s in stages if s.stage != "eval"}
     assert set(c) == {"pairs", "dpo", "infuse", "sft"}, "a preset runs the whole method"
     pairs, dpo, infuse, sft = c["pairs"], c["dpo"], c["infuse"], c["sft"]

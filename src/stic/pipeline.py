@@ -21,6 +21,7 @@ Relative paths are taken from the current directory.
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,11 +53,23 @@ def _normalize_keys(section: Any, where: str, errors: list[str]) -> dict:
     if not isinstance(section, dict):
         errors.append(f"{where.rstrip('.')}: must be a mapping of keys to values")
         return {}
-    return {str(k).replace("-", "_"): v for k, v in section.items()}
+    out: dict[str, Any] = {}
+    spelled: dict[str, Any] = {}
+    for key, value in section.items():
+        name = str(key).replace("-", "_")
+        if name in out:  # batch-size and batch_size: one key written twice
+            errors.append(f"{where}{name}: given twice (as {spelled[name]!r} and {key!r})")
+        out[name] = value
+        spelled[name] = key
+    return out
 
 
 def plan(data: Any) -> list[PlannedStage]:
-    """Validate a run config (the parsed YAML) into stage configs, all problems in one error."""
+    """Validate a run config (the parsed YAML) into stage configs, all problems in one error.
+
+    Every problem is collected, at every depth: an unknown top-level key does not hide unknown
+    keys inside the stage sections.
+    """
     errors: list[str] = []
     top = _normalize_keys(data, "", errors)
     if errors:
@@ -71,13 +84,14 @@ def plan(data: Any) -> list[PlannedStage]:
         errors.append("output_dir: required")
     elif not isinstance(top["output_dir"], str):
         errors.append(f"output_dir: {top['output_dir']!r} is not str")
-    if errors:
-        raise ConfigError("\n".join(errors))
     shared = {k: top[k] for k in SHARED_KEYS if k in top}
-    root = Path(top["output_dir"])
+    # Stand-ins for a missing model or output_dir (already reported), so that the sections are
+    # still checked and their problems reported with these.
+    shared.setdefault("model", "<model>")
+    root = Path(top["output_dir"] if isinstance(top.get("output_dir"), str) else "<output_dir>")
     present = [s for s in STAGE_ORDER if s in top]
     if not present:
-        raise ConfigError(f"no stage sections: add one or more of {', '.join(STAGE_ORDER)}")
+        errors.append(f"no stage sections: add one or more of {', '.join(STAGE_ORDER)}")
 
     sections = {s: top[s] for s in present if s != "eval"}
     for stage in sections:
@@ -162,15 +176,129 @@ def plan(data: Any) -> list[PlannedStage]:
     return planned
 
 
-def load_run_config(path: str | Path) -> list[PlannedStage]:
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A SafeLoader that records keys written twice in one mapping (YAML would keep the last)."""
+
+    def __init__(self, stream: Any) -> None:
+        super().__init__(stream)
+        self.duplicates: list[str] = []
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<: *defaults` merges; overriding a merged key is what it is for
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            try:
+                first = seen.get(key)
+            except TypeError:
+                continue  # an unhashable key: the constructor reports it
+            if first is None:
+                seen[key] = line
+            else:
+                self.duplicates.append(
+                    f"line {line}: key {key!r} appears twice in one mapping (first on line "
+                    f"{first}); keep one"
+                )
+        return super().construct_mapping(node, deep=deep)
+
+
+def _load_yaml(path: str | Path) -> tuple[Any, list[str]]:
+    """The parsed YAML of a run config, and its keys written twice (one line each)."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such config file")
+    loader = _UniqueKeyLoader(path.read_text(encoding="utf-8"))
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = loader.get_single_data()
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    return plan(data)
+    finally:
+        loader.dispose()
+    return data, [f"{path}: {d}" for d in loader.duplicates]
+
+
+# Stage config keys that name something a stage reads (``out`` is what it writes).
+INPUT_KEYS = ("pairs", "data", "images", "adapter")
+_FOLDERS = ("images", "adapter", "model")
+
+
+def _looks_local(model: str) -> bool:
+    # The rule of stic.modeling.models.check_model_path: Hub ids look like org/name.
+    return model.startswith((".", "/", "~")) or model.count("/") > 1
+
+
+def _path_problem(key: str, value: str) -> str | None:
+    path = Path(value).expanduser()
+    if not path.exists():
+        return f"{value} does not exist"
+    if key in _FOLDERS and not path.is_dir():
+        return f"{value} is not a folder"
+    if key not in _FOLDERS and not path.is_file():
+        return f"{value} is not a file"
+    if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
+        return f"{value} is not readable"
+    if key == "adapter" and not (path / "adapter_config.json").is_file():
+        return f"{value} is not a PEFT adapter folder (no adapter_config.json)"
+    return None
+
+
+def input_problems(stages: list[PlannedStage]) -> list[str]:
+    """Inputs the stages read that no stage of this run makes, and that are missing or unreadable.
+
+    Checked before the first stage starts, so that a missing ``infuse.data`` is found now and
+    not after hours of pairs and DPO. An input that an earlier stage of the run writes (its
+    ``out``) is not checked. One line per problem, naming the key (``infuse.data: ...``).
+    """
+    problems: list[str] = []
+    reported: set[Path] = set()
+    produced: set[Path] = set()
+
+    def check(where: str, key: str, value: Any) -> None:
+        if not isinstance(value, str) or not value:
+            return
+        resolved = Path(value).expanduser().resolve()
+        if resolved in produced or resolved in reported:
+            return
+        problem = _path_problem(key, value)
+        if problem:
+            reported.add(resolved)
+            problems.append(f"{where}{key}: {problem}")
+
+    models = {s.config.model for s in stages if isinstance(getattr(s.config, "model", None), str)}
+    for model in sorted(models):
+        if _looks_local(model):
+            check("", "model", model)
+    for index, stage in enumerate(stages):
+        if stage.stage == "eval":
+            where = f"eval[{sum(s.stage == 'eval' for s in stages[:index])}]."
+        else:
+            where = f"{stage.stage}."
+        for key in INPUT_KEYS:
+            check(where, key, getattr(stage.config, key, None))
+        produced.add(Path(stage.config.out).expanduser().resolve())
+    return problems
+
+
+def load_run_config(path: str | Path, check_inputs: bool = True) -> list[PlannedStage]:
+    """The planned stages of the run config at ``path``; every problem in one ConfigError.
+
+    Problems: keys written twice, unknown keys and bad values at any depth, and (with
+    ``check_inputs``) input paths that do not exist or cannot be read.
+    """
+    data, duplicates = _load_yaml(path)
+    try:
+        stages = plan(data)
+    except ConfigError as e:
+        raise ConfigError("\n".join([*duplicates, str(e)])) from None
+    if duplicates:
+        raise ConfigError("\n".join(duplicates))
+    if check_inputs:
+        problems = input_problems(stages)
+        if problems:  # a path may hold a token: errors are printed, and logged by some
+            raise ConfigError("\n".join(redact(problems)))
+    return stages
 
 
 def run_stage(planned: PlannedStage) -> Any:
