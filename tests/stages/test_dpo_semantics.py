@@ -44,6 +44,9 @@ ANSWERS = [
     ("Two blue triangles.", "Two blue triangles, three people and a car parked at the top."),
     ("One white circle at the bottom right.", "Nothing."),
 ]
+# Larger than the paper's 0.1 so that a reference pass with the adapter on moves the loss far
+# beyond the comparison's tolerance.
+BETA = 1.0
 LORA_LAYERS = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
 
 
@@ -187,8 +190,10 @@ def adapted(llava):
     gen = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
-            if "lora_B" in name:
-                param.copy_(torch.randn(param.shape, generator=gen) * 0.3)
+            # Both LoRA matrices from a seeded generator: the result must not depend on the
+            # global RNG (test order); B random, so the adapter is not the identity.
+            if "lora_A" in name or "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=gen) * 0.5)
     return peft_model.eval(), processor
 
 
@@ -201,7 +206,7 @@ def _trainer(model, tmp_path, nll_coef: float, normalization: str) -> DPOTrainer
     return DPOTrainer(
         model=model,
         args=args,
-        beta=0.1,
+        beta=BETA,
         nll_coef=nll_coef,
         nll_normalization=normalization,
     )
@@ -222,13 +227,13 @@ def test_loss_uses_the_base_model_as_reference_and_the_chosen_lengths(
     base, _ = _load_base(llava)
     policy = _logps(model, batch)
     reference = _logps(base, batch)
-    assert (policy - reference).abs().min() > 1e-2, "the adapter must change the log-probs"
+    assert (policy - reference).abs().max() > 0.1, "the adapter must change the log-probs"
     chosen_tokens = _answer_token_counts(batch["labels"][:num])
     rejected_tokens = _answer_token_counts(batch["labels"][num:])
     assert (chosen_tokens != rejected_tokens).all()  # the fixture's answers differ in length
 
     def by_hand(ref: torch.Tensor) -> float:
-        z = 0.1 * ((policy[:num] - ref[:num]) - (policy[num:] - ref[num:]))
+        z = BETA * ((policy[:num] - ref[:num]) - (policy[num:] - ref[num:]))
         nll = -policy[:num] / (chosen_tokens if normalization == "mean" else 1)
         return (-F.logsigmoid(z) + nll_coef * nll).mean().item()
 
@@ -238,4 +243,4 @@ def test_loss_uses_the_base_model_as_reference_and_the_chosen_lengths(
     assert math.isfinite(loss)
     assert loss == pytest.approx(by_hand(reference), rel=1e-5, abs=1e-6)
     # The check can tell: a reference pass that kept the adapter on gives another value.
-    assert abs(by_hand(policy) - by_hand(reference)) > 1e-2
+    assert abs(by_hand(policy) - by_hand(reference)) > 0.05
