@@ -566,6 +566,21 @@ def test_cli_trl_overwrite_replaces_a_saved_data_set_and_nothing_else(tmp_path, 
     assert (out / "keep.txt").read_text() == "mine"
 
 
+def test_cli_refuses_an_out_another_run_is_writing(tmp_path, reference_rows, capsys):
+    from stic.runtime.locks import lock_path, output_lock
+
+    source = tmp_path / "ref.json"
+    source.write_text(json.dumps(reference_rows))
+    out = tmp_path / "pairs.jsonl"
+    argv = ["--from", "stic-reference", "--to", "stic", str(source), str(out)]
+    with output_lock(out):
+        assert convert_cli.main(argv) == 1
+    assert "is being written by another stic run" in capsys.readouterr().err
+    assert not out.exists()
+    assert convert_cli.main(argv) == 0
+    assert not lock_path(out).exists()
+
+
 def test_pure_transform_of_one_reference_record():
     row = reference_record("cat.jpg", False, BAD_PROMPTS[4], PLAIN_PROMPTS[6])
     pair = pair_from_reference(row, "r[0]", "cat.jpg")

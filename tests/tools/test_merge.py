@@ -15,6 +15,7 @@ import pytest
 from stic.config import InfuseConfig, PairsConfig
 from stic.data.prompts import GOOD_PROMPT, PLAIN_PROMPTS
 from stic.runtime.files import read_json, read_jsonl
+from stic.runtime.locks import lock_path, output_lock
 from stic.runtime.manifests import manifest_path, read_manifest, write_manifest
 from stic.tools.merge import IGNORED_KEYS, main
 
@@ -239,3 +240,26 @@ def test_an_infuse_shard_without_manifest_is_refused(root, capsys):
     code, _, stderr = _merge(capsys, "--out", str(root / "infused.json"), str(shard))
     assert code == 0, stderr
     assert read_json(root / "infused.json") == [sample]
+
+
+def test_out_inside_the_images_folder_or_a_folder_is_refused(root, capsys):
+    a = _shard(root, "s0.jsonl", ["a"], "0/2")
+    out = root / "images" / "merged.jsonl"
+    code, _, stderr = _merge(capsys, "--images", str(root / "images"), "--out", str(out), a)
+    assert code == 1 and "lies inside the images input" in stderr
+    assert list((root / "images").iterdir()) == []  # not even a lock file
+    (root / "folder.jsonl").mkdir()
+    code, _, stderr = _merge(capsys, "--overwrite", "--out", str(root / "folder.jsonl"), a)
+    assert code == 1 and "is a folder" in stderr
+
+
+def test_a_merge_into_an_output_another_run_holds_is_refused(root, capsys):
+    a = _shard(root, "s0.jsonl", ["a"], "0/2")
+    b = _shard(root, "s1.jsonl", ["b"], "1/2")
+    out = root / "merged.jsonl"
+    with output_lock(out, command="stic merge --out merged.jsonl"):
+        code, _, stderr = _merge(capsys, "--out", str(out), a, b)
+    assert code == 1 and "is being written by another stic run" in stderr
+    assert not out.exists()
+    assert _merge(capsys, "--out", str(out), a, b)[0] == 0
+    assert not lock_path(out).exists()

@@ -21,6 +21,7 @@ from stic.data.formats import (
     write_pairs_as,
 )
 from stic.runtime.images import ImageError
+from stic.runtime.locks import OutputLocked, output_lock
 
 _EXAMPLES = """\
 examples:
@@ -131,10 +132,13 @@ def main(argv: list[str]) -> int:
         return 2
     try:
         folder_output = args.target == TRL and Path(args.output).suffix == ""
-        check_paths(args.input, args.output, args.images, args.overwrite, folder_output)
-        pairs = read_pairs_any(args.input, args.source, args.images)
-        write_pairs_as(pairs, args.output, args.target, args.images, overwrite=args.overwrite)
-    except (OSError, ValueError, ImageError) as e:
+        check = (args.input, args.output, args.images, args.overwrite, folder_output)
+        check_paths(*check)  # first: no lock file is ever made inside an input
+        with output_lock(args.output, command="stic convert"):
+            check_paths(*check)  # again, now that no other stic run can write OUT
+            pairs = read_pairs_any(args.input, args.source, args.images)
+            write_pairs_as(pairs, args.output, args.target, args.images, overwrite=args.overwrite)
+    except (OSError, ValueError, ImageError, OutputLocked) as e:
         print(f"stic convert: error: {e}", file=sys.stderr)
         return 1
     print(f"stic convert: {len(pairs)} pairs {args.input} -> {args.output} ({args.target})")

@@ -12,6 +12,7 @@ know stic wrote it.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import sys
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from stic.data.schemas import InstructSample, PairRecord, read_instruct
 from stic.runtime.files import atomic_write_json, atomic_write_text, read_json, read_jsonl
+from stic.runtime.locks import OutputLocked, output_lock
 from stic.runtime.manifests import (
     input_identity,
     library_versions,
@@ -201,8 +203,8 @@ def check_record_provenance(
             )
 
 
-def check_out(out: Path, shards: Sequence[str], inputs: dict[str, str | None], overwrite: bool):
-    """Refuse an ``--out`` that is a shard or an input, or an existing file stic did not write."""
+def check_out_location(out: Path, shards: Sequence[str], inputs: dict[str, str | None]) -> None:
+    """Refuse an ``--out`` that is one of the shards, or is or lies inside an input."""
     target = out.expanduser().resolve()
     for name in shards:
         if Path(name).expanduser().resolve() == target:
@@ -218,6 +220,13 @@ def check_out(out: Path, shards: Sequence[str], inputs: dict[str, str | None], o
             raise MergeError(
                 f"--out {out} {how} the {key} input {value}: choose another output path"
             )
+
+
+def check_out_existing(out: Path, overwrite: bool) -> None:
+    """Refuse an existing ``--out`` that stic did not write, or that is not a merge, unless
+    ``overwrite``; and a folder always."""
+    if out.is_dir():
+        raise MergeError(f"--out {out} is a folder: give a file path")
     if out.exists() or out.is_symlink():
         manifest = read_manifest(out) if manifest_path(out).exists() else None
         if manifest is None and not overwrite:
@@ -230,8 +239,6 @@ def check_out(out: Path, shards: Sequence[str], inputs: dict[str, str | None], o
                 f"--out {out} holds a {manifest.get('stage')} output, not a merge: choose another "
                 "output path, or pass --overwrite to replace it"
             )
-    elif out.is_dir():
-        raise MergeError(f"--out {out} is a folder: give a file path")
 
 
 def merge_manifest(
@@ -315,62 +322,66 @@ def main(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        kind = "pairs" if all(Path(s).suffix == ".jsonl" for s in args.shards) else "infuse"
-        out = Path(args.out)
-        if out.suffix != SUFFIX[kind]:
-            raise MergeError(
-                f"--out {out}: {kind} shards merge into a {SUFFIX[kind]} file, "
-                f"got {out.suffix or 'no suffix'!r}"
-            )
-        check_out(out, args.shards, {"images": args.images, "data": args.data}, args.overwrite)
-        manifests = check_manifests(args.shards, kind)
-        if kind == "pairs":
-            from stic.runtime.images import list_images
+        with contextlib.ExitStack() as held:
+            kind = "pairs" if all(Path(s).suffix == ".jsonl" for s in args.shards) else "infuse"
+            out = Path(args.out)
+            if out.suffix != SUFFIX[kind]:
+                raise MergeError(
+                    f"--out {out}: {kind} shards merge into a {SUFFIX[kind]} file, "
+                    f"got {out.suffix or 'no suffix'!r}"
+                )
+            check_out_location(out, args.shards, {"images": args.images, "data": args.data})
+            # Held from here to the manifest: two merges into one file cannot interleave.
+            held.enter_context(output_lock(out, command="stic merge"))
+            check_out_existing(out, args.overwrite)
+            manifests = check_manifests(args.shards, kind)
+            if kind == "pairs":
+                from stic.runtime.images import list_images
 
-            shards = [read_jsonl(s, strict=True) for s in args.shards]
-            for name, rows in zip(args.shards, shards, strict=True):
-                for n, row in enumerate(rows, start=1):
-                    PairRecord.from_dict(row, where=f"{name}:{n}")
-            expected = list_images(args.images, limit=args.limit) if args.images else None
-        else:
-            shards = [read_json(s) for s in args.shards]
-            for name, rows in zip(args.shards, shards, strict=True):
-                if not isinstance(rows, list):
-                    raise MergeError(f"{name}: expected a JSON list of samples")
-                for i, row in enumerate(rows):
-                    InstructSample.from_dict(row, where=f"{name}[{i}]")
-            expected = [s.id for s in read_instruct(args.data)] if args.data else None
-        check_record_provenance(args.shards, shards, manifests, kind)
-        merged, missing = merge_records(shards, args.shards, expected)
-        if missing:
-            shown = ", ".join(repr(i) for i in missing[:5])
-            print(
-                f"stic merge: {len(missing)} ids in no shard: {shown}{' ...' if len(missing) > 5 else ''}",
-                file=sys.stderr,
-            )
-            if not args.allow_missing:
+                shards = [read_jsonl(s, strict=True) for s in args.shards]
+                for name, rows in zip(args.shards, shards, strict=True):
+                    for n, row in enumerate(rows, start=1):
+                        PairRecord.from_dict(row, where=f"{name}:{n}")
+                expected = list_images(args.images, limit=args.limit) if args.images else None
+            else:
+                shards = [read_json(s) for s in args.shards]
+                for name, rows in zip(args.shards, shards, strict=True):
+                    if not isinstance(rows, list):
+                        raise MergeError(f"{name}: expected a JSON list of samples")
+                    for i, row in enumerate(rows):
+                        InstructSample.from_dict(row, where=f"{name}[{i}]")
+                expected = [s.id for s in read_instruct(args.data)] if args.data else None
+            check_record_provenance(args.shards, shards, manifests, kind)
+            merged, missing = merge_records(shards, args.shards, expected)
+            if missing:
+                shown = ", ".join(repr(i) for i in missing[:5])
                 print(
-                    "stic merge: error: not written (pass --allow-missing to write anyway)",
+                    f"stic merge: {len(missing)} ids in no shard: {shown}{' ...' if len(missing) > 5 else ''}",
                     file=sys.stderr,
                 )
-                return 1
-        summary = {"merged": len(merged), "shards": len(args.shards), "missing": len(missing)}
-        # The manifest goes first (running), so a kill before the end leaves a file that a
-        # rerun may replace, never one that looks like a user's.
-        atomic_write_json(
-            manifest_path(out), merge_manifest(out, args.shards, kind, manifests, "running")
-        )
-        if kind == "pairs":
-            atomic_write_text(
-                out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in merged)
+                if not args.allow_missing:
+                    print(
+                        "stic merge: error: not written (pass --allow-missing to write anyway)",
+                        file=sys.stderr,
+                    )
+                    return 1
+            summary = {"merged": len(merged), "shards": len(args.shards), "missing": len(missing)}
+            # The manifest goes first (running), so a kill before the end leaves a file that a
+            # rerun may replace, never one that looks like a user's.
+            atomic_write_json(
+                manifest_path(out), merge_manifest(out, args.shards, kind, manifests, "running")
             )
-        else:
-            atomic_write_json(out, merged)
-        atomic_write_json(
-            manifest_path(out),
-            merge_manifest(out, args.shards, kind, manifests, "complete", summary),
-        )
-    except (OSError, ValueError) as e:
+            if kind == "pairs":
+                atomic_write_text(
+                    out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in merged)
+                )
+            else:
+                atomic_write_json(out, merged)
+            atomic_write_json(
+                manifest_path(out),
+                merge_manifest(out, args.shards, kind, manifests, "complete", summary),
+            )
+    except (OSError, ValueError, OutputLocked) as e:
         print(f"stic merge: error: {e}", file=sys.stderr)
         return 1
     print(json.dumps({**summary, "out": str(out)}))
