@@ -84,6 +84,7 @@ def test_shards_of_one_run_merge_and_the_merge_has_a_manifest(root, capsys):
         "shards": [str(Path(a).resolve()), str(Path(b).resolve())],
         "kind": "pairs",
         "out": str(out.resolve()),
+        "allow_different": [],
     }
     assert manifest["config_hash"] and manifest["versions"]["python"]
     assert set(manifest["inputs"]) == set(manifest["config"]["shards"])
@@ -263,3 +264,29 @@ def test_a_merge_into_an_output_another_run_holds_is_refused(root, capsys):
     assert not out.exists()
     assert _merge(capsys, "--out", str(out), a, b)[0] == 0
     assert not lock_path(out).exists()
+
+
+def test_images_mounted_elsewhere_merge_only_when_allowed(root, capsys):
+    (root / "mnt").mkdir()
+    a = _shard(root, "s0.jsonl", ["a"], "0/2")
+    b = _shard(root, "s1.jsonl", ["b"], "1/2", images=str(root / "mnt"))
+    out = root / "merged.jsonl"
+    code, _, stderr = _merge(capsys, "--out", str(out), a, b)
+    assert code == 1 and "pass --allow-different images" in stderr
+    code, _, stderr = _merge(capsys, "--allow-different", "images", "--out", str(out), a, b)
+    assert code == 0, stderr
+    assert read_manifest(out)["config"]["allow_different"] == ["images"]
+    # Only path keys may differ: the settings that decide the records never.
+    c = _shard(root, "s2.jsonl", ["c"], "1/2", images=str(root / "mnt"), seed=1)
+    code, _, stderr = _merge(capsys, "--allow-different", "images", "--out", str(out), a, c)
+    assert code == 1 and "seed 42 vs 1" in stderr
+
+
+def test_records_of_one_local_model_spelled_two_ways_are_one_model(root, capsys, monkeypatch):
+    (root / "model").mkdir()
+    monkeypatch.chdir(root)
+    records = [_pair("a", model="model"), _pair("b", model=str(root / "model"))]
+    a = _shard(root, "s0.jsonl", [], "0/2", records=records, model="model")
+    b = _shard(root, "s1.jsonl", [], "1/2", records=[_pair("c", model="./model")], model="./model")
+    code, _, stderr = _merge(capsys, "--out", str(root / "m.jsonl"), a, b)
+    assert code == 0, stderr

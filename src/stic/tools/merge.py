@@ -96,12 +96,16 @@ def _show(keys: list[str], a: dict, b: dict, limit: int = 3) -> str:
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def check_manifests(shards: Sequence[str], kind: str) -> dict[str, dict]:
+def check_manifests(
+    shards: Sequence[str], kind: str, allow_different: Sequence[str] = ()
+) -> dict[str, dict]:
     """The shards' manifests (``None`` for a shard without one), checked to be of one run.
 
     Raises :class:`MergeError` (one line) for a manifest of another stage, one not complete,
     settings that differ (naming the keys and the two shards), inputs whose content differs,
-    or shards split different ways (``0/2`` with ``1/3``).
+    or shards split different ways (``0/2`` with ``1/3``). ``allow_different``: path keys not
+    compared (shards run on machines that mount the same data at different paths); the inputs'
+    content identities are still compared.
     """
     manifests = {name: read_manifest(name) for name in shards}
     first: tuple[str, dict, dict] | None = None
@@ -127,12 +131,18 @@ def check_manifests(shards: Sequence[str], kind: str) -> dict[str, dict]:
             first = (name, comparable, inputs)
             continue
         first_name, first_config, first_inputs = first
-        keys = _differing(first_config, comparable)
+        keys = [k for k in _differing(first_config, comparable) if k not in allow_different]
         if keys:
+            paths = [k for k in keys if k in _PATH_KEYS]
+            hint = (
+                f" (if it is the same {paths[0]} at another path, pass --allow-different {paths[0]})"
+                if paths
+                else ""
+            )
             raise MergeError(
                 f"{first_name} and {name} were made with different settings "
                 f"({_show(keys, first_config, comparable)}); "
-                "merge only the shards of one run"
+                f"merge only the shards of one run{hint}"
             )
         keys = _differing(first_inputs, inputs)
         if keys:
@@ -146,12 +156,17 @@ def check_manifests(shards: Sequence[str], kind: str) -> dict[str, dict]:
     return manifests
 
 
-def _record_provenance(rows: Sequence[dict]) -> list[tuple[str, str]]:
-    """The distinct (model, sampling) that pair records say made them, as JSON strings."""
+def _record_provenance(rows: Sequence[dict], compare_model: bool) -> list[tuple[str, str]]:
+    """The distinct (model, sampling) that pair records say made them, as JSON strings.
+
+    A local model path is compared resolved (a run resumed from another directory writes the
+    same model spelled differently); ``compare_model=False`` leaves the model out.
+    """
     seen = {}
     for row in rows:
+        model = _comparable({"model": row.get("model")}).get("model") if compare_model else None
         key = (
-            json.dumps(row.get("model"), sort_keys=True),
+            json.dumps(model, sort_keys=True),
             json.dumps(row.get("sampling"), sort_keys=True),
         )
         seen.setdefault(key, None)
@@ -159,7 +174,11 @@ def _record_provenance(rows: Sequence[dict]) -> list[tuple[str, str]]:
 
 
 def check_record_provenance(
-    shards: Sequence[str], rows: Sequence[Sequence[dict]], manifests: dict[str, dict | None], kind
+    shards: Sequence[str],
+    rows: Sequence[Sequence[dict]],
+    manifests: dict[str, dict | None],
+    kind: str,
+    allow_different: Sequence[str] = (),
 ) -> None:
     """Every shard's records made by one model with one sampling, the same for all shards.
 
@@ -175,7 +194,7 @@ def check_record_provenance(
                     "not say which model made them: copy its manifest beside it, or rerun the shard"
                 )
             continue
-        found = _record_provenance(records)
+        found = _record_provenance(records, compare_model="model" not in allow_different)
         if len(found) > 1:
             raise MergeError(
                 f"{name} mixes records of {len(found)} different models or sampling settings "
@@ -248,12 +267,14 @@ def merge_manifest(
     manifests: dict[str, dict | None],
     status: str,
     summary: dict | None = None,
+    allow_different: Sequence[str] = (),
 ) -> dict:
     """What the merged file's manifest records: the shards, their identities and common config."""
     config = {
         "shards": [str(Path(s).expanduser().resolve()) for s in shards],
         "kind": kind,
         "out": str(out.expanduser().resolve()),
+        "allow_different": sorted(set(allow_different)),
     }
     recorded = next((m for m in manifests.values() if m is not None), None)
     return redact(
@@ -315,6 +336,16 @@ def main(argv: list[str]) -> int:
         "--allow-missing", action="store_true", help="write the merge even if ids are missing"
     )
     parser.add_argument(
+        "--allow-different",
+        action="append",
+        default=[],
+        choices=_PATH_KEYS,
+        metavar="KEY",
+        help="a path setting the shards may spell differently (shards run on machines that "
+        f"mount the same data elsewhere); one of {', '.join(_PATH_KEYS)}; repeatable. The "
+        "content of pairs, data and adapter inputs is still compared",
+    )
+    parser.add_argument(
         "--overwrite",
         action="store_true",
         help="replace an existing --out that stic did not write (a previous merge is replaced "
@@ -334,7 +365,7 @@ def main(argv: list[str]) -> int:
             # Held from here to the manifest: two merges into one file cannot interleave.
             held.enter_context(output_lock(out, command="stic merge"))
             check_out_existing(out, args.overwrite)
-            manifests = check_manifests(args.shards, kind)
+            manifests = check_manifests(args.shards, kind, args.allow_different)
             if kind == "pairs":
                 from stic.runtime.images import list_images
 
@@ -351,7 +382,7 @@ def main(argv: list[str]) -> int:
                     for i, row in enumerate(rows):
                         InstructSample.from_dict(row, where=f"{name}[{i}]")
                 expected = [s.id for s in read_instruct(args.data)] if args.data else None
-            check_record_provenance(args.shards, shards, manifests, kind)
+            check_record_provenance(args.shards, shards, manifests, kind, args.allow_different)
             merged, missing = merge_records(shards, args.shards, expected)
             if missing:
                 shown = ", ".join(repr(i) for i in missing[:5])
@@ -369,7 +400,10 @@ def main(argv: list[str]) -> int:
             # The manifest goes first (running), so a kill before the end leaves a file that a
             # rerun may replace, never one that looks like a user's.
             atomic_write_json(
-                manifest_path(out), merge_manifest(out, args.shards, kind, manifests, "running")
+                manifest_path(out),
+                merge_manifest(
+                    out, args.shards, kind, manifests, "running", None, args.allow_different
+                ),
             )
             if kind == "pairs":
                 atomic_write_text(
@@ -379,7 +413,9 @@ def main(argv: list[str]) -> int:
                 atomic_write_json(out, merged)
             atomic_write_json(
                 manifest_path(out),
-                merge_manifest(out, args.shards, kind, manifests, "complete", summary),
+                merge_manifest(
+                    out, args.shards, kind, manifests, "complete", summary, args.allow_different
+                ),
             )
     except (OSError, ValueError, OutputLocked) as e:
         print(f"stic merge: error: {e}", file=sys.stderr)
