@@ -211,3 +211,65 @@ def test_apply_does_not_modify_input():
 def test_apply_rejects_bad_params(params):
     with pytest.raises(ValueError):
         apply_corruption(Image.new("RGB", (30, 30)), params)
+
+
+# --- boundaries and messages (mutants that survived `make mutation`; see docs/mutation.md) -----
+
+
+class _FixedRng:
+    """An rng whose random() is a given value and whose uniform(a, b) is a."""
+
+    def __init__(self, value: float):
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+    def uniform(self, a: float, b: float) -> float:
+        return a
+
+
+def test_lowres_is_drawn_with_probability_exactly_lowres_prob():
+    # random() is uniform on [0, 1): P(random() < p) = p, so a draw equal to p is NOT lowres.
+    assert sample_corruption(_FixedRng(0.5), lowres_prob=0.5)["kind"] == "color_jitter"
+    assert sample_corruption(_FixedRng(0.4999), lowres_prob=0.5)["kind"] == "lowres"
+
+
+def test_the_largest_hue_range_is_accepted():
+    params = sample_corruption(_FixedRng(0.9), hue=0.5)
+    assert params["hue_shift"] == -0.5
+
+
+def test_lowres_keeps_at_least_one_pixel_on_the_longer_side():
+    assert lower_resolution(Image.new("RGB", (40, 50)), 1).size == (1, 1)
+    assert lower_resolution(Image.new("RGB", (50, 40)), 1).size == (1, 1)
+
+
+def test_short_side_must_be_a_true_integer_of_at_least_one():
+    image = Image.new("RGB", (40, 50))
+    assert lower_resolution(image, 1).size == (1, 1)  # 1 is allowed
+    for bad in (True, 0, 1.0):
+        with pytest.raises(ValueError, match="short_side"):
+            lower_resolution(image, bad)
+
+
+def test_corruptions_return_rgb_for_any_input_mode():
+    grey = Image.new("L", (30, 40), 100)
+    assert lower_resolution(grey, 20).mode == "RGB"
+    assert color_jitter(grey, 1.0, 0.0).mode == "RGB"
+
+
+def test_brightness_factor_zero_gives_black_and_two_doubles():
+    image = Image.new("RGB", (4, 4), (50, 60, 70))
+    assert set(color_jitter(image, 0.0, 0.0).getdata()) == {(0, 0, 0)}
+    assert set(color_jitter(image, 2.0, 0.0).getdata()) == {(100, 120, 140)}
+
+
+def test_apply_corruption_errors_name_the_problem():
+    image = Image.new("RGB", (30, 40))
+    with pytest.raises(ValueError, match="no 'kind'"):
+        apply_corruption(image, {"short_side": 20})
+    with pytest.raises(ValueError, match="unknown corruption kind 'blur'"):
+        apply_corruption(image, {"kind": "blur"})
+    with pytest.raises(ValueError, match=r"missing \['short_side'\], unexpected \['size'\]"):
+        apply_corruption(image, {"kind": "lowres", "size": 20})

@@ -131,3 +131,30 @@ def test_is_correct_multiple_choice(prediction, answer, expected):
 def test_is_correct_rejects_unknown_gold():
     with pytest.raises(ValueError):
         is_correct("A", "fish", CHOICES)
+
+
+# --- boundaries and messages (mutants that survived `make mutation`; see docs/mutation.md) -----
+
+
+def test_one_to_twenty_six_choices_are_allowed():
+    assert parse_choice("A", 1) == 0
+    assert parse_choice("Z", 26) == 25
+    letters = [chr(ord("A") + i) for i in range(26)]
+    assert answer_index("only", ["only"]) == 0
+    assert answer_index("Z", letters) == 25
+    with pytest.raises(ValueError, match="num_choices must be in 1..26, got 27"):
+        parse_choice("A", 27)
+    with pytest.raises(ValueError, match="choices must hold 1..26 options, got 27"):
+        answer_index("A", letters + ["extra"])
+    with pytest.raises(ValueError, match="choices must hold 1..26 options, got 0"):
+        answer_index("A", [])
+
+
+def test_answer_index_error_names_the_answer():
+    with pytest.raises(ValueError, match="answer 'dog' is neither an option letter"):
+        answer_index("dog", ["cat", "bird"])
+
+
+def test_a_minus_sign_after_a_space_and_a_point_before_a_letter():
+    assert normalize_answer("move -2 steps") == "move -2 steps"
+    assert normalize_answer("version 3.x") == "version 3 x"

@@ -105,3 +105,21 @@ def test_no_requests_no_generations(llava):
 def test_batched_cuts_in_order_with_a_short_last_batch():
     assert [list(b) for b in batched(list(range(7)), 3)] == [[0, 1, 2], [3, 4, 5], [6]]
     assert [list(b) for b in batched([], 3)] == []
+
+
+def test_end_of_turn_ids_come_from_the_generation_config_and_the_tokenizer():
+    """Chat models often stop on several ids (a list in generation_config) besides the
+    tokenizer's EOS; an answer ending on any of them finished with "stop"."""
+    from types import SimpleNamespace
+
+    from stic.modeling.generation import _eos_ids
+
+    def ids(config_eos, tokenizer_eos):
+        model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=config_eos))
+        return _eos_ids(model, SimpleNamespace(eos_token_id=tokenizer_eos))
+
+    assert ids([5, 7], 2) == {2, 5, 7}
+    assert ids(3, 2) == {2, 3}
+    assert ids(None, 2) == {2}
+    assert ids([5], None) == {5}
+    assert ids(None, None) == set()

@@ -259,5 +259,11 @@ def test_loss_value_with_asymmetric_margins_catches_a_flipped_dpo_term():
     assert loss.item() == pytest.approx(expected, rel=1e-6)
     assert metrics["loss/dpo"].item() == pytest.approx(sum(dpo) / 2, rel=1e-6)
     assert sum(flipped) / 2 - sum(dpo) / 2 > 0.3  # what a flipped sign would add
+    # The reward metrics, which the fixture above cannot tell apart from their sum (its
+    # chosen and rejected rewards cancel): chosen 0.1*[1, 0.5], rejected 0.1*[-4, -1].
+    assert metrics["rewards/chosen"].item() == pytest.approx(0.075, rel=1e-6)
+    assert metrics["rewards/rejected"].item() == pytest.approx(-0.25, rel=1e-6)
+    assert metrics["rewards/margin"].item() == pytest.approx(sum(margins) / 2, rel=1e-6)
+    assert metrics["rewards/accuracy"].item() == 1.0
     # By hand: -log sigmoid(0.5) = 0.474077, -log sigmoid(0.15) = 0.620957.
     assert dpo == pytest.approx([0.4740769841801067, 0.6209570477895321], rel=1e-9)
