@@ -19,8 +19,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 import stic.modeling.models
-import stic.stages.dpo
-import stic.stages.sft
+import stic.stages.training
 from stic.cli import main
 from stic.config import DPOConfig, EvalConfig, InfuseConfig, PairsConfig, SFTConfig
 from stic.data.schemas import RecordError
@@ -28,7 +27,8 @@ from stic.runtime.images import load_image
 from stic.stages.dpo import run_dpo
 from stic.stages.evaluate import run_eval
 from stic.stages.infuse import run_infuse
-from stic.stages.pairs import PairsSummary, run_pairs
+from stic.stages.pairs import run_pairs
+from stic.stages.runner import StageSummary
 from stic.stages.sft import run_sft
 
 GOOD = ("a_good.png", "z_good.jpg")  # the bad file's name sorts between them
@@ -48,7 +48,7 @@ def _good_images(folder: Path) -> Path:
     return folder
 
 
-def _run(llava: Path, images: Path, out: Path) -> PairsSummary:
+def _run(llava: Path, images: Path, out: Path) -> StageSummary:
     config = PairsConfig(
         model=str(llava), images=str(images), out=str(out), max_new_tokens=4, batch_size=4
     )
@@ -60,18 +60,18 @@ def _record_ids(out: Path) -> list[str]:
     return sorted(json.loads(line)["id"] for line in text.splitlines())
 
 
-def _assert_skipped_with_reason(summary: PairsSummary, name: str, *words: str) -> None:
-    assert name in summary.skipped, f"{name} not reported; skipped: {summary.skipped}"
-    reason = summary.skipped[name]
+def _assert_skipped_with_reason(summary: StageSummary, name: str, *words: str) -> None:
+    assert name in summary.bad_items, f"{name} not reported; skipped: {summary.bad_items}"
+    reason = summary.bad_items[name]
     assert "\n" not in reason and reason.strip()
     assert name in reason
     for word in words:
         assert word in reason, f"{word!r} not in {reason!r}"
 
 
-def _assert_good_ones_processed(summary: PairsSummary, out: Path, extra: tuple = ()) -> None:
+def _assert_good_ones_processed(summary: StageSummary, out: Path, extra: tuple = ()) -> None:
     assert _record_ids(out) == sorted(GOOD + extra)
-    assert summary.written == len(GOOD) + len(extra)
+    assert summary.made == len(GOOD) + len(extra)
 
 
 def _png_bytes(image: Image.Image) -> bytes:
@@ -123,7 +123,7 @@ def test_unreadable_file_is_skipped_with_a_reason(llava, tmp_path, case):
     summary = _run(llava, images, out)
     _assert_skipped_with_reason(summary, name, *words)
     _assert_good_ones_processed(summary, out)
-    assert summary.total == 3
+    assert summary.items == 3
 
 
 def _png_declaring(width: int, height: int) -> bytes:
@@ -144,7 +144,7 @@ def test_decompression_bomb_is_skipped_with_a_reason(llava, tmp_path, scale):
     out = tmp_path / "pairs.jsonl"
     summary = _run(llava, images, out)
     _assert_skipped_with_reason(summary, "m_bomb.png", "too large", "decompression-bomb limit")
-    assert f"{side * side:,} pixels" in summary.skipped["m_bomb.png"]
+    assert f"{side * side:,} pixels" in summary.bad_items["m_bomb.png"]
     _assert_good_ones_processed(summary, out)
 
 
@@ -206,7 +206,7 @@ def test_unusual_but_valid_image_is_converted_and_processed(llava, tmp_path, cas
         assert red > 220 and green < 40 and blue < 40
     out = tmp_path / "pairs.jsonl"
     summary = _run(llava, images, out)
-    assert summary.skipped == {}
+    assert summary.bad_items == {}
     _assert_good_ones_processed(summary, out, extra=(name,))
 
 
@@ -269,12 +269,12 @@ def test_cli_run_over_every_refused_class_reports_each_on_one_line(llava, tmp_pa
     code = main(argv + ["--max-new-tokens", "4", "--batch-size", "4"])
     captured = capsys.readouterr()
     assert code == 0
-    skipped_lines = [line for line in captured.err.splitlines() if "skipped " in line]
+    skipped_lines = [line for line in captured.err.splitlines() if "left out " in line]
     expected = [name for name, _, _ in REFUSED.values()] + ["m_bomb.png"]
     for name in expected:
         assert sum(name in line for line in skipped_lines) == 1, (name, skipped_lines)
     summary = json.loads(captured.out.split("pairs -> ", 1)[1].split(": ", 1)[1])
-    assert summary["written"] == 2 and summary["skipped"] == len(expected)
+    assert summary["made"] == 2 and summary["bad_items"] == len(expected)
     assert _record_ids(out) == sorted(GOOD)
 
 
@@ -299,8 +299,7 @@ def _no_model_work(monkeypatch) -> None:
         raise AssertionError("a model was loaded before the data file was checked")
 
     monkeypatch.setattr(stic.modeling.models, "load_model", refuse)
-    monkeypatch.setattr(stic.stages.dpo, "load_model", refuse)
-    monkeypatch.setattr(stic.stages.sft, "load_model", refuse)
+    monkeypatch.setattr(stic.stages.training, "load_model", refuse)
 
 
 def _write_jsonl(path: Path, rows: list) -> Path:
@@ -325,11 +324,11 @@ def test_eval_skips_items_whose_image_leaves_the_folder(llava, roots, tmp_path):
         max_new_tokens=2,
     )
     summary = run_eval(config)
-    assert summary["n"] == 1
-    assert set(summary["skipped"]) == {"bad-parent", "bad-absolute"}
-    assert "escapes the image folder" in summary["skipped"]["bad-parent"]
-    assert "is absolute" in summary["skipped"]["bad-absolute"]
-    assert all("\n" not in reason for reason in summary["skipped"].values())
+    assert summary.details["n"] == 1
+    assert set(summary.bad_items) == {"bad-parent", "bad-absolute"}
+    assert "escapes the image folder" in summary.bad_items["bad-parent"]
+    assert "is absolute" in summary.bad_items["bad-absolute"]
+    assert all("\n" not in reason for reason in summary.bad_items.values())
 
 
 def _sample(sample_id: str, image) -> dict:
@@ -354,10 +353,10 @@ def test_infuse_skips_samples_whose_image_leaves_the_folder(llava, roots, tmp_pa
         model=str(llava), data=str(data), images=str(images), out=str(out), max_new_tokens=2
     )
     summary = run_infuse(config)
-    assert summary.infused == 1
-    assert set(summary.skipped) == {"bad-parent", "bad-absolute"}
-    assert "escapes the image folder" in summary.skipped["bad-parent"]
-    assert "is absolute" in summary.skipped["bad-absolute"]
+    assert summary.details["infused"] == 1
+    assert set(summary.bad_items) == {"bad-parent", "bad-absolute"}
+    assert "escapes the image folder" in summary.bad_items["bad-parent"]
+    assert "is absolute" in summary.bad_items["bad-absolute"]
     written = {s["id"]: s for s in json.loads(out.read_text())}
     assert "stic_infusion" not in written["bad-parent"]  # passed on unchanged, not described
 

@@ -128,7 +128,7 @@ def test_bad_records_file_exits_1_naming_the_line(tiny_model_factory, tmp_path, 
             "--pairs",
             str(pairs),
             "--images",
-            str(tmp_path),
+            str(tmp_path / "images"),
             "--out",
             str(tmp_path / "stage1"),
         ]
@@ -169,9 +169,9 @@ def test_eval_end_to_end_prints_the_summary_line(tiny_model_factory, tmp_path, c
     assert lines[-1].startswith(prefix)
     summary = json.loads(lines[-1][len(prefix) :])
     results = json.loads(out.read_text())
-    assert summary["n"] == results["n"] == 2
-    assert summary["accuracy"] == results["accuracy"]
-    assert summary["dar"] is True and summary["skipped"] == 0
+    assert summary["details"]["n"] == results["n"] == 2
+    assert summary["details"]["accuracy"] == results["accuracy"]
+    assert summary["details"]["dar"] is True and summary["bad_items"] == 0
     assert all(isinstance(r["description"], str) for r in results["items"])
 
 

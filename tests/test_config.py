@@ -12,7 +12,6 @@ import yaml
 import stic
 from stic.cli import VERBS, main
 from stic.config import (
-    STAGE_CONFIGS,
     ConfigError,
     DPOConfig,
     EvalConfig,
@@ -23,6 +22,7 @@ from stic.config import (
     config_hash,
 )
 from stic.pipeline import load_run_config, plan
+from stic.stages.registry import STAGES
 
 PRESET_DIR = Path(stic.__file__).parent / "configs"
 PRESETS = sorted(PRESET_DIR.glob("*.yaml"))
@@ -205,7 +205,7 @@ def test_config_hash_training_runtime_fields():
 
 
 def test_every_runtime_field_is_a_field():
-    for cls in STAGE_CONFIGS.values():
+    for cls in (stage.config for stage in STAGES.values()):
         names = {f.name for f in dataclasses.fields(cls)}
         assert set(cls.RUNTIME_FIELDS) <= names, cls.__name__
 
@@ -564,10 +564,10 @@ def test_unknown_verb_fails(capsys, restore_stic_logging):
     assert "unknown command 'train'" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("verb", sorted(STAGE_CONFIGS))
+@pytest.mark.parametrize("verb", sorted(STAGES))
 def test_stage_help_mentions_every_field(capsys, restore_stic_logging, verb):
     out = _help_of(capsys, [verb, "--help"])
-    cls = STAGE_CONFIGS[verb]
+    cls = STAGES[verb].config
     assert out.startswith(f"usage: stic {verb}")
     squashed = _squash(out)
     assert _squash(cls.__doc__) in squashed

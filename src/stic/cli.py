@@ -10,40 +10,44 @@ import importlib
 import json
 import logging
 import sys
-from collections.abc import Callable
 
 from stic import __version__
-from stic.config import STAGE_CONFIGS, ConfigError, value_errors
+from stic.config import ConfigError, value_errors
+from stic.stages.registry import STAGES, run_stage
 
-VERBS = {
-    "pairs": "Stage 1a: build preference pairs from a folder of unlabeled images.",
-    "dpo": "Stage 1b: train a LoRA adapter on the pairs with DPO + NLL.",
-    "infuse": "Stage 2a: describe instruction-data images and infuse the descriptions into the prompts.",
-    "sft": "Stage 2b: train on the infused data (the stage-1 adapter further, or a new LoRA adapter).",
-    "eval": "Answer a VQA file (optionally describe-and-respond) and score it.",
-    "run": "Run the stages in order from one YAML config (stic run CONFIG.yaml).",
-    "merge": "Join the outputs of sharded `stic pairs` or `stic infuse` runs (--shard I/N).",
-    "convert": "Convert pairs between stic, the reference code, TRL and LLaMA-Factory formats.",
-    "doctor": "Check the environment, a model, an adapter and an image folder before a run.",
-    "demo": "STIC's measured effect on a tiny pretrained LLaVA in a synthetic world, on CPU.",
-    "demo-model": "Rebuild the demo's tiny base LLaVA from nothing (the package ships a copy).",
-}
-
-# Commands that are small programs of their own: module whose main(argv) runs them.
+# Commands that are small programs of their own: name -> (module whose main(argv) runs it, help).
 TOOLS = {
-    "demo": "stic.demo.run",
-    "demo-model": "stic.demo.base_model",
-    "merge": "stic.tools.merge",
-    "convert": "stic.tools.convert",
-    "doctor": "stic.tools.doctor",
+    "run": (
+        "stic.pipeline",
+        "Run the stages in order from one YAML config (stic run CONFIG.yaml).",
+    ),
+    "merge": (
+        "stic.tools.merge",
+        "Join the outputs of sharded `stic pairs` or `stic infuse` runs (--shard I/N).",
+    ),
+    "convert": (
+        "stic.tools.convert",
+        "Convert pairs between stic, the reference code, TRL and LLaMA-Factory formats.",
+    ),
+    "doctor": (
+        "stic.tools.doctor",
+        "Check the environment, a model, an adapter and an image folder before a run.",
+    ),
+    "demo": (
+        "stic.demo.run",
+        "STIC's measured effect on a tiny pretrained LLaVA in a synthetic world, on CPU.",
+    ),
+    "demo-model": (
+        "stic.demo.base_model",
+        "Rebuild the demo's tiny base LLaVA from nothing (the package ships a copy).",
+    ),
 }
 
-EXAMPLES = {
-    "pairs": "stic pairs --model llava-hf/llava-1.5-7b-hf --images coco/train2014 --out pairs.jsonl --limit 6000",
-    "dpo": "stic dpo --model llava-hf/llava-1.5-7b-hf --pairs pairs.jsonl --images coco/train2014 --out stage1",
-    "infuse": "stic infuse --model M --adapter stage1 --data llava_5k.json --images llava_images --out infused.json",
-    "sft": "stic sft --model M --adapter stage1 --data infused.json --images llava_images --out stage2",
-    "eval": "stic eval --model M --adapter stage2 --data vqa.jsonl --images vqa_images --dar --out results.json",
+# Every command with its one-line help, in the order `stic --help` lists them.
+VERBS = {
+    **{name: stage.help for name, stage in STAGES.items()},
+    "run": "Run the stages in order from one YAML config (stic run CONFIG.yaml).",
+    **{name: text for name, (_, text) in TOOLS.items()},
 }
 
 
@@ -57,7 +61,7 @@ def _usage() -> str:
     lines += [f"  {verb:<10} {text}" for verb, text in VERBS.items()]
     lines += [
         "",
-        "The paper's workflow: pairs -> dpo -> infuse -> sft -> eval, or all at once with `stic run`.",
+        "The paper's workflow: " + " -> ".join(STAGES) + ", or all at once with `stic run`.",
     ]
     return "\n".join(lines)
 
@@ -72,11 +76,11 @@ def _parse_stage(verb: str, argv: list[str]):
             # A required option has no default worth showing.
             return action.help if action.required else super()._get_help_string(action)
 
-    cls = STAGE_CONFIGS[verb]
+    stage = STAGES[verb]
     parser = HfArgumentParser(
-        cls,
+        stage.config,
         prog=f"stic {verb}",
-        description=f"{cls.__doc__.strip()}\n\nexample:\n  {EXAMPLES[verb]}",
+        description=f"{stage.config.__doc__.strip()}\n\nexample:\n  {stage.example}",
         epilog="Flags take dashes or underscores (--batch-size = --batch_size). "
         "Booleans: --flag or --flag true/false.",
         formatter_class=Formatter,
@@ -88,42 +92,40 @@ def _parse_stage(verb: str, argv: list[str]):
     return config
 
 
-def _print_summary(label: str, summary) -> None:
-    data = summary.to_dict() if hasattr(summary, "to_dict") else summary
-    skipped = data.get("skipped") if isinstance(data, dict) else None
-    if isinstance(skipped, dict):
-        for reason in skipped.values():
-            print(f"  skipped {reason}", file=sys.stderr)
-        data = {**data, "skipped": len(skipped)}
-    print(f"{label}: {json.dumps(data, default=str)}")
-
-
-def _stage_runner(verb: str) -> Callable:
-    if verb == "pairs":
-        from stic.stages.pairs import run_pairs as runner
-    elif verb == "dpo":
-        from stic.stages.dpo import run_dpo as runner
-    elif verb == "infuse":
-        from stic.stages.infuse import run_infuse as runner
-    elif verb == "sft":
-        from stic.stages.sft import run_sft as runner
-    else:
-        from stic.stages.evaluate import run_eval as runner
-    return runner
-
-
 def _run(argv: list[str]) -> int:
-    if len(argv) != 1 or argv[0] in ("-h", "--help"):
-        print("usage: stic run CONFIG.yaml\n\nRun the stages in order from one YAML config.\n")
-        from stic import pipeline
+    import argparse
 
-        print(pipeline.__doc__)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    from stic.pipeline import run_pipeline
+    from stic import pipeline
 
-    for planned, summary in run_pipeline(argv[0]):
-        _print_summary(f"{planned.stage} ({planned.name}) -> {planned.config.out}", summary)
+    parser = argparse.ArgumentParser(
+        prog="stic run",
+        usage="stic run CONFIG.yaml [--overwrite]",
+        description="Run the stages in order from one YAML config.\n\n" + (pipeline.__doc__ or ""),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("config", metavar="CONFIG.yaml", help="the run config")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="every stage whose output was made with another config deletes it (only the files "
+        "its manifest lists) and starts over; without it such a stage stops the run",
+    )
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # argparse: 0 after --help, 2 on a usage error
+        return int(e.code or 0)
+    for planned, summary in pipeline.run_pipeline(args.config, overwrite=args.overwrite):
+        print_summary(f"{planned.stage} ({planned.name}) -> {planned.config.out}", summary)
     return 0
+
+
+def print_summary(label: str, summary) -> None:
+    """One line per stage: its figures as JSON; each left-out item on stderr."""
+    data = summary.to_dict()
+    for reason in data.get("bad_items", {}).values():
+        print(f"  left out {reason}", file=sys.stderr)
+    data["bad_items"] = len(data.get("bad_items", {}))
+    print(f"{label}: {json.dumps(data, default=str)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,10 +146,9 @@ def main(argv: list[str] | None = None) -> int:
         if verb == "run":
             return _run(rest)
         if verb in TOOLS:
-            return importlib.import_module(TOOLS[verb]).main(rest)
+            return importlib.import_module(TOOLS[verb][0]).main(rest)
         config = _parse_stage(verb, rest)
-        summary = _stage_runner(verb)(config)
-        _print_summary(f"{verb} -> {config.out}", summary)
+        print_summary(f"{verb} -> {config.out}", run_stage(verb, config))
         return 0
     except ConfigError as e:
         print(
@@ -155,9 +156,20 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    except KeyboardInterrupt:
+        print(
+            f"\nstic {verb}: stopped; rerun the same command to resume where it stopped",
+            file=sys.stderr,
+        )
+        return 130
     except (OSError, ValueError, RuntimeError) as e:
-        print(f"stic {verb}: error: {e}", file=sys.stderr)
+        print(f"stic {verb}: error: {_one_line(e)}", file=sys.stderr)
         return 1
+
+
+def _one_line(error: BaseException) -> str:
+    """The error's message (a list of problems keeps its lines); a bare error, its type's name."""
+    return str(error).strip() or type(error).__name__
 
 
 if __name__ == "__main__":

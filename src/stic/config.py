@@ -14,6 +14,7 @@ import json
 import types
 import typing
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
@@ -137,7 +138,10 @@ class TrainOptions(ModelOptions):
     grad_accum: int = _help(
         "Gradient accumulation steps (global batch = batch_size x grad_accum x GPUs).", default=8
     )
-    warmup_ratio: float = _help("Fraction of steps for linear warm-up (paper: 0.03).", default=0.03)
+    warmup_ratio: float = _help(
+        "Fraction of the training steps spent in linear warm-up, in [0, 1) (paper: 0.03).",
+        default=0.03,
+    )
     lr_scheduler: str = _help("transformers scheduler name (paper: cosine).", default="cosine")
     weight_decay: float = _help("AdamW weight decay (paper: 0).", default=0.0)
     max_length: int = _help(
@@ -280,15 +284,6 @@ class EvalConfig(GenerationOptions):
     )
 
 
-STAGE_CONFIGS: dict[str, type] = {
-    "pairs": PairsConfig,
-    "dpo": DPOConfig,
-    "infuse": InfuseConfig,
-    "sft": SFTConfig,
-    "eval": EvalConfig,
-}
-
-
 def _type_ok(value: Any, annotation: Any) -> bool:
     origin = typing.get_origin(annotation)
     if origin is Literal:
@@ -381,12 +376,14 @@ def value_errors(config: Any, where: str = "") -> list[str]:
         "bad_prompt_prob",
         "lowres_prob",
         "lora_dropout",
-        "warmup_ratio",
         "jitter_brightness",
         "near_duplicate_threshold",
     ):
         if hasattr(config, name):
             check(name, 0 <= getattr(config, name) <= 1, "must be in [0, 1]")
+    # transformers reads a warm-up value >= 1 as a number of steps: 1.0 would mean ONE step.
+    ratio = getattr(config, "warmup_ratio", 0)
+    check("warmup_ratio", 0 <= ratio < 1, "must be in [0, 1): a fraction of the training steps")
     check("jitter_hue", 0 <= getattr(config, "jitter_hue", 0) <= 0.5, "must be in [0, 0.5]")
     check("beta", getattr(config, "beta", 1) > 0, "must be > 0")
     targets = getattr(config, "lora_targets", None)
@@ -436,7 +433,54 @@ def to_dict(config: Any) -> dict:
     return dataclasses.asdict(config)
 
 
+# Config fields that name files or folders: compared and hashed as absolute, resolved paths, so
+# the same run named from another directory, with a trailing slash or through ``~`` is the same.
+PATH_FIELDS = ("model", "images", "out", "pairs", "data", "adapter")
+
+
+def normalize_path(value: str) -> str:
+    """``value`` as an absolute, resolved path (symbolic links followed where they exist)."""
+    return str(Path(value).expanduser().resolve())
+
+
+def _is_local(field_name: str, value: str) -> bool:
+    # A model is a Hub id unless a folder of that name exists here; every other path field is local.
+    return field_name != "model" or Path(value).expanduser().exists()
+
+
+def normalized(config: Any) -> dict:
+    """The config as a dict with every path field absolute and resolved (what a manifest records)."""
+    data = to_dict(config)
+    for name in PATH_FIELDS:
+        value = data.get(name)
+        if isinstance(value, str) and value and _is_local(name, value):
+            data[name] = normalize_path(value)
+    return data
+
+
+def identity(config: Any) -> dict:
+    """The fields that decide what a stage computes (not RUNTIME_FIELDS), paths normalized."""
+    return {k: v for k, v in normalized(config).items() if k not in type(config).RUNTIME_FIELDS}
+
+
 def config_hash(config: Any) -> str:
-    """Hash of the fields that decide what a stage computes (not RUNTIME_FIELDS)."""
-    data = {k: v for k, v in to_dict(config).items() if k not in type(config).RUNTIME_FIELDS}
-    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+    """Hash of :func:`identity`: equal for two spellings of the same run, different otherwise."""
+    return hashlib.sha256(json.dumps(identity(config), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def differing_keys(recorded: dict, config: Any) -> list[str]:
+    """Keys of :func:`identity` whose value differs from a ``recorded`` config dict (a manifest's).
+
+    Recorded paths are normalized the same way, so a manifest written before paths were
+    normalized still names only the keys that really changed.
+    """
+    now = identity(config)
+    keys = set(now) | {k for k in recorded if k not in type(config).RUNTIME_FIELDS}
+    changed = []
+    for key in sorted(keys):
+        old = recorded.get(key)
+        if key in PATH_FIELDS and isinstance(old, str) and old and _is_local(key, old):
+            old = normalize_path(old)
+        if old != now.get(key):
+            changed.append(key)
+    return changed

@@ -20,22 +20,28 @@ Relative paths are taken from the current directory.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from stic.config import STAGE_CONFIGS, ConfigError, build, to_dict
+from stic.config import ConfigError, build, normalized
 from stic.runtime.files import atomic_write_text
+from stic.runtime.locks import output_lock
 from stic.runtime.manifests import redact
+from stic.stages.registry import STAGES, run_stage
+
+if TYPE_CHECKING:
+    from stic.stages.runner import StageSummary
 
 logger = logging.getLogger(__name__)
 
-STAGE_ORDER = ("pairs", "dpo", "infuse", "sft", "eval")
+STAGE_ORDER = tuple(STAGES)
 SHARED_KEYS = ("model", "dtype", "seed", "trust_remote_code", "allow_pickle", "overwrite")
 EVAL_AT = ("base", "stage1", "final")
 
@@ -132,7 +138,7 @@ def plan(data: Any) -> list[PlannedStage]:
         merged = {**shared, **section, **wired.get(stage, {})}
         try:
             planned.append(
-                PlannedStage(stage, stage, build(STAGE_CONFIGS[stage], merged, f"{stage}."))
+                PlannedStage(stage, stage, build(STAGES[stage].config, merged, f"{stage}."))
             )
         except ConfigError as e:
             errors += str(e).splitlines()
@@ -167,7 +173,7 @@ def plan(data: Any) -> list[PlannedStage]:
             }
             try:
                 planned.append(
-                    PlannedStage("eval", name, build(STAGE_CONFIGS["eval"], merged, where))
+                    PlannedStage("eval", name, build(STAGES["eval"].config, merged, where))
                 )
             except ConfigError as e:
                 errors += str(e).splitlines()
@@ -301,37 +307,33 @@ def load_run_config(path: str | Path, check_inputs: bool = True) -> list[Planned
     return stages
 
 
-def run_stage(planned: PlannedStage) -> Any:
-    from stic.stages.dpo import run_dpo
-    from stic.stages.evaluate import run_eval
-    from stic.stages.infuse import run_infuse
-    from stic.stages.pairs import run_pairs
-    from stic.stages.sft import run_sft
-
-    runners = {
-        "pairs": run_pairs,
-        "dpo": run_dpo,
-        "infuse": run_infuse,
-        "sft": run_sft,
-        "eval": run_eval,
-    }
-    return runners[planned.stage](planned.config)
-
-
 def write_resolved(stages: list[PlannedStage], output_dir: str | Path) -> Path:
     path = Path(output_dir) / "resolved_config.yaml"
     resolved = {
-        f"{s.stage}:{s.name}" if s.stage == "eval" else s.stage: to_dict(s.config) for s in stages
+        f"{s.stage}:{s.name}" if s.stage == "eval" else s.stage: normalized(s.config)
+        for s in stages
     }
     atomic_write_text(path, yaml.safe_dump(redact(resolved), sort_keys=False))
     return path
 
 
-def run_pipeline(path: str | Path) -> Iterator[tuple[PlannedStage, Any]]:
-    """Run every stage of the config at ``path`` in order, yielding each one's summary as it ends."""
+def run_pipeline(
+    path: str | Path, overwrite: bool = False
+) -> Iterator[tuple[PlannedStage, StageSummary]]:
+    """Run every stage of the config at ``path`` in order, yielding each one's summary as it ends.
+
+    ``overwrite`` (``stic run --overwrite``) sets every stage's ``overwrite``.
+    """
     stages = load_run_config(path)
+    if overwrite:
+        stages = [
+            dataclasses.replace(s, config=dataclasses.replace(s.config, overwrite=True))
+            for s in stages
+        ]
     output_dir = Path(yaml.safe_load(Path(path).read_text(encoding="utf-8"))["output_dir"])
-    write_resolved(stages, output_dir)
-    for planned in stages:
-        logger.info("stage %s (%s)", planned.stage, planned.name)
-        yield planned, run_stage(planned)
+    # One `stic run` per output folder at a time; each stage also locks its own output.
+    with output_lock(output_dir):
+        write_resolved(stages, output_dir)
+        for planned in stages:
+            logger.info("stage %s (%s)", planned.stage, planned.name)
+            yield planned, run_stage(planned.stage, planned.config)

@@ -15,6 +15,7 @@ from stic.data.prompts import (
     SHORT_ANSWER_INSTRUCTION,
     infuse_description,
     question_prompt,
+    strip_image_placeholder,
 )
 
 # Copied from STIC_METHOD.md (the paper's prompts), not from the module under test.
@@ -149,3 +150,11 @@ def test_question_prompt_empty_instruction_adds_none():
 def test_question_prompt_custom_instruction():
     assert question_prompt("Q?", instruction="Answer briefly.") == "Q?\nAnswer briefly."
     assert question_prompt("Q?", ["x", "y"], instruction="Pick one.") == "Q?\nA. x\nB. y\nPick one."
+
+
+def test_strip_image_placeholder():
+    assert strip_image_placeholder("<image>\nWhat is this?") == "What is this?"
+    assert strip_image_placeholder("What is this?\n<image>") == "What is this?"
+    assert strip_image_placeholder("  no placeholder  ") == "no placeholder"
+    assert strip_image_placeholder("A <image> B") == "A  B"
+    assert strip_image_placeholder("<image>") == ""

@@ -19,7 +19,6 @@ from stic.modeling.chat import (
     encode_rows,
     render_prompt,
     render_segments,
-    strip_image_placeholder,
     user_message,
 )
 from stic.testing import FAMILIES
@@ -86,17 +85,6 @@ def _spans(labels: list[int]) -> list[list[int]]:
 def _prompt_ids(processor, prompt: str, image: Image.Image) -> list[int]:
     """The processor's own encoding of one rendered prompt with its image."""
     return processor(text=[prompt], images=[image], return_tensors="pt")["input_ids"][0].tolist()
-
-
-# ----------------------------------------------------------------------------- strip_image_placeholder
-
-
-def test_strip_image_placeholder():
-    assert strip_image_placeholder("<image>\nWhat is this?") == "What is this?"
-    assert strip_image_placeholder("What is this?\n<image>") == "What is this?"
-    assert strip_image_placeholder("  no placeholder  ") == "no placeholder"
-    assert strip_image_placeholder("A <image> B") == "A  B"
-    assert strip_image_placeholder("<image>") == ""
 
 
 def test_messages():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -11,6 +12,8 @@ from stic.config import PairsConfig, build, config_hash, to_dict
 from stic.runtime.files import read_json
 from stic.runtime.manifests import (
     StageConflict,
+    UnsafeOutput,
+    check_output_location,
     library_versions,
     manifest_path,
     read_manifest,
@@ -64,7 +67,13 @@ def test_manifest_contents(tmp_path):
     manifest = read_json(manifest_path(out))
     assert manifest["stage"] == "pairs"
     assert manifest["status"] == "complete"
-    assert manifest["config"] == to_dict(config)
+    # Paths are recorded absolute and resolved: the same run from another directory matches.
+    assert manifest["config"] == {
+        **to_dict(config),
+        "images": str(Path("imgs").resolve()),
+        "out": str(out),
+    }
+    assert manifest["files"] == ["pairs.jsonl", "pairs.jsonl.partial.jsonl"]
     assert manifest["config_hash"] == config_hash(config)
     assert manifest["summary"] == {"pairs": 3}
     assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d{4}", manifest["updated"])
@@ -102,7 +111,9 @@ def test_mismatching_hash_raises_mentioning_overwrite(tmp_path):
         stage_status(out, "pairs", new)
     message = str(info.value)
     assert "--overwrite" in message
-    assert config_hash(old) in message and config_hash(new) in message
+    # It names the key that differs, with both values, and the safe ways forward.
+    assert "temperature 0.2 -> 0.7" in message
+    assert "another output path" in message and "recorded values" in message
     assert str(out) in message
     # Nothing was deleted.
     assert out.read_text(encoding="utf-8") == '{"id": "a"}\n'
@@ -163,9 +174,85 @@ def test_overwrite_removes_a_folder_output(tmp_path):
     out = tmp_path / "dpo"
     (out / "checkpoint-1").mkdir(parents=True)
     (out / "checkpoint-1" / "w.bin").write_bytes(b"x")
-    write_manifest(out, "dpo", _pairs_config(out), "complete")
+    (out / "adapter.safetensors").write_bytes(b"w")
+    write_manifest(
+        out, "dpo", _pairs_config(out), "complete", files=["checkpoint-1", "adapter.safetensors"]
+    )
     assert stage_status(out, "dpo", _pairs_config(out, seed=3, overwrite=True)) == "new"
     assert not out.exists()
+
+
+def test_overwrite_of_a_folder_keeps_what_its_manifest_does_not_list(tmp_path):
+    out = tmp_path / "dpo"
+    out.mkdir()
+    (out / "adapter.safetensors").write_bytes(b"w")
+    (out / "my_notes.txt").write_text("mine")
+    write_manifest(out, "dpo", _pairs_config(out), "complete", files=["adapter.safetensors"])
+    assert stage_status(out, "dpo", _pairs_config(out, seed=3, overwrite=True)) == "new"
+    assert sorted(p.name for p in out.iterdir()) == ["my_notes.txt"]
+    assert (out / "my_notes.txt").read_text() == "mine"
+
+
+def test_a_manifest_cannot_make_overwrite_delete_outside_its_output(tmp_path):
+    out = tmp_path / "run" / "dpo"
+    out.mkdir(parents=True)
+    victim = tmp_path / "run" / "keep.txt"
+    victim.write_text("mine")
+    write_manifest(out, "dpo", _pairs_config(out), "complete", files=["../keep.txt", str(victim)])
+    (out / "x").write_text("x")
+    remove_output(out)
+    assert victim.read_text() == "mine"
+
+
+def test_a_folder_from_an_older_stic_without_a_file_list_is_not_deleted(tmp_path):
+    out = tmp_path / "dpo"
+    out.mkdir()
+    (out / "adapter.safetensors").write_bytes(b"w")
+    write_manifest(out, "dpo", _pairs_config(out), "complete")
+    manifest = read_json(manifest_path(out))
+    del manifest["files"]
+    manifest_path(out).write_text(json.dumps(manifest))
+    with pytest.raises(StageConflict, match="did not record its files"):
+        stage_status(out, "dpo", _pairs_config(out, seed=3, overwrite=True))
+    assert (out / "adapter.safetensors").exists()
+
+
+def test_an_existing_output_without_a_manifest_is_refused(tmp_path):
+    out = tmp_path / "results.json"
+    out.write_text("{}")
+    with pytest.raises(StageConflict, match="without a stic manifest"):
+        stage_status(out, "pairs", _pairs_config(out, overwrite=True))
+    assert out.read_text() == "{}"
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "photo.png").write_bytes(b"x")
+    with pytest.raises(StageConflict, match="without a stic manifest"):
+        stage_status(folder, "dpo", _pairs_config(folder, overwrite=True))
+    assert (folder / "photo.png").exists()
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert stage_status(empty, "dpo", _pairs_config(empty)) == "new"
+
+
+@pytest.mark.parametrize("how", ["is", "lies inside", "contains"])
+def test_an_output_that_is_in_or_holds_an_input_is_refused(tmp_path, how):
+    images = tmp_path / "data" / "images"
+    images.mkdir(parents=True)
+    out = {"is": images, "lies inside": images / "pairs.jsonl", "contains": tmp_path / "data"}[how]
+    with pytest.raises(UnsafeOutput, match=f"{how} the images input"):
+        check_output_location(out, {"images": str(images), "model": "org/hub-id"})
+    check_output_location(tmp_path / "run" / "pairs.jsonl", {"images": str(images)})
+
+
+def test_the_same_run_spelled_differently_has_the_same_hash(tmp_path, monkeypatch):
+    (tmp_path / "imgs").mkdir()
+    monkeypatch.chdir(tmp_path)
+    relative = _pairs_config("out/pairs.jsonl", images="imgs/")
+    absolute = _pairs_config(str(tmp_path / "out" / "pairs.jsonl"), images=str(tmp_path / "imgs"))
+    assert config_hash(relative) == config_hash(absolute)
+    monkeypatch.chdir(tmp_path / "imgs")
+    dotted = _pairs_config("../out/./pairs.jsonl", images=".")
+    assert config_hash(dotted) == config_hash(absolute)
 
 
 def test_overwrite_keeps_a_matching_output(tmp_path):

@@ -24,13 +24,6 @@ def _stic(capsys, *argv: str) -> tuple[int, list[str], str]:
     return code, lines, err
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=KeyError,
-    reason="lead: src/stic/stages/runner.py run_generation reads the done records with "
-    "read_jsonl(records_file, repair=True) and indexes row['id']; pass key='id' so a line "
-    "without one is a ValueError naming file:line",
-)
 def test_an_output_whose_line_lacks_id_is_one_line_naming_it(
     tiny_model_factory, image_dir, tmp_path, capsys
 ):

@@ -342,9 +342,11 @@ def check_whole_json(path: Path, where: KillPoint | str):
 
 
 def check_folder(folder: Path, outputs: set[str], where: KillPoint | str) -> None:
-    """Only the outputs, and hidden temporary files left by a killed atomic write (which no
-    reader takes for an output), are in ``folder``."""
-    strays = {p.name for p in folder.iterdir()} - outputs
+    """Only the outputs, hidden temporary files left by a killed atomic write (which no reader
+    takes for an output) and the killed run's lock (stale: the next run takes it over), are in
+    ``folder``."""
+    locks = {name + ".lock" for name in outputs}
+    strays = {p.name for p in folder.iterdir()} - outputs - locks
     assert all(TEMP_FILE.match(n) for n in strays), f"{where}: unexpected files {sorted(strays)}"
 
 
@@ -448,7 +450,7 @@ def test_pairs_survive_kills(llava, fork_server, tmp_path):
         ), pair.id
         assert pair.corruption == json.loads(json.dumps(plan.corruption)), pair.id
     manifest = check_whole_json(folder / "pairs.jsonl.manifest.json", "after the final run")
-    assert manifest["status"] == "complete" and manifest["summary"]["total"] == total
+    assert manifest["status"] == "complete" and manifest["summary"]["items"] == total
     check_folder(folder, {out.name, out.name + ".manifest.json"}, "after the final run")
 
 
@@ -521,7 +523,9 @@ def test_infuse_survives_kills(llava, fork_server, tmp_path):
         assert made["description"] in after.conversations[0].value
         assert after.conversations[1:] == before.conversations[1:]
     manifest = check_whole_json(folder / (out.name + ".manifest.json"), "after the final run")
-    assert manifest["status"] == "complete" and manifest["summary"]["infused"] == len(images)
+    assert manifest["status"] == "complete" and manifest["summary"]["details"]["infused"] == len(
+        images
+    )
     check_folder(folder, outputs, "after the final run")
 
 
@@ -627,14 +631,14 @@ def kill_training(
     manifest = check_whole_json(out / "stic_manifest.json", "after the final run")
     assert manifest["stage"] == stage and manifest["status"] == "complete"
     summary = manifest["summary"]
-    assert summary["global_step"] == MAX_STEPS
+    assert summary["details"]["global_step"] == MAX_STEPS
     if finisher is None:
         finisher = (resume_from, text)
         assert not (out / "checkpoints").exists(), "checkpoints left after the stage completed"
     # The run that completed the stage resumed from the last checkpoint and trained the rest.
     resumed, output = finisher
-    assert resumed is not None and summary["resumed_from"] is not None
-    assert Path(summary["resumed_from"]).resolve() == resumed.resolve(), summary
+    assert resumed is not None and summary["details"]["resumed_from"] is not None
+    assert Path(summary["details"]["resumed_from"]).resolve() == resumed.resolve(), summary
     done = int(resumed.name.split("-")[-1])
     assert logged_steps(output, steps_per_epoch) == list(range(done + 1, MAX_STEPS + 1))
     log = check_whole_json(out / "train_log.json", "after the final run")
@@ -696,7 +700,7 @@ def test_dpo_survives_kills_and_resumes_from_its_last_checkpoint(
     steps_per_epoch = len(read_pairs(pairs))  # batch 1, no accumulation
     rng = random.Random(3003 + SEED)
     summary = kill_training(rng, fork_server, "dpo", args, out, tmp_path / "logs", steps_per_epoch)
-    assert summary["pairs"] == steps_per_epoch
+    assert summary["details"]["pairs"] == steps_per_epoch
     lora = lora_weights(load_adapter(llava, out))
     assert lora and all(w.abs().sum() > 0 for n, w in lora.items() if "lora_B" in n)
 
@@ -799,10 +803,10 @@ def test_a_run_killed_after_its_last_checkpoint_does_not_train_again(
     )
     write_manifest = stic.stages.training.write_manifest
 
-    def killed_before_complete(out, stage, config, status, summary=None):
+    def killed_before_complete(out, stage, config, status, summary=None, files=None):
         if status == "complete":
             raise KeyboardInterrupt("killed")
-        write_manifest(out, stage, config, status, summary)
+        write_manifest(out, stage, config, status, summary, files)
 
     with monkeypatch.context() as patch:
         patch.setattr(stic.stages.training, "write_manifest", killed_before_complete)
@@ -821,7 +825,7 @@ def test_a_run_killed_after_its_last_checkpoint_does_not_train_again(
     monkeypatch.setattr(stic.stages.dpo.DPOTrainer, "compute_loss", counting)
     summary = run_dpo(config)
     assert steps == [], "the rerun trained again"
-    assert summary["global_step"] == 3 and summary["resumed_from"] == str(final)
+    assert summary.details["global_step"] == 3 and summary.details["resumed_from"] == str(final)
     saved = load_file(str(Path(config.out) / "adapter_model.safetensors"))
     assert saved.keys() == weights.keys()
     assert all(torch.equal(saved[k], weights[k]) for k in weights)
@@ -840,5 +844,5 @@ def test_a_complete_stage_removes_checkpoints_a_kill_left(llava, pairs_file, tmp
     leftover = tmp_path / "stage1" / "checkpoints" / "checkpoint-1"
     leftover.mkdir(parents=True)
     (leftover / "optimizer.pt").write_bytes(b"x" * 1000)
-    assert run_dpo(config) == {"skipped": True}
+    assert run_dpo(config).up_to_date
     assert not (tmp_path / "stage1" / "checkpoints").exists()

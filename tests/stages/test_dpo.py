@@ -98,7 +98,7 @@ def _load_adapter(model_dir, adapter):
 
 def test_output_is_a_loadable_peft_adapter_with_trained_lora(trained, llava):
     config, summary, _, _ = trained
-    assert summary["global_step"] == 3 and summary["pairs"] == 4
+    assert summary.details["global_step"] == 3 and summary.details["pairs"] == 4
     model = _load_adapter(llava, config.out)
     lora_b = {n: p for n, p in model.named_parameters() if "lora_B" in n}
     lora_a = {n: p for n, p in model.named_parameters() if "lora_A" in n}
@@ -212,7 +212,7 @@ def test_rerun_of_a_complete_stage_is_skipped(trained):
     config, _, _, _ = trained
     out = Path(config.out)
     mtimes = {p.name: p.stat().st_mtime_ns for p in out.iterdir()}
-    assert run_dpo(config) == {"skipped": True}
+    assert run_dpo(config).up_to_date
     assert {p.name: p.stat().st_mtime_ns for p in out.iterdir()} == mtimes
 
 
@@ -220,12 +220,12 @@ def test_rerun_of_a_complete_stage_is_skipped(trained):
 # between checkpoints.
 _SLOW_DPO = """
 import sys, time
-import stic.stages.dpo
-original = stic.stages.dpo.PairCollator.__call__
+import stic.stages.training
+original = stic.stages.training.Collator.__call__
 def slow(self, pairs):
     time.sleep(0.4)
     return original(self, pairs)
-stic.stages.dpo.PairCollator.__call__ = slow
+stic.stages.training.Collator.__call__ = slow
 from stic.cli import main
 sys.exit(main(sys.argv[1:]))
 """
@@ -290,9 +290,9 @@ def test_killed_run_resumes_from_its_last_checkpoint(llava, pairs_data, tmp_path
     manifest = read_manifest(out)
     assert manifest["status"] == "complete"
     summary = manifest["summary"]
-    assert summary["resumed_from"] is not None
-    assert summary["resumed_from"].endswith(f"checkpoint-{newest}")
-    assert summary["global_step"] == 5
+    assert summary["details"]["resumed_from"] is not None
+    assert summary["details"]["resumed_from"].endswith(f"checkpoint-{newest}")
+    assert summary["details"]["global_step"] == 5
     # It continued from the checkpoint: the remaining steps only, not all five.
     assert calls == list(range(newest, 5)), (calls, context)
     log = json.loads((out / "train_log.json").read_text())

@@ -60,15 +60,15 @@ def test_filtered_pairs_are_dropped_counted_and_kept_aside(tiny_model_factory, t
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
     summary = run_dpo(_config(tmp_path, pairs, model=str(tiny_model_factory("llava"))))
-    assert summary["pairs"] == 2
-    assert summary["dropped"] == {
+    assert summary.details["pairs"] == 2
+    assert summary.details["dropped"] == {
         "identical": 1, "empty": 1, "truncated": 1, "refusal": 1, "near_duplicate": 0
     }  # fmt: skip
     dropped = read_jsonl(tmp_path / "stage1" / DROPPED)
     assert [(d["reason"], d["id"]) for d in dropped] == [
         ("identical", "p2"), ("empty", "p3"), ("truncated", "p4"), ("refusal", "p5")
     ]  # fmt: skip
-    assert read_manifest(tmp_path / "stage1")["summary"]["dropped"]["identical"] == 1
+    assert read_manifest(tmp_path / "stage1")["summary"]["details"]["dropped"]["identical"] == 1
 
 
 def test_all_pairs_filtered_is_a_clear_error(tiny_model_factory, tmp_path, images, capsys):
@@ -83,7 +83,7 @@ def test_all_pairs_filtered_is_a_clear_error(tiny_model_factory, tmp_path, image
     # Switched off, the same pair trains.
     config = _config(tmp_path, pairs, model=str(tiny_model_factory("llava")), filter_identical=False,
                      filter_near_duplicates=False, batch_size=1, overwrite=True)  # fmt: skip
-    assert run_dpo(config)["pairs"] == 1
+    assert run_dpo(config).details["pairs"] == 1
 
 
 def test_dpo_trains_on_the_reference_codes_pair_file(tiny_model_factory, tmp_path, images):
@@ -102,5 +102,5 @@ def test_dpo_trains_on_the_reference_codes_pair_file(tiny_model_factory, tmp_pat
     path = tmp_path / "stic_reference.json"
     path.write_text(json.dumps(reference))
     summary = run_dpo(_config(tmp_path, path, model=str(tiny_model_factory("llava"))))
-    assert summary["pairs"] == 3 and summary["global_step"] == 1
+    assert summary.details["pairs"] == 3 and summary.details["global_step"] == 1
     assert (tmp_path / "stage1" / "adapter_model.safetensors").exists()

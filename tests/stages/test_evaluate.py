@@ -113,8 +113,8 @@ def test_plain_eval_prompts_scoring_and_results(vqa, tmp_path, scripted):
     for (item, _, _), request in zip(ITEMS, call["requests"], strict=True):
         assert request.prompt == question_prompt(item["question"], item.get("choices"))
         assert np.array_equal(_pixels(request.image), _pixels(load_image(images / item["image"])))
-    assert summary["n"] == 5 and summary["correct"] == 3
-    assert summary["accuracy"] == pytest.approx(0.6)
+    assert summary.details["n"] == 5 and summary.details["correct"] == 3
+    assert summary.details["accuracy"] == pytest.approx(0.6)
     results = json.loads(out.read_text())
     assert results["accuracy"] == pytest.approx(0.6) and results["n"] == 5
     assert results["dar"] is False and results["adapter"] is None
@@ -179,7 +179,11 @@ def test_describe_and_respond_passes_the_image_in_both_steps(vqa, tmp_path, scri
             + question_prompt(item["question"], item.get("choices"))
         )
         assert by_id[item["id"]]["description"] == description
-    assert summary["n"] == 5 and summary["correct"] == 3 and summary["dar"] is True
+    assert (
+        summary.details["n"] == 5
+        and summary.details["correct"] == 3
+        and summary.details["dar"] is True
+    )
 
 
 def test_missing_image_is_skipped_and_not_counted(vqa, tmp_path, scripted):
@@ -192,9 +196,9 @@ def test_missing_image_is_skipped_and_not_counted(vqa, tmp_path, scripted):
     summary = run_eval(
         _config(data, images, tmp_path / "r.json"), model=FakeModel(), processor=None
     )
-    assert summary["n"] == 5 and summary["correct"] == 3
-    assert list(summary["skipped"]) == ["gone"]
-    assert "missing.png" in summary["skipped"]["gone"]
+    assert summary.details["n"] == 5 and summary.details["correct"] == 3
+    assert list(summary.bad_items) == ["gone"]
+    assert "missing.png" in summary.bad_items["gone"]
 
 
 def test_rerun_without_limit_answers_the_items_a_limited_run_left_out(vqa, tmp_path, scripted):
@@ -202,9 +206,9 @@ def test_rerun_without_limit_answers_the_items_a_limited_run_left_out(vqa, tmp_p
     the full run return the limited result."""
     data, images = vqa
     config = _config(data, images, tmp_path / "r.json")
-    assert run_eval(replace(config, limit=2), model=FakeModel(), processor=None)["n"] == 2
+    assert run_eval(replace(config, limit=2), model=FakeModel(), processor=None).details["n"] == 2
     summary = run_eval(config, model=FakeModel(), processor=None)
-    assert summary["n"] == 5
+    assert summary.details["n"] == 5
     assert json.loads((tmp_path / "r.json").read_text())["n"] == 5
 
 
@@ -217,7 +221,7 @@ def test_real_model_results_file(tiny_model_factory, vqa, tmp_path, dar):
     )
     summary = run_eval(config)
     results = json.loads(out.read_text())
-    assert results["n"] == summary["n"] == len(ITEMS)
+    assert results["n"] == summary.details["n"] == len(ITEMS)
     assert results["correct"] == sum(r["correct"] for r in results["items"])
     assert results["accuracy"] == pytest.approx(results["correct"] / results["n"])
     assert [r["id"] for r in results["items"]] == [item["id"] for item, _, _ in ITEMS]

@@ -15,7 +15,7 @@ from stic.data.prompts import PLAIN_PROMPTS
 from stic.data.schemas import InstructSample, read_instruct
 from stic.modeling.generation import Generation
 from stic.runtime.files import atomic_write_json, read_jsonl
-from stic.runtime.manifests import read_manifest
+from stic.runtime.manifests import read_manifest, write_manifest
 from stic.stages.infuse import description_prompt, infuse_sample, join_descriptions, run_infuse
 from stic.testing import make_images
 
@@ -196,7 +196,11 @@ def test_each_sample_gets_the_description_of_its_own_image(instruct_data, tmp_pa
         out = tmp_path / f"b{batch_size}" / "infused.json"
         config = _config("fake/model", data, images, out, batch_size=batch_size)
         summary = run_infuse(config, model=FakeModel(), processor=None)
-        assert summary.total == 6 and summary.infused == 5 and summary.text_only == 1
+        assert (
+            summary.items == 5
+            and summary.details["infused"] == 5
+            and summary.details["text_only"] == 1
+        )
         descriptions = _check_output(out, raw, config.seed)
         for original in raw:
             if original.get("image"):
@@ -220,19 +224,15 @@ def test_real_model_writes_infused_data_in_input_order(llava, instruct_data, tmp
     out = tmp_path / "infused.json"
     config = _config(llava, data, images, out)
     summary = run_infuse(config)
-    assert summary.to_dict() == {
-        "total": 6,
-        "infused": 5,
-        "text_only": 1,
-        "skipped": {},
-    }
+    assert (summary.items, summary.made, summary.bad_items) == (5, 5, {})
+    assert summary.details["infused"] == 5 and summary.details["text_only"] == 1
     _check_output(out, raw, config.seed)
     manifest = read_manifest(out)
     assert manifest["stage"] == "infuse" and manifest["status"] == "complete"
     # A complete rerun is skipped and rewrites nothing.
     before = out.read_bytes()
     mtime = out.stat().st_mtime_ns
-    assert run_infuse(config).infused == 5
+    assert run_infuse(config).details["infused"] == 5
     assert out.read_bytes() == before and out.stat().st_mtime_ns == mtime
 
 
@@ -247,6 +247,8 @@ def test_resume_reuses_descriptions_from_the_partial_file(llava, instruct_data, 
         "prompt": description_prompt("m-99", config.seed),
         "finish": "stop",
     }
+    # What a run killed after its first description leaves: a running manifest and the partial file.
+    write_manifest(out, "infuse", config, "running")
     partial.write_text(json.dumps(kept) + "\n")
     run_infuse(config)
     rows = read_jsonl(partial)
@@ -266,6 +268,7 @@ def test_torn_partial_line_is_dropped_and_redone(llava, instruct_data, tmp_path)
     partial = tmp_path / "infused.json.partial.jsonl"
     config = _config(llava, data, images, out)
     good = {"id": "a-03", "description": "kept", "prompt": "p", "finish": "stop"}
+    write_manifest(out, "infuse", config, "running")
     partial.write_text(json.dumps(good) + "\n" + '{"id": "b-42", "descrip')
     run_infuse(config)
     rows = read_jsonl(partial)
@@ -283,7 +286,7 @@ def test_rerun_without_limit_infuses_the_samples_a_limited_run_left_out(
     out = tmp_path / "infused.json"
     config = _config(llava, data, images, out)
     first = run_infuse(replace(config, limit=2))
-    assert first.total == 2
+    assert first.details["infused"] + first.details["text_only"] == 2
     assert len(read_instruct(out)) == 2
     run_infuse(config)
     assert [s.id for s in read_instruct(out)] == [r["id"] for r in raw]

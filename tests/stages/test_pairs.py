@@ -218,7 +218,7 @@ def _check_common(config, records, calls, by_text, nested_images):
 def test_bad_prompt_branch_asks_a_bad_prompt_on_the_clean_image(nested_images, tmp_path, scripted):
     calls, by_text = scripted
     config, summary, records = _run_scripted(nested_images, tmp_path, scripted, bad_prompt_prob=1.0)
-    assert summary.written == 5 and summary.kinds == Counter(bad_prompt=5)
+    assert summary.made == 5 and summary.details["rejected_kinds"] == {"bad_prompt": 5}
     for record, rejected, clean in _check_common(
         config, records, calls, by_text, nested_images
     ).values():
@@ -239,7 +239,7 @@ def test_lowres_branch_really_lowers_the_resolution(nested_images, tmp_path, scr
         lowres_prob=1.0,
         lowres_short_side=13,
     )
-    assert summary.kinds == Counter(corrupt_lowres=5)
+    assert summary.details["rejected_kinds"] == {"corrupt_lowres": 5}
     for record, rejected, clean in _check_common(
         config, records, calls, by_text, nested_images
     ).values():
@@ -259,7 +259,7 @@ def test_color_branch_jitters_the_pixels_as_recorded(nested_images, tmp_path, sc
     config, summary, records = _run_scripted(
         nested_images, tmp_path, scripted, bad_prompt_prob=0.0, lowres_prob=0.0
     )
-    assert summary.kinds == Counter(corrupt_color=5)
+    assert summary.details["rejected_kinds"] == {"corrupt_color": 5}
     for record, rejected, clean in _check_common(
         config, records, calls, by_text, nested_images
     ).values():
@@ -285,7 +285,7 @@ def test_finish_reasons_and_truncation_count_come_from_the_generations(
             expected = "length" if number % 3 == 0 else "stop"
             assert record[f"{side}_finish"] == expected
             lengths += expected == "length"
-    assert summary.truncated == lengths > 0
+    assert summary.details["truncated_answers"] == lengths > 0
 
 
 # --- the real tiny model ------------------------------------------------------------------
@@ -322,7 +322,7 @@ def resumed_run(llava, six_images, tmp_path_factory):
     """limit=3, then the full run on the same file: (config, first lines, summary, final lines)."""
     out = tmp_path_factory.mktemp("resume") / "pairs.jsonl"
     first = run_pairs(_real_config(llava, six_images, out, limit=3))
-    assert first.written == 3
+    assert first.made == 3
     first_lines = out.read_text().splitlines()
     config = _real_config(llava, six_images, out)
     summary = run_pairs(config)
@@ -341,7 +341,7 @@ def test_real_model_writes_one_valid_record_per_image(resumed_run, six_images):
         assert pair.chosen_finish in ("stop", "length")
     manifest = read_manifest(out)
     assert manifest["stage"] == "pairs" and manifest["status"] == "complete"
-    assert manifest["summary"]["total"] == 6
+    assert manifest["summary"]["items"] == 6
 
 
 def test_resume_writes_every_id_once_and_keeps_the_first_lines(resumed_run):
@@ -350,7 +350,7 @@ def test_resume_writes_every_id_once_and_keeps_the_first_lines(resumed_run):
     ids = [json.loads(line)["id"] for line in lines]
     assert len(ids) == len(set(ids)) == 6
     assert lines[:3] == first_lines
-    assert summary.already_done == 3 and summary.written == 3
+    assert summary.already_done == 3 and summary.made == 3
 
 
 def test_rerun_when_complete_writes_nothing(resumed_run):
@@ -358,7 +358,7 @@ def test_rerun_when_complete_writes_nothing(resumed_run):
     before = out.read_bytes()
     manifest_before = read_manifest(out)
     summary = run_pairs(config)
-    assert summary.written == 0 and summary.already_done == 6
+    assert summary.made == 0 and summary.already_done == 6
     assert out.read_bytes() == before
     assert read_manifest(out) == manifest_before
 
@@ -369,7 +369,7 @@ def test_changed_config_without_overwrite_is_refused(resumed_run, tmp_path):
     shutil.copy(out, copy)
     shutil.copy(out.with_name(out.name + ".manifest.json"), tmp_path / "pairs.jsonl.manifest.json")
     before = copy.read_bytes()
-    with pytest.raises(StageConflict, match="different config"):
+    with pytest.raises(StageConflict, match="other settings .*seed 3 -> 4"):
         run_pairs(replace(config, out=str(copy), seed=4))
     assert copy.read_bytes() == before
     # With overwrite the old output is replaced by the new seed's records.
@@ -398,12 +398,12 @@ def test_unreadable_image_is_skipped_with_a_reason(llava, tmp_path):
     (images / "bad.jpg").write_text("this is not a JPEG\n")
     out = tmp_path / "pairs.jsonl"
     summary = run_pairs(_real_config(llava, images, out, max_new_tokens=4))
-    assert summary.total == 4 and summary.written == 3
-    assert list(summary.skipped) == ["bad.jpg"]
-    assert "bad.jpg" in summary.skipped["bad.jpg"]
-    assert "not a recognised image" in summary.skipped["bad.jpg"]
+    assert summary.items == 4 and summary.made == 3
+    assert list(summary.bad_items) == ["bad.jpg"]
+    assert "bad.jpg" in summary.bad_items["bad.jpg"]
+    assert "not a recognised image" in summary.bad_items["bad.jpg"]
     assert sorted(p.id for p in read_pairs(out)) == ["img_0000.png", "img_0001.png", "img_0002.png"]
-    assert read_manifest(out)["summary"]["skipped"] == summary.skipped
+    assert read_manifest(out)["summary"]["bad_items"] == summary.bad_items
 
 
 def test_missing_images_folder_fails_fast_through_the_cli(llava, tmp_path, capsys):

@@ -103,7 +103,7 @@ def stages(tiny_model_factory, tmp_path_factory):
 
 def test_sft_continues_the_stage1_adapter(stages):
     _, dpo, sft, summary, _, _ = stages
-    assert summary["global_step"] == 2 and summary["samples"] == 4
+    assert summary.details["global_step"] == 2 and summary.details["samples"] == 4
     dpo_weights = load_file(str(dpo / "adapter_model.safetensors"))
     sft_weights = load_file(str(sft / "adapter_model.safetensors"))
     assert set(sft_weights) == set(dpo_weights)
@@ -224,7 +224,7 @@ def fresh(tiny_model_factory, tmp_path_factory):
 
 def test_fresh_adapter_is_a_trained_peft_adapter_with_the_configured_rank(fresh):
     _, out, summary, _, _ = fresh
-    assert summary["global_step"] == 2 and summary["samples"] == 4
+    assert summary.details["global_step"] == 2 and summary.details["samples"] == 4
     assert (out / "adapter_config.json").is_file()
     assert (out / "adapter_model.safetensors").is_file()
     adapter_config = json.loads((out / "adapter_config.json").read_text())

@@ -37,6 +37,18 @@ class FilterSettings:
     near_duplicate: bool = True
     near_duplicate_threshold: float = 0.9
 
+    @classmethod
+    def of(cls, config) -> FilterSettings:
+        """The settings a DPO config asks for (its ``filter_<name>`` switches and threshold)."""
+        return cls(
+            identical=config.filter_identical,
+            empty=config.filter_empty,
+            truncated=config.filter_truncated,
+            refusal=config.filter_refusals,
+            near_duplicate=config.filter_near_duplicates,
+            near_duplicate_threshold=config.near_duplicate_threshold,
+        )
+
 
 def is_near_duplicate(a: str, b: str, threshold: float) -> bool:
     """Word-level difflib similarity (lower-cased) of ``a`` and ``b`` is at least ``threshold``."""

@@ -78,9 +78,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from stic.data.prompts import GOOD_PROMPT, IMAGE_TOKEN
+from stic.data.prompts import GOOD_PROMPT, IMAGE_TOKEN, strip_image_placeholder
 from stic.data.schemas import PairRecord, RecordError, read_pairs, require_field
-from stic.modeling.chat import strip_image_placeholder
 from stic.runtime.files import atomic_write_json, atomic_write_text
 from stic.runtime.images import ImageError, load_image, resolve_image_path
 

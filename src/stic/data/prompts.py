@@ -57,6 +57,11 @@ CHOICE_INSTRUCTION = "Answer with the option's letter from the given choices dir
 CHOICE_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 
 
+def strip_image_placeholder(text: str) -> str:
+    """LLaVA data marks the image with ``<image>``; the chat template places it instead."""
+    return text.replace(IMAGE_TOKEN, "").strip()
+
+
 def infuse_description(text: str, description: str) -> str:
     """Put ``description`` in front of a user turn, as stage 2 and describe-and-respond do.
 

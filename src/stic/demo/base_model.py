@@ -41,9 +41,10 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from stic.data import prompts
+from stic.data.prompts import strip_image_placeholder
 from stic.data.schemas import InstructSample
 from stic.demo import world
-from stic.modeling.chat import TrainRow, encode_rows, render_segments, strip_image_placeholder
+from stic.modeling.chat import TrainRow, encode_rows, render_segments
 from stic.runtime.rng import item_rng
 
 logger = logging.getLogger(__name__)

@@ -488,14 +488,15 @@ def results_markdown(results: dict) -> str:
 # ----------------------------------------------------------------------------- driver
 
 
-def _run(config: dict, path: Path, log) -> None:
+def _run(config: dict, path: Path, log, overwrite: bool = False) -> None:
     from stic.pipeline import run_pipeline
 
     atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
-    for planned, summary in run_pipeline(path):
-        data = summary.to_dict() if hasattr(summary, "to_dict") else summary
-        keep = ("accuracy", "n", "pairs", "kept", "samples", "train_loss", "skipped")
-        shown = {k: v for k, v in data.items() if k in keep and not isinstance(v, dict)}
+    for planned, summary in run_pipeline(path, overwrite=overwrite):
+        keep = ("accuracy", "n", "pairs", "samples", "train_loss")
+        shown = {k: v for k, v in summary.details.items() if k in keep}
+        if summary.up_to_date:
+            shown["up_to_date"] = True
         log(f"  {planned.stage:>6} {planned.name:<26} {json.dumps(shown, default=str)}")
 
 
@@ -519,7 +520,9 @@ def seed_arms(out: Path, seed: int, scenes: dict, items: list[dict], base: dict)
     }
 
 
-def run_demo(out: Path, seeds: list[int], settings: DemoSettings, log=print) -> dict:
+def run_demo(
+    out: Path, seeds: list[int], settings: DemoSettings, log=print, overwrite: bool = False
+) -> dict:
     """Run every arm for every seed and write ``out/results.json`` and ``out/results.md``."""
     from stic.demo.base_model import BaseModelRecipe, check_world
 
@@ -529,7 +532,7 @@ def run_demo(out: Path, seeds: list[int], settings: DemoSettings, log=print) -> 
     scenes = {s.id: s for s in eval_scenes(settings)}
     items = [json.loads(line) for line in files["vqa"].read_text().splitlines()]
     log(f"base model: {settings.base}")
-    _run(base_config(out, settings, files), out / "base.yaml", log)
+    _run(base_config(out, settings, files), out / "base.yaml", log, overwrite)
     base = collect_arm(out / "base" / "eval", "base", scenes, items)
     per_seed = []
     for seed in seeds:
@@ -538,11 +541,11 @@ def run_demo(out: Path, seeds: list[int], settings: DemoSettings, log=print) -> 
         unlabeled = write_unlabeled(root / "unlabeled", seed, settings)
         stage2 = write_stage2_data(root / "stage2", seed, settings, recipe)
         configs = run_configs(out, seed, settings, files, stage2, unlabeled)
-        _run(configs["stic"], root / "stic.yaml", log)
+        _run(configs["stic"], root / "stic.yaml", log, overwrite)
         pairs_path = root / "stic" / "pairs" / "pairs.jsonl"
         chosen_as_instructions(pairs_path, root / "no_negatives" / "chosen.json")
-        _run(configs["no_negatives"], root / "no_negatives.yaml", log)
-        _run(configs["stage2_only"], root / "stage2_only.yaml", log)
+        _run(configs["no_negatives"], root / "no_negatives.yaml", log, overwrite)
+        _run(configs["stage2_only"], root / "stage2_only.yaml", log, overwrite)
         arms = seed_arms(out, seed, scenes, items, base)
         unl = {s.id: s for s in unlabeled_scenes(seed, settings)}
         per_seed.append({"seed": seed, "arms": arms, "pairs": pair_metrics(pairs_path, unl)})
@@ -602,6 +605,12 @@ def main(argv: list[str]) -> int:
         default=defaults.dpo_nll_normalization,
         help=f"(default: {defaults.dpo_nll_normalization})",
     )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="A stage whose output was made with other settings deletes it (only the files its "
+        "manifest lists) and starts over; without it the demo stops there and says so.",
+    )
     args = parser.parse_args(argv)
     from stic.demo.base_model import shipped_base_path
 
@@ -625,7 +634,7 @@ def main(argv: list[str]) -> int:
         },
     )
     out = Path(args.out)
-    results = run_demo(out, list(range(args.seeds)), settings)
+    results = run_demo(out, list(range(args.seeds)), settings, overwrite=args.overwrite)
     print()
     print(results_markdown(results))
     print(f"results: {out / 'results.json'}, {out / 'results.md'}")

@@ -17,14 +17,7 @@ from dataclasses import dataclass
 import torch
 from PIL import Image
 
-from stic.data.prompts import IMAGE_TOKEN
-
 IGNORE_INDEX = -100
-
-
-def strip_image_placeholder(text: str) -> str:
-    """LLaVA data marks the image with ``<image>``; the chat template places it instead."""
-    return text.replace(IMAGE_TOKEN, "").strip()
 
 
 def user_message(text: str, with_image: bool) -> dict:

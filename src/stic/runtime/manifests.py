@@ -9,6 +9,7 @@ never mixed in one file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import logging
@@ -17,16 +18,17 @@ import platform
 import re
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from stic.config import config_hash, to_dict
+from stic.config import config_hash, differing_keys, normalized
 from stic.runtime.files import atomic_write_json, read_json
 
 logger = logging.getLogger(__name__)
 
 FILE_SUFFIXES = (".json", ".jsonl")
+PARTIAL_SUFFIX = ".partial.jsonl"
 # Config fields that name an input another stage may redo.
 INPUT_FIELDS = ("pairs", "data", "adapter")
 _PACKAGES = (
@@ -42,7 +44,11 @@ _PACKAGES = (
 
 
 class StageConflict(RuntimeError):
-    """An output exists that a different config made."""
+    """An output exists that a different config made (or that stic did not make)."""
+
+
+class UnsafeOutput(RuntimeError):
+    """An output path that would overwrite or sit inside one of the stage's inputs."""
 
 
 def manifest_path(out: str | Path) -> Path:
@@ -109,23 +115,83 @@ def input_identities(config: Any) -> dict[str, str | None]:
     }
 
 
+def partial_path(out: str | Path) -> Path:
+    """Where a stage whose output is written whole at the end appends its records meanwhile."""
+    out = Path(out)
+    return out.with_name(out.name + PARTIAL_SUFFIX)
+
+
+def is_file_output(out: str | Path) -> bool:
+    return Path(out).suffix in FILE_SUFFIXES
+
+
+def default_files(out: str | Path) -> list[str]:
+    """What a file output's stage writes besides its manifest: the output and its partial file."""
+    out = Path(out)
+    return [out.name, partial_path(out).name] if is_file_output(out) else []
+
+
 def _has_output(out: Path) -> bool:
-    if out.suffix in FILE_SUFFIXES:
-        return out.exists() or out.with_name(out.name + ".partial.jsonl").exists()
+    if is_file_output(out):
+        return out.exists() or partial_path(out).exists()
     return out.is_dir() and any(p.name != manifest_path(out).name for p in out.iterdir())
 
 
-def stage_status(out: str | Path, stage: str, config: Any) -> Literal["new", "resume", "complete"]:
+def check_output_location(out: str | Path, inputs: Mapping[str, str | None]) -> None:
+    """Refuse an output that is, lies inside, or contains one of the stage's ``inputs``.
+
+    ``inputs`` maps a config key (``images``, ``data``, ``model``...) to its path; inputs that do
+    not exist here (a Hub model id) are passed over. Raises :class:`UnsafeOutput` naming both.
+    """
+    target = Path(out).expanduser().resolve()
+    for key, value in inputs.items():
+        if not value or not Path(value).expanduser().exists():
+            continue
+        source = Path(value).expanduser().resolve()
+        if target == source:
+            how = "is"
+        elif source in target.parents:
+            how = "lies inside"
+        elif target in source.parents:
+            how = "contains"
+        else:
+            continue
+        raise UnsafeOutput(
+            f"the output {out} {how} the {key} input {value}; choose an output path outside "
+            "your inputs"
+        )
+
+
+def stage_status(
+    out: str | Path,
+    stage: str,
+    config: Any,
+    adopt: Callable[[], list[str]] | None = None,
+) -> Literal["new", "resume", "complete"]:
     """Where ``stage`` stands at ``out`` for ``config``; raises :class:`StageConflict` on a mismatch.
 
-    A mismatch is another stage, another config hash, or inputs that changed since (an upstream
-    stage was redone). With ``config.overwrite`` the old output is deleted and the stage starts
-    anew; a manifest with no output beside it (a run that failed before writing) is ignored.
+    A mismatch is another stage, another config (named key by key), or inputs that changed since
+    (an upstream stage was redone). With ``config.overwrite`` the old output's files, as its
+    manifest lists them, are deleted and the stage starts anew; a manifest with no output beside
+    it (a run that failed before writing) is ignored. An output that exists without a manifest
+    was not written by stic (or its manifest was not copied along): it is refused, unless
+    ``adopt`` is given and returns no problem (the stage checked that the records' own
+    provenance matches this config), in which case it is resumed.
     """
     out = Path(out)
     manifest = read_manifest(out)
     if manifest is None:
-        return "new"
+        if not _has_output(out):
+            return "new"
+        problems = adopt() if adopt is not None else ["stic has no record of writing it"]
+        if not problems:
+            logger.warning("%s has no manifest; its records match this run, so it is resumed", out)
+            return "resume"
+        raise StageConflict(
+            f"{out} exists without a stic manifest ({manifest_path(out).name}) and cannot be "
+            f"resumed: {'; '.join(problems[:3])}. Choose another output path, or move it away "
+            "if it is yours"
+        )
     same_config = manifest.get("stage") == stage and manifest.get("config_hash") == config_hash(
         config
     )
@@ -136,36 +202,76 @@ def stage_status(out: str | Path, stage: str, config: Any) -> Literal["new", "re
         manifest_path(out).unlink()
         return "new"
     if not getattr(config, "overwrite", False):
-        if same_config:
-            changed = sorted(
-                k
-                for k, v in input_identities(config).items()
-                if manifest.get("inputs", {}).get(k) != v
-            )
-            why = f"inputs that have changed since ({', '.join(changed)})"
-        else:
-            why = "a different config"
-        raise StageConflict(
-            f"{out} holds a {manifest.get('stage')} output made with {why} "
-            f"(hash {manifest.get('config_hash')}, now {config_hash(config)}); "
-            "choose another output path or pass --overwrite to replace it"
-        )
+        raise StageConflict(_conflict_message(out, stage, config, manifest, same_config))
     logger.warning(
         "overwriting %s (made with %s)",
         out,
         "a different config" if not same_config else "other inputs",
     )
-    remove_output(out)
+    remove_output(out, manifest)
     return "new"
 
 
-def remove_output(out: str | Path) -> None:
+def _short(value: Any, limit: int = 60) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _conflict_message(out: Path, stage: str, config: Any, manifest: dict, same_config: bool) -> str:
+    if manifest.get("stage") != stage:
+        why = f"holds a {manifest.get('stage')} output, not a {stage} one"
+        keep = "choose another output path"
+    elif same_config:
+        changed = sorted(
+            k for k, v in input_identities(config).items() if manifest.get("inputs", {}).get(k) != v
+        )
+        why = f"was made from inputs that have changed since ({', '.join(changed)})"
+        keep = "choose another output path to keep it"
+    else:
+        recorded = manifest.get("config", {})
+        changed = differing_keys(recorded, config)
+        now = normalized(config)
+        shown = ", ".join(f"{k} {_short(recorded.get(k))} -> {_short(now.get(k))}" for k in changed)
+        why = (
+            f"was made with other settings ({shown or 'hash ' + str(manifest.get('config_hash'))})"
+        )
+        keep = "rerun with the recorded values to resume it, or choose another output path"
+    return f"{out} {why}: {keep}, or pass --overwrite to delete it and start over"
+
+
+def remove_output(out: str | Path, manifest: dict | None = None) -> None:
+    """Delete exactly what the stage that wrote ``out`` lists in its manifest, and the manifest.
+
+    Never by pattern: a file beside or inside the output that the manifest does not name stays.
+    A folder output is removed only if nothing else is left in it.
+    """
     out = Path(out)
-    if out.suffix in FILE_SUFFIXES:
-        for path in out.parent.glob(out.name + "*"):
-            path.unlink()
-    elif out.exists():
-        shutil.rmtree(out)
+    manifest = read_manifest(out) if manifest is None else manifest
+    if manifest is None and not out.exists():
+        return
+    if manifest is None:
+        raise StageConflict(f"{out}: no stic manifest, so stic will not delete it")
+    files = manifest.get("files")
+    if files is None:
+        if not is_file_output(out):
+            raise StageConflict(
+                f"{out} was written by an older stic that did not record its files, so it is not "
+                "deleted: choose another output path, or delete it yourself"
+            )
+        files = default_files(out)
+    base = out.parent if is_file_output(out) else out
+    for name in files:
+        path = base / name
+        if Path(name).is_absolute() or ".." in Path(name).parts or path == base:
+            continue  # only names inside the output's own place; a bad manifest deletes nothing
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
+    manifest_path(out).unlink(missing_ok=True)
+    if not is_file_output(out) and out.is_dir():
+        with contextlib.suppress(OSError):  # not empty: what is left is not stic's
+            out.rmdir()
 
 
 # Environment variables whose values are credentials (HF_TOKEN, WANDB_API_KEY, ...).
@@ -208,18 +314,26 @@ def write_manifest(
     config: Any,
     status: Literal["running", "complete"],
     summary: dict | None = None,
+    files: list[str] | None = None,
 ) -> None:
+    """Write the manifest beside ``out``.
+
+    ``files``: what the stage writes, relative to the output's folder (file outputs) or to the
+    output folder; ``--overwrite`` deletes these and nothing else. Default: the output file and
+    its partial file.
+    """
     atomic_write_json(
         manifest_path(out),
         redact(
             {
                 "stage": stage,
                 "status": status,
-                "config": to_dict(config),
+                "config": normalized(config),
                 "config_hash": config_hash(config),
                 "versions": library_versions(),
                 "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "inputs": input_identities(config),
+                "files": default_files(out) if files is None else sorted(set(files)),
                 "summary": summary or {},
             }
         ),

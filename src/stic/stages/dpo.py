@@ -9,9 +9,11 @@ accelerate/DeepSpeed, ``report_to``) is the Trainer's.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections import defaultdict
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -20,18 +22,21 @@ from transformers import Trainer
 from stic.config import DPOConfig
 from stic.data.filters import FilterSettings, filter_pairs
 from stic.data.formats import read_pairs_any
-from stic.data.schemas import PairRecord, RecordError
-from stic.modeling.chat import TrainRow, encode_rows, render_segments, strip_image_placeholder
+from stic.data.prompts import strip_image_placeholder
+from stic.data.schemas import PairRecord
+from stic.modeling.chat import TrainRow, render_segments
 from stic.modeling.losses import answer_logps, dpo_nll_loss
-from stic.modeling.models import load_model
 from stic.runtime.files import atomic_write_text
-from stic.runtime.images import image_path_problems
+from stic.stages.runner import StageSummary
 from stic.stages.training import (
-    add_new_lora,
-    already_trained,
+    Collator,
     load_training_image,
+    require_images,
+    stage_files,
     train_and_save,
     training_arguments,
+    training_model,
+    training_output,
 )
 
 logger = logging.getLogger(__name__)
@@ -40,25 +45,22 @@ STAGE = "dpo"
 DROPPED = "dropped_pairs.jsonl"
 
 
-class PairCollator:
-    """Pairs -> one batch: the P chosen sequences, then the P rejected ones, same prompt and image."""
+def pair_rows(pairs: Sequence[PairRecord], processor, images_root: str) -> list[TrainRow]:
+    """The P chosen conversations, then the P rejected ones: same stored prompt, same image."""
+    rows = []
+    for answer in ("chosen", "rejected"):
+        for pair in pairs:
+            image = load_training_image(images_root, pair.image)
+            prompt = strip_image_placeholder(pair.prompt)
+            segments = render_segments(
+                processor, [(prompt, getattr(pair, answer))], with_image=True
+            )
+            rows.append(TrainRow(segments, image))
+    return rows
 
-    def __init__(self, processor, images_root: str, max_length: int):
-        self.processor = processor
-        self.images_root = images_root
-        self.max_length = max_length
 
-    def __call__(self, pairs: list[PairRecord]) -> dict[str, torch.Tensor]:
-        rows = []
-        for answer in ("chosen", "rejected"):
-            for pair in pairs:
-                image = load_training_image(self.images_root, pair.image)
-                prompt = strip_image_placeholder(pair.prompt)
-                segments = render_segments(
-                    self.processor, [(prompt, getattr(pair, answer))], with_image=True
-                )
-                rows.append(TrainRow(segments, image))
-        return encode_rows(self.processor, rows, self.max_length)
+# PairCollator(processor, images_root, max_length): pairs -> one batch of 2P sequences.
+PairCollator = functools.partial(Collator, rows=pair_rows)
 
 
 class DPOTrainer(Trainer):
@@ -104,72 +106,47 @@ class DPOTrainer(Trainer):
         super().log(logs, start_time)
 
 
-def run_dpo(config: DPOConfig, model=None, processor=None) -> dict:
+def run_dpo(config: DPOConfig, model=None, processor=None) -> StageSummary:
     """Train the stage-1 adapter on ``config.pairs``; returns the run summary.
 
     ``model``/``processor`` may be passed in (a model built in code, a benchmark); otherwise
     ``config.model`` is loaded. The model must not already carry an adapter.
     """
     out = Path(config.out)
-    if already_trained(out, STAGE, config):
-        return {"skipped": True}
-    pairs = read_pairs_any(config.pairs, config.pairs_format, images_root=config.images)
-    # A bad image path found by the collator would stop training midway: refuse the file now.
-    problems = image_path_problems(
-        config.images, [(f"{config.pairs}: pair {p.id!r}", p.image) for p in pairs]
-    )
-    if problems:
-        raise RecordError(
-            "\n".join(problems[:10])
-            + (f"\n... {len(problems)} in all" if len(problems) > 10 else "")
+    files = stage_files((DROPPED,))
+    with training_output(STAGE, config, files) as done:
+        if done is not None:
+            return done
+        pairs = read_pairs_any(config.pairs, config.pairs_format, images_root=config.images)
+        require_images(config.images, [(f"{config.pairs}: pair {p.id!r}", p.image) for p in pairs])
+        pairs, dropped, counts = filter_pairs(pairs, FilterSettings.of(config))
+        # Dropped pairs stay inspectable, with the filter that dropped each.
+        atomic_write_text(
+            out / DROPPED,
+            "".join(
+                json.dumps({"reason": r, **p.to_dict()}, ensure_ascii=False) + "\n"
+                for r, p in dropped
+            ),
         )
-    pairs, dropped, counts = filter_pairs(
-        pairs,
-        FilterSettings(
-            identical=config.filter_identical,
-            empty=config.filter_empty,
-            truncated=config.filter_truncated,
-            refusal=config.filter_refusals,
-            near_duplicate=config.filter_near_duplicates,
-            near_duplicate_threshold=config.near_duplicate_threshold,
-        ),
-    )
-    # Dropped pairs stay inspectable, with the filter that dropped each.
-    atomic_write_text(
-        out / DROPPED,
-        "".join(
-            json.dumps({"reason": r, **p.to_dict()}, ensure_ascii=False) + "\n" for r, p in dropped
-        ),
-    )
-    for reason, count in counts.items():
-        if count:
-            logger.info(
-                "filter %s dropped %d of %d pairs", reason, count, len(pairs) + len(dropped)
+        for reason, count in counts.items():
+            if count:
+                logger.info(
+                    "filter %s dropped %d of %d pairs", reason, count, len(pairs) + len(dropped)
+                )
+        if not pairs:
+            raise ValueError(
+                f"{config.pairs}: no pairs left after the quality filters ({dict(counts)}); "
+                "see --filter-* options and " + str(out / DROPPED)
             )
-    if not pairs:
-        raise ValueError(
-            f"{config.pairs}: no pairs left after the quality filters ({dict(counts)}); "
-            "see --filter-* options and " + str(out / DROPPED)
+        model, processor = training_model(config, model, processor)
+        trainer = DPOTrainer(
+            model=model,
+            args=training_arguments(config, model.dtype),
+            train_dataset=pairs,
+            data_collator=PairCollator(processor, config.images, config.max_length),
+            beta=config.beta,
+            nll_coef=config.alpha,
+            nll_normalization=config.nll_normalization,
         )
-    if model is None:
-        model, processor = load_model(
-            config.model,
-            dtype=config.dtype,
-            device=None,
-            trust_remote_code=config.trust_remote_code,
-            allow_pickle=config.allow_pickle,
-        )
-    model = add_new_lora(model, config)
-    if config.gradient_checkpointing:
-        model.enable_input_require_grads()
-    trainer = DPOTrainer(
-        model=model,
-        args=training_arguments(config, model.dtype),
-        train_dataset=pairs,
-        data_collator=PairCollator(processor, config.images, config.max_length),
-        beta=config.beta,
-        nll_coef=config.alpha,
-        nll_normalization=config.nll_normalization,
-    )
-    summary = {"pairs": len(pairs), "dropped": dict(counts), "dropped_file": str(out / DROPPED)}
-    return train_and_save(trainer, config, STAGE, processor, summary)
+        details = {"pairs": len(pairs), "dropped": dict(counts), "dropped_file": str(out / DROPPED)}
+        return train_and_save(trainer, config, STAGE, processor, files, details)

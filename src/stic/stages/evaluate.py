@@ -10,17 +10,14 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from stic.config import EvalConfig
 from stic.data.prompts import DAR_DESCRIBE_PROMPT, infuse_description, question_prompt
 from stic.data.schemas import EvalItem, EvalResult, read_eval_items
 from stic.data.scoring import is_correct
-from stic.modeling.generation import Request, batched, generate
-from stic.modeling.models import model_loader
-from stic.runtime.files import append_jsonl, atomic_write_json, read_json, read_jsonl
-from stic.runtime.images import ImageError, load_image, resolve_image_path
-from stic.runtime.manifests import stage_status, write_manifest
+from stic.modeling.generation import Request, generate
+from stic.runtime.files import atomic_write_json
+from stic.runtime.manifests import remove_output
+from stic.stages.runner import GenerationStage, StageSummary, run_generation
 
 logger = logging.getLogger(__name__)
 
@@ -65,64 +62,45 @@ def answer_batch(
     ]
 
 
-def summarize(results: list[dict], skipped: dict[str, str]) -> dict:
+def accuracy_details(results: list[dict]) -> dict:
     correct = sum(1 for r in results if r["correct"])
     return {
         "accuracy": correct / len(results) if results else 0.0,
         "correct": correct,
         "n": len(results),
-        "skipped": skipped,
     }
 
 
-def run_eval(config: EvalConfig, model=None, processor=None) -> dict:
-    """Score ``config.data``; writes ``config.out`` (summary + items) and returns the summary.
+def run_eval(config: EvalConfig, model=None, processor=None) -> StageSummary:
+    """Score ``config.data``; writes ``config.out`` (the figures + every item) and returns the summary.
 
-    A rerun reuses the answers already made; the model is loaded only if one is missing.
+    A rerun reuses the answers already made; the model is loaded only if one is missing. An
+    evaluation in which no item could be scored (no image loads) is an error, not accuracy 0.
     """
-    out = Path(config.out)
-    partial = out.with_name(out.name + ".partial.jsonl")
     items = read_eval_items(config.data)
     if config.limit is not None:
         items = items[: config.limit]
-    status = stage_status(out, STAGE, config)
-    get_model = model_loader(config, model, processor, adapter=config.adapter)
-    done = {row["id"]: row for row in read_jsonl(partial, repair=True)}
-    todo = [item for item in items if item.id not in done]
-    if status != "complete":
-        write_manifest(out, STAGE, config, "running")
-    skipped: dict[str, str] = {}
-    made = 0
-    with tqdm(total=len(todo), desc="eval" + (" (dar)" if config.dar else ""), unit="q") as bar:
-        for batch in batched(todo, config.batch_size):
-            kept, images = [], []
-            for item in batch:
-                try:
-                    images.append(load_image(resolve_image_path(config.images, item.image)))
-                    kept.append(item)
-                except (ImageError, ValueError) as e:
-                    skipped[item.id] = f"{item.image}: {e}"
-            if kept:
-                rows = [r.to_dict() for r in answer_batch(kept, images, config, *get_model())]
-                append_jsonl(partial, rows)
-                done.update((row["id"], row) for row in rows)
-                made += len(rows)
-            bar.update(len(batch))
-    results = [done[item.id] for item in items if item.id in done]
-    summary = {
-        **summarize(results, skipped),
-        "dar": config.dar,
-        "model": config.model,
-        "adapter": config.adapter,
-    }
-    previous = read_json(out) if out.exists() else None
-    unchanged = (
-        status == "complete"
-        and not made
-        and previous is not None
-        and [r["id"] for r in previous["items"]] == [r["id"] for r in results]
+    about = {"dar": config.dar, "model": config.model, "adapter": config.adapter}
+    stage = GenerationStage(
+        name=STAGE,
+        item_id=lambda item: item.id,
+        image_of=lambda item: item.image,
+        make_records=lambda batch, images, model, processor: [
+            r.to_dict() for r in answer_batch(batch, images, config, model, processor)
+        ],
+        details=lambda results: {**accuracy_details(results), **about},
+        finish=lambda results, out: _write_results(out, results, about),
+        unit="q",
     )
-    if not unchanged:
-        atomic_write_json(out, {**summary, "items": results})
-        write_manifest(out, STAGE, config, "complete", summary)
+    summary = run_generation(
+        stage, config, items, model=model, processor=processor, adapter=config.adapter
+    )
+    if items and not summary.details["n"]:
+        remove_output(config.out)  # an accuracy over nothing is not a result to keep
+        shown = "; ".join(list(summary.bad_items.values())[:3])
+        raise ValueError(f"{config.data}: none of its {len(items)} items could be scored ({shown})")
     return summary
+
+
+def _write_results(out: Path, results: list[dict], about: dict) -> None:
+    atomic_write_json(out, {**accuracy_details(results), **about, "items": results})

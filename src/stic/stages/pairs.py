@@ -13,24 +13,22 @@ Every decision comes from :func:`plan_pair`, a pure function of (seed, image id)
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-
-from tqdm.auto import tqdm
 
 from stic.config import PairsConfig
 from stic.data.corruptions import apply_corruption, sample_corruption
 from stic.data.prompts import BAD_PROMPTS, GOOD_PROMPT, PLAIN_PROMPTS
 from stic.data.schemas import PairRecord
-from stic.modeling.generation import Request, batched, generate
-from stic.modeling.models import model_loader
-from stic.runtime.files import append_jsonl, read_jsonl
-from stic.runtime.images import ImageError, load_image, resolve_image_path, scan_images
-from stic.runtime.manifests import stage_status, write_manifest
+from stic.modeling.generation import Request, generate
+from stic.runtime.files import read_jsonl
+from stic.runtime.images import scan_images
 from stic.runtime.rng import item_rng, item_seed
 from stic.runtime.shards import select_shard
+from stic.stages.runner import GenerationStage, StageSummary, run_generation
 
 logger = logging.getLogger(__name__)
 
@@ -65,86 +63,85 @@ def plan_pair(image_id: str, config: PairsConfig) -> PairPlan:
     return PairPlan(image_id, stored_prompt, kind, rng.choice(PLAIN_PROMPTS), corruption)
 
 
-@dataclass
-class PairsSummary:
-    total: int = 0
-    already_done: int = 0
-    written: int = 0
-    skipped: dict[str, str] = field(default_factory=dict)
-    kinds: Counter = field(default_factory=Counter)
-    truncated: int = 0
-
-    def to_dict(self) -> dict:
-        return {
-            "total": self.total,
-            "already_done": self.already_done,
-            "written": self.written,
-            "skipped": self.skipped,
-            "rejected_kinds": dict(self.kinds),
-            "truncated_answers": self.truncated,
-        }
-
-
-def run_pairs(config: PairsConfig, model=None, processor=None) -> PairsSummary:
+def run_pairs(config: PairsConfig, model=None, processor=None) -> StageSummary:
     """Write one :class:`PairRecord` per image to ``config.out``, resuming what is there.
 
     ``model``/``processor`` may be passed in (tests, the demo); otherwise they are loaded, and
     only if some image still needs a pair.
     """
     scan = scan_images(config.images, limit=config.limit)
-    ids = select_shard(scan.ids, config.shard)
     # Folder entries that cannot become ids (names not UTF-8, link loops) are reported like
     # unreadable images; under --shard, by the one shard their name falls in.
     unlisted = {name: scan.skipped[name] for name in select_shard(list(scan.skipped), config.shard)}
-    out = Path(config.out)
-    summary = PairsSummary(total=len(ids) + len(unlisted), skipped=unlisted)
-    status = stage_status(out, STAGE, config)
-    get_model = model_loader(config, model, processor)
-    done = _done_ids(out, repair=True)
-    todo = [i for i in ids if i not in done]
-    summary.already_done = len(ids) - len(todo)
-    if status == "complete" and not todo:
-        return summary
-    if status != "complete":
-        write_manifest(out, STAGE, config, "running")
-    with tqdm(total=len(todo), desc="pairs", unit="img") as bar:
-        for batch_ids in batched(todo, config.batch_size):
-            records = _make_batch(batch_ids, config, get_model, summary)
-            append_jsonl(out, [r.to_dict() for r in records])
-            summary.written += len(records)
-            bar.update(len(batch_ids))
-    for reason in summary.skipped.values():
-        logger.warning("skipped an image: %s", reason)
-    # A complete manifest is rewritten only when the output grew, so the stages that read it
-    # are not redone for nothing (see manifest.input_identity).
-    if status != "complete" or summary.written:
-        write_manifest(out, STAGE, config, "complete", summary.to_dict())
-    return summary
+    stage = GenerationStage(
+        name=STAGE,
+        item_id=lambda image_id: image_id,
+        image_of=lambda image_id: image_id,
+        make_records=functools.partial(make_pairs, config=config),
+        details=pair_details,
+        adopt=functools.partial(adoption_problems, config=config),
+        unit="img",
+    )
+    return run_generation(
+        stage,
+        config,
+        select_shard(scan.ids, config.shard),
+        model=model,
+        processor=processor,
+        known_bad=unlisted,
+    )
 
 
-def _done_ids(out: Path, repair: bool = False) -> set[str]:
-    return {row["id"] for row in read_jsonl(out, repair=repair)}
+def sampling_settings(config: PairsConfig) -> dict:
+    """What a pair record stores of how its answers were sampled."""
+    return {
+        "temperature": config.temperature,
+        "top_p": config.top_p,
+        "max_new_tokens": config.max_new_tokens,
+        "seed": config.seed,
+    }
 
 
-def _make_batch(
-    batch_ids, config: PairsConfig, get_model, summary: PairsSummary
-) -> list[PairRecord]:
-    plans, requests = [], []
-    for image_id in batch_ids:
-        try:
-            image = load_image(resolve_image_path(config.images, image_id))
-        except (ImageError, ValueError) as e:
-            summary.skipped[image_id] = f"{image_id}: {e}"
-            continue
-        plan = plan_pair(image_id, config)
-        rejected_image = (
-            image if plan.corruption is None else apply_corruption(image, plan.corruption)
-        )
-        plans.append(plan)
-        requests += [Request(GOOD_PROMPT, image), Request(plan.rejected_prompt, rejected_image)]
-    if not plans:
-        return []
-    model, processor = get_model()
+def pair_details(records: list[dict]) -> dict:
+    """Rejected kinds and answers cut at the token limit, over the stage's pairs."""
+    kinds = Counter(r["rejected_kind"] for r in records)
+    truncated = sum(
+        (r.get("chosen_finish") == "length") + (r.get("rejected_finish") == "length")
+        for r in records
+    )
+    return {"pairs": len(records), "rejected_kinds": dict(kinds), "truncated_answers": truncated}
+
+
+def adoption_problems(out: Path, config: PairsConfig) -> list[str]:
+    """Why a pairs file without a manifest cannot be resumed by this config (``[]``: it can).
+
+    Its records say which model and sampling made them; a file made by another model or with
+    other settings is never continued under this one.
+    """
+    problems = []
+    expected = {"model": config.model, "sampling": sampling_settings(config)}
+    for number, row in enumerate(read_jsonl(out), start=1):
+        if not isinstance(row, dict) or "id" not in row:
+            return [f"line {number} is not a pair record"]
+        for key, value in expected.items():
+            if row.get(key) != value:
+                problems.append(
+                    f"line {number} was made with {key} {row.get(key)!r}, not {value!r}"
+                )
+        if problems:
+            return problems
+    return problems
+
+
+def make_pairs(
+    image_ids: list[str], images: list, model, processor, *, config: PairsConfig
+) -> list[dict]:
+    """One pair record per image: the chosen and the rejected answer, as planned for the image."""
+    plans = [plan_pair(image_id, config) for image_id in image_ids]
+    rejected_images = [
+        image if plan.corruption is None else apply_corruption(image, plan.corruption)
+        for plan, image in zip(plans, images, strict=True)
+    ]
     # Chosen and rejected answers go in separate calls: at most batch_size sequences each, and
     # answers of one kind have similar lengths, so less padding.
     options = dict(
@@ -154,43 +151,36 @@ def _make_batch(
     chosen_outputs = generate(
         model,
         processor,
-        requests[0::2],
+        [Request(GOOD_PROMPT, image) for image in images],
         seed=item_seed(config.seed, first, "generate-chosen"),
         **options,
     )
     rejected_outputs = generate(
         model,
         processor,
-        requests[1::2],
+        [
+            Request(plan.rejected_prompt, image)
+            for plan, image in zip(plans, rejected_images, strict=True)
+        ],
         seed=item_seed(config.seed, first, "generate-rejected"),
         **options,
     )
-    sampling = {
-        "temperature": config.temperature,
-        "top_p": config.top_p,
-        "max_new_tokens": config.max_new_tokens,
-        "seed": config.seed,
-    }
-    records = []
-    for i, plan in enumerate(plans):
-        chosen, rejected = chosen_outputs[i], rejected_outputs[i]
-        summary.kinds[plan.rejected_kind] += 1
-        summary.truncated += (chosen.finish == "length") + (rejected.finish == "length")
-        records.append(
-            PairRecord(
-                id=plan.id,
-                image=plan.id,
-                prompt=plan.prompt,
-                chosen=chosen.text,
-                rejected=rejected.text,
-                rejected_kind=plan.rejected_kind,
-                chosen_prompt=GOOD_PROMPT,
-                rejected_prompt=plan.rejected_prompt,
-                corruption=plan.corruption,
-                model=config.model,
-                sampling=sampling,
-                chosen_finish=chosen.finish,
-                rejected_finish=rejected.finish,
-            )
-        )
-    return records
+    sampling = sampling_settings(config)
+    return [
+        PairRecord(
+            id=plan.id,
+            image=plan.id,
+            prompt=plan.prompt,
+            chosen=chosen.text,
+            rejected=rejected.text,
+            rejected_kind=plan.rejected_kind,
+            chosen_prompt=GOOD_PROMPT,
+            rejected_prompt=plan.rejected_prompt,
+            corruption=plan.corruption,
+            model=config.model,
+            sampling=sampling,
+            chosen_finish=chosen.finish,
+            rejected_finish=rejected.finish,
+        ).to_dict()
+        for plan, chosen, rejected in zip(plans, chosen_outputs, rejected_outputs, strict=True)
+    ]

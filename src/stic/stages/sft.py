@@ -12,79 +12,60 @@ descriptions and image tokens are masked.
 
 from __future__ import annotations
 
+import functools
 import logging
-from pathlib import Path
+from collections.abc import Sequence
 
-import torch
 from transformers import Trainer
 
 from stic.config import SFTConfig
-from stic.data.schemas import InstructSample, RecordError, read_instruct
-from stic.modeling.chat import TrainRow, encode_rows, render_segments, strip_image_placeholder
-from stic.modeling.models import load_model
-from stic.runtime.images import image_path_problems
-from stic.stages.training import (
-    add_new_lora,
-    already_trained,
-    load_training_image,
-    train_and_save,
-    training_arguments,
-)
+from stic.data.prompts import strip_image_placeholder
+from stic.data.schemas import InstructSample, read_instruct
+from stic.modeling.chat import TrainRow, render_segments
+from stic.stages import training
+from stic.stages.runner import StageSummary
 
 logger = logging.getLogger(__name__)
 
 STAGE = "sft"
 
 
-class InstructCollator:
-    """Samples -> a batch with labels on the answers of every exchange."""
-
-    def __init__(self, processor, images_root: str, max_length: int):
-        self.processor = processor
-        self.images_root = images_root
-        self.max_length = max_length
-
-    def __call__(self, samples: list[InstructSample]) -> dict[str, torch.Tensor]:
-        rows = []
-        for sample in samples:
-            exchanges = [(strip_image_placeholder(q), a) for q, a in sample.exchanges()]
-            has_image = sample.image is not None
-            segments = render_segments(self.processor, exchanges, with_image=has_image)
-            rows.append(TrainRow(segments, load_training_image(self.images_root, sample.image)))
-        return encode_rows(self.processor, rows, self.max_length)
+def sample_rows(samples: Sequence[InstructSample], processor, images_root: str) -> list[TrainRow]:
+    """One conversation per sample, every exchange's answer trained; text-only samples too."""
+    rows = []
+    for sample in samples:
+        exchanges = [(strip_image_placeholder(q), a) for q, a in sample.exchanges()]
+        segments = render_segments(processor, exchanges, with_image=sample.image is not None)
+        rows.append(TrainRow(segments, training.load_training_image(images_root, sample.image)))
+    return rows
 
 
-def run_sft(config: SFTConfig) -> dict:
+# InstructCollator(processor, images_root, max_length): samples -> one batch.
+InstructCollator = functools.partial(training.Collator, rows=sample_rows)
+
+
+def run_sft(config: SFTConfig, model=None, processor=None) -> StageSummary:
     """Train ``config.adapter`` further on ``config.data`` and save it to ``config.out``.
 
     With no ``config.adapter``, a new LoRA adapter (``config.lora_*``) is trained instead.
+    ``model``/``processor`` may be passed in (a base model without an adapter); otherwise
+    ``config.model`` is loaded.
     """
-    out = Path(config.out)
-    if already_trained(out, STAGE, config):
-        return {"skipped": True}
-    samples = read_instruct(config.data)
-    problems = image_path_problems(
-        config.images, [(f"{config.data}[{i}]", s.image) for i, s in enumerate(samples)]
-    )
-    if problems:
-        raise RecordError("\n".join(problems[:10]))
-    model, processor = load_model(
-        config.model,
-        dtype=config.dtype,
-        device=None,
-        trust_remote_code=config.trust_remote_code,
-        allow_pickle=config.allow_pickle,
-        adapter=config.adapter,
-        trainable_adapter=True,
-    )
-    if config.adapter is None:
-        model = add_new_lora(model, config)
-    if config.gradient_checkpointing:
-        model.enable_input_require_grads()
-    trainer = Trainer(
-        model=model,
-        args=training_arguments(config, model.dtype),
-        train_dataset=samples,
-        data_collator=InstructCollator(processor, config.images, config.max_length),
-    )
-    return train_and_save(trainer, config, STAGE, processor, {"samples": len(samples)})
+    files = training.stage_files()
+    with training.training_output(STAGE, config, files) as done:
+        if done is not None:
+            return done
+        samples = read_instruct(config.data)
+        training.require_images(
+            config.images, [(f"{config.data}[{i}]", s.image) for i, s in enumerate(samples)]
+        )
+        model, processor = training.training_model(config, model, processor, adapter=config.adapter)
+        trainer = Trainer(
+            model=model,
+            args=training.training_arguments(config, model.dtype),
+            train_dataset=samples,
+            data_collator=InstructCollator(processor, config.images, config.max_length),
+        )
+        return training.train_and_save(
+            trainer, config, STAGE, processor, files, {"samples": len(samples)}
+        )

@@ -1,0 +1,238 @@
+"""What every stage does alike, written once: claim the output, skip what is done, append
+crash-safely, finish, and report in one summary type.
+
+A generating stage (pairs, infuse, eval) hands :func:`run_generation` its selected items and
+three functions that say only what differs: the item's id, the item's image, and how a batch of
+items with their loaded images becomes records. The runner:
+
+1. refuses an output that is or holds an input, or that another run holds (a lock), and checks
+   the manifest (resume, skip, refuse, or ``--overwrite``);
+2. reads the records already made (a torn last line from a kill is cut) and keeps the items
+   that have none;
+3. loads each batch's images (an unreadable one is reported in ``bad_items``, never fatal),
+   loads the model only when a batch needs it, and appends the batch's records, fsynced;
+4. if anything changed, writes the output from the selected items' records (``finish``) and a
+   complete manifest. One definition of complete: the manifest says complete, the selection is
+   the one it recorded, and no selected item lacks a record.
+
+The training stages share :func:`claim_output` and :class:`StageSummary` with it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Generic, Literal, TypeVar
+
+from tqdm.auto import tqdm
+
+from stic.config import PATH_FIELDS
+from stic.modeling.models import model_loader
+from stic.runtime.files import append_jsonl, read_jsonl
+from stic.runtime.images import ImageError, load_image, resolve_image_path
+from stic.runtime.locks import output_lock
+from stic.runtime.manifests import (
+    check_output_location,
+    manifest_path,
+    partial_path,
+    read_manifest,
+    stage_status,
+    write_manifest,
+)
+
+logger = logging.getLogger(__name__)
+
+Item = TypeVar("Item")
+
+
+@dataclass
+class StageSummary:
+    """What one run of a stage did; every ``run_<stage>`` returns one.
+
+    ``up_to_date``: the output was already complete for this config, so nothing ran.
+    ``items``: the items the stage covers (after ``limit`` and ``shard``); ``already_done`` of them
+    had records from an earlier run and ``made`` were made by this one. ``bad_items``: item id ->
+    why it could not be used (an unreadable image); those items have no record. ``details``: the
+    stage's own figures (accuracy, rejected kinds, training steps...).
+    """
+
+    stage: str
+    out: str
+    up_to_date: bool = False
+    items: int = 0
+    already_done: int = 0
+    made: int = 0
+    bad_items: dict[str, str] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def input_paths(config: Any) -> dict[str, str]:
+    """The config's input paths by key (every path field but the output)."""
+    return {
+        name: value
+        for name in PATH_FIELDS
+        if name != "out" and isinstance(value := getattr(config, name, None), str)
+    }
+
+
+@contextlib.contextmanager
+def claim_output(
+    stage: str, config: Any, adopt: Callable[[], list[str]] | None = None
+) -> Iterator[Literal["new", "resume", "complete"]]:
+    """Hold ``config.out`` for this run and say where the stage stands there.
+
+    Refuses (before anything is written) an output that is, holds or lies inside an input, one
+    another process is writing, and one made with another config (unless ``--overwrite``).
+    """
+    check_output_location(config.out, input_paths(config))
+    with output_lock(config.out):
+        yield stage_status(config.out, stage, config, adopt=adopt)
+
+
+def selection_hash(ids: Sequence[str]) -> str:
+    """Identifies which items a run covered, so a changed ``--limit`` or ``--shard`` is noticed."""
+    return hashlib.sha256("\x00".join(ids).encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class GenerationStage(Generic[Item]):
+    """What one generating stage supplies to :func:`run_generation`.
+
+    ``make_records(items, images, model, processor)`` returns one record (a dict with ``id``) per
+    item, in order. ``image_of`` gives an item's image path relative to ``images`` (``None``:
+    the item needs no image). ``finish(records, out)`` writes the output from the records of the
+    selected items, in their order; ``None`` when the records file IS the output (pairs).
+    ``details(records)`` computes the stage's figures from those records. ``adopt(out)`` lists
+    why an output without a manifest cannot be resumed (``None``: it never can).
+    """
+
+    name: str
+    item_id: Callable[[Item], str]
+    image_of: Callable[[Item], str | None]
+    make_records: Callable[..., list[dict]]
+    details: Callable[[list[dict]], dict[str, Any]]
+    finish: Callable[[list[dict], Path], None] | None = None
+    adopt: Callable[[Path], list[str]] | None = None
+    unit: str = "item"
+
+
+def records_path(stage: GenerationStage, out: Path) -> Path:
+    return out if stage.finish is None else partial_path(out)
+
+
+def run_generation(
+    stage: GenerationStage,
+    config: Any,
+    items: Sequence[Item],
+    *,
+    model=None,
+    processor=None,
+    adapter: str | None = None,
+    known_bad: dict[str, str] | None = None,
+) -> StageSummary:
+    """Make a record for every item of ``items`` that has none yet; see the module docstring.
+
+    ``known_bad``: items found unusable before the run (folder entries whose names cannot be ids),
+    reported with the rest. ``model``/``processor`` may be passed in; otherwise they are loaded
+    from ``config`` (with ``adapter``) the first time a batch needs them.
+    """
+    out = Path(config.out)
+    ids = [stage.item_id(item) for item in items]
+    selection = selection_hash(ids)
+    summary = StageSummary(stage.name, str(out), items=len(ids) + len(known_bad or {}))
+    summary.bad_items.update(known_bad or {})
+    adopt = (lambda: stage.adopt(out)) if stage.adopt is not None else None
+    with claim_output(stage.name, config, adopt=adopt) as status:
+        records_file = records_path(stage, out)
+        done = {row["id"]: row for row in read_jsonl(records_file, repair=True, key="id")}
+        todo = [item for item, item_id in zip(items, ids, strict=True) if item_id not in done]
+        summary.already_done = len(ids) - len(todo)
+        recorded = (read_manifest(out) or {}).get("summary", {}).get("details", {})
+        same_selection = recorded.get("selection") == selection
+        if status == "complete" and not todo and same_selection and out.exists():
+            summary.up_to_date = True
+            summary.details = _details(stage, done, ids, selection)
+            return summary
+        # Before the manifest: a model path that does not exist fails with nothing written.
+        get_model = model_loader(config, model, processor, adapter=adapter)
+        if status != "complete":
+            write_manifest(out, stage.name, config, "running")
+        try:
+            _generate(stage, config, todo, records_file, done, summary, get_model)
+        except BaseException:
+            if status == "new" and not records_file.exists():
+                # Failed before its first record: no manifest may claim a run is under way.
+                manifest_path(out).unlink(missing_ok=True)
+            raise
+        for reason in summary.bad_items.values():
+            logger.warning("%s: left out %s", stage.name, reason)
+        summary.details = _details(stage, done, ids, selection)
+        if status != "complete" or summary.made or not same_selection:
+            if stage.finish is not None:
+                stage.finish([done[i] for i in ids if i in done], out)
+            write_manifest(out, stage.name, config, "complete", summary.to_dict())
+        return summary
+
+
+def _generate(
+    stage: GenerationStage,
+    config: Any,
+    todo: list,
+    records_file: Path,
+    done: dict,
+    summary: StageSummary,
+    get_model: Callable[[], tuple],
+) -> None:
+    """Make and append the records of ``todo``, batch by batch, with a progress bar."""
+    batch_size = config.batch_size
+    logger.info(
+        "%s: %d items to make (%d already done), in %d batches of up to %d",
+        stage.name,
+        len(todo),
+        summary.already_done,
+        -(-len(todo) // batch_size),
+        batch_size,
+    )
+    started = time.monotonic()
+    with tqdm(total=len(todo), desc=stage.name, unit=stage.unit) as bar:
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start : start + batch_size]
+            kept, images = _load_images(stage, batch, config.images, summary.bad_items)
+            if kept:
+                records = stage.make_records(kept, images, *get_model())
+                append_jsonl(records_file, records)
+                done.update((row["id"], row) for row in records)
+                summary.made += len(records)
+            bar.update(len(batch))
+    if summary.made:
+        elapsed = time.monotonic() - started
+        logger.info("%s: %d made in %.0f s", stage.name, summary.made, elapsed)
+
+
+def _details(stage: GenerationStage, done: dict, ids: list[str], selection: str) -> dict:
+    return {**stage.details([done[i] for i in ids if i in done]), "selection": selection}
+
+
+def _load_images(
+    stage: GenerationStage, batch: Sequence, root: str, bad: dict[str, str]
+) -> tuple[list, list]:
+    """The batch's items whose image loads (or that need none), with their images."""
+    kept, images = [], []
+    for item in batch:
+        relative = stage.image_of(item)
+        try:
+            image = None if relative is None else load_image(resolve_image_path(root, relative))
+        except (ImageError, ValueError) as e:
+            bad[stage.item_id(item)] = f"{relative}: {e}"
+            continue
+        kept.append(item)
+        images.append(image)
+    return kept, images
