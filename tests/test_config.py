@@ -595,3 +595,21 @@ def test_stage_flag_value_error_is_reported_with_key(capsys, restore_stic_loggin
     err = capsys.readouterr().err
     assert "stic dpo: invalid configuration" in err
     assert "beta: 0.0 is not allowed (must be > 0)" in err
+
+
+@pytest.mark.parametrize(
+    ("cls", "out", "problem"),
+    [
+        (PairsConfig, "pairs.json", "must end with .jsonl"),
+        (PairsConfig, "pairs", "must end with .jsonl"),
+        (EvalConfig, "results", "must end with .json"),
+        (EvalConfig, "results.txt", "must end with .json"),
+        (DPOConfig, "stage1.json", "must be a folder"),
+        (SFTConfig, "stage2.jsonl", "must be a folder"),
+    ],
+)
+def test_an_output_suffix_that_names_another_kind_of_output_is_refused(cls, out, problem):
+    data = {"model": "m", "images": "i", "out": out, "data": "d", "pairs": "p"}
+    fields = {f.name for f in dataclasses.fields(cls)}
+    with pytest.raises(ConfigError, match=f"out: '{out}' {problem}"):
+        build(cls, {k: v for k, v in data.items() if k in fields})

@@ -88,6 +88,9 @@ class GenerationOptions(ModelOptions):
 class PairsConfig(GenerationOptions):
     """Stage 1a: build the preference set from a folder of unlabeled images."""
 
+    # What --out must end with (a folder output: none of FILE_SUFFIXES).
+    OUT_SUFFIXES: ClassVar[tuple[str, ...]] = (".jsonl",)
+
     images: str = _help(
         "Folder of unlabeled images (searched recursively); ids are paths relative to it."
     )
@@ -124,6 +127,8 @@ class PairsConfig(GenerationOptions):
 @dataclass(kw_only=True)
 class TrainOptions(ModelOptions):
     """Options of the two training stages (a transformers.Trainer underneath)."""
+
+    OUT_SUFFIXES: ClassVar[tuple[str, ...]] = ()  # a folder
 
     out: str = _help(
         "Output folder: the PEFT adapter, the training log and checkpoints while running."
@@ -234,6 +239,8 @@ class DPOConfig(TrainOptions):
 class InfuseConfig(GenerationOptions):
     """Stage 2, part 1: describe each instruction image and infuse the description into its prompt."""
 
+    OUT_SUFFIXES: ClassVar[tuple[str, ...]] = (".json",)
+
     data: str = _help("LLaVA-format instruction data: a JSON list of {id, image, conversations}.")
     images: str = _help("Folder the samples' image paths are relative to.")
     out: str = _help("Output JSON list in the same format, first human turn rewritten.")
@@ -265,6 +272,8 @@ class SFTConfig(TrainOptions):
 @dataclass(kw_only=True)
 class EvalConfig(GenerationOptions):
     """Answer VQA questions greedily and score them by exact match."""
+
+    OUT_SUFFIXES: ClassVar[tuple[str, ...]] = (".json",)
 
     data: str = _help('VQA JSONL: {"id", "image", "question", "answer", "choices"?} per line.')
     images: str = _help("Folder the items' image paths are relative to.")
@@ -335,9 +344,13 @@ def type_errors(cls: type, data: dict, where: str) -> list[str]:
     return errors
 
 
-def value_errors(config: Any, where: str = "") -> list[str]:
-    """Range checks that types cannot express."""
+FILE_SUFFIXES = (".json", ".jsonl")
+
+
+def value_errors(config: Any, where: str = "", cls: type | None = None) -> list[str]:
+    """Range checks that types cannot express (``cls``: the config class, if ``config`` is not one)."""
     errors = []
+    errors += _out_errors(getattr(config, "out", None), cls or type(config), where)
 
     def check(name: str, ok: bool, allowed: str) -> None:
         if hasattr(config, name) and not ok:
@@ -404,6 +417,23 @@ def value_errors(config: Any, where: str = "") -> list[str]:
     return errors
 
 
+def _out_errors(out: Any, cls: type, where: str) -> list[str]:
+    """An output path whose suffix says another kind of output than the stage writes."""
+    suffixes = getattr(cls, "OUT_SUFFIXES", None)
+    if not isinstance(out, str) or not out.strip() or suffixes is None:
+        return []
+    suffix = Path(out).suffix
+    if suffixes and suffix not in suffixes:
+        return [
+            f"{where}out: {out!r} must end with {' or '.join(suffixes)} (the stage writes a file)"
+        ]
+    if not suffixes and suffix in FILE_SUFFIXES:
+        return [
+            f"{where}out: {out!r} must be a folder, not a {suffix} file (the stage writes a folder)"
+        ]
+    return []
+
+
 def build(cls: type, data: dict, where: str = "") -> Any:
     """Build stage config ``cls`` from a dict (a YAML section), validating every key.
 
@@ -423,7 +453,7 @@ def build(cls: type, data: dict, where: str = "") -> Any:
     bad = {line.split(":", 1)[0].removeprefix(where) for line in errors}
     values = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
     values.update({k: v for k, v in data.items() if k not in bad})
-    errors += value_errors(types.SimpleNamespace(**values), where)
+    errors += value_errors(types.SimpleNamespace(**values), where, cls)
     if errors:
         raise ConfigError("\n".join(errors))
     return cls(**data)

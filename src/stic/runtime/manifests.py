@@ -22,12 +22,11 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from stic.config import config_hash, differing_keys, normalized
+from stic.config import FILE_SUFFIXES, config_hash, differing_keys, normalized
 from stic.runtime.files import atomic_write_json, read_json
 
 logger = logging.getLogger(__name__)
 
-FILE_SUFFIXES = (".json", ".jsonl")
 PARTIAL_SUFFIX = ".partial.jsonl"
 # Config fields that name an input another stage may redo.
 INPUT_FIELDS = ("pairs", "data", "adapter")
