@@ -143,18 +143,19 @@ def check_output_location(out: str | Path, inputs: Mapping[str, str | None]) -> 
     not exist here (a Hub model id) are passed over. Raises :class:`UnsafeOutput` naming both.
     """
     target = Path(out).expanduser().resolve()
+    found = []
     for key, value in inputs.items():
         if not value or not Path(value).expanduser().exists():
             continue
         source = Path(value).expanduser().resolve()
         if target == source:
-            how = "is"
+            found.append((0, "is", key, value))
         elif source in target.parents:
-            how = "lies inside"
+            found.append((1, "lies inside", key, value))
         elif target in source.parents:
-            how = "contains"
-        else:
-            continue
+            found.append((1, "contains", key, value))
+    if found:
+        _, how, key, value = min(found, key=lambda f: f[0])  # "is" is the one to name first
         raise UnsafeOutput(
             f"the output {out} {how} the {key} input {value}; choose an output path outside "
             "your inputs"
