@@ -18,7 +18,7 @@ from stic.data.prompts import (
     strip_image_placeholder,
 )
 
-# Copied from STIC_METHOD.md (the paper's prompts), not from the module under test.
+# Copied from docs/method.md (the paper's prompts), not from the module under test.
 GOOD_FIRST = "Please provide a detailed description of the image, focusing on the following."
 GOOD_THIRD = (
     "Describe the setting of the image. Is it indoors or outdoors? "

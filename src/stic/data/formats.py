@@ -26,10 +26,10 @@ JSONL) of::
   ``"<image>#2"``, ``"<image>#3"``... (skipping any id that is another record's image), so ids
   are unique and the same file always gets the same ids. The prompt is the user content without
   its ``<image>`` placeholder (the chat template places the image); records whose user content
-  lacks the placeholder (STIC_METHOD.md, defect 3) are read the same way. ``image_corruption:
+  lacks the placeholder (docs/method.md, reference-code defect 3) are read the same way. ``image_corruption:
   false`` gives ``rejected_kind="bad_prompt"`` with ``rejected_prompt=hallu_prompt``.
   ``image_corruption: true`` gives ``rejected_kind="imported"`` and ``corruption=None``: the
-  reference code claimed a corruption it never applied (defect 1), so we do not claim one
+  reference code claimed a corruption it never applied (reference-code defect 1), so we do not claim one
   either. What the record said about itself is kept in ``source`` (``{"format":
   "stic-reference", "image_corruption", "hallu_prompt"}``, plus ``"extra"`` for unknown keys),
   so writing it back gives the same record. Writing always puts ``"<image>\\n"`` in front of the

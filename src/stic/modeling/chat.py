@@ -1,8 +1,8 @@
 """Conversations to model inputs, through the processor's own chat template.
 
 Generation and training render prompts the same way (the reference code did not; see
-STIC_METHOD.md, defect 3), with the image passed as a ``{"type": "image"}`` content item so that
-the processor expands it into the model's image tokens.
+docs/method.md, reference-code defect 3), with the image passed as a ``{"type": "image"}``
+content item so that the processor expands it into the model's image tokens.
 
 Training rows are built from text *segments*: the rendered conversation cut at each answer, every
 segment flagged trainable (an answer) or not (a prompt). The first segment, which holds the image,
