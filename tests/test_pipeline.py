@@ -58,6 +58,7 @@ def _load_peft(model_dir: Path, adapter: Path):
     return PeftModel.from_pretrained(base, adapter)
 
 
+@pytest.mark.slow
 def test_pairs_records_are_valid(pipeline_run):
     _, root, _, stdout = pipeline_run
     rows = read_jsonl(root / "run" / "pairs" / "pairs.jsonl")
@@ -67,6 +68,7 @@ def test_pairs_records_are_valid(pipeline_run):
     assert "pairs (pairs) -> " in stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["dpo", "sft"])
 def test_adapters_load_and_are_trained(pipeline_run, stage):
     _, root, _, _ = pipeline_run
@@ -79,6 +81,7 @@ def test_adapters_load_and_are_trained(pipeline_run, stage):
     assert [e["step"] for e in log if "loss" in e] == [1, 2, 3, 4]
 
 
+@pytest.mark.slow
 def test_stages_are_wired_together(pipeline_run):
     _, root, _, _ = pipeline_run
     run = root / "run"
@@ -91,6 +94,7 @@ def test_stages_are_wired_together(pipeline_run):
     assert read_manifest(run / "eval" / "stic.json")["config"]["adapter"] == str(run / "sft")
 
 
+@pytest.mark.slow
 def test_infused_data_is_valid(pipeline_run):
     _, root, _, _ = pipeline_run
     original = json.loads((root / "instruct.json").read_text())
@@ -104,6 +108,7 @@ def test_infused_data_is_valid(pipeline_run):
         assert sample.infusion is not None
 
 
+@pytest.mark.slow
 def test_eval_results_are_valid(pipeline_run):
     _, root, _, _ = pipeline_run
     n_items = len(read_jsonl(root / "vqa.jsonl"))
@@ -117,6 +122,7 @@ def test_eval_results_are_valid(pipeline_run):
         assert all(("description" in r) is (name == "stic_dar") for r in results["items"])
 
 
+@pytest.mark.slow
 def test_every_stage_has_a_complete_manifest_matching_the_resolved_config(pipeline_run):
     _, root, _, _ = pipeline_run
     resolved = yaml.safe_load((root / "run" / "resolved_config.yaml").read_text())
@@ -132,6 +138,7 @@ def test_every_stage_has_a_complete_manifest_matching_the_resolved_config(pipeli
         assert manifest["config_hash"]
 
 
+@pytest.mark.slow
 def test_rerun_skips_every_stage_and_touches_nothing(pipeline_run):
     _, root, config_path, _ = pipeline_run
     run = root / "run"
@@ -176,6 +183,7 @@ def test_unknown_top_level_key_exits_2(tmp_path):
     assert "learning_rate: unknown key" in stderr
 
 
+@pytest.mark.slow
 def test_retraining_an_upstream_stage_reruns_the_stages_that_read_it(tmp_path):
     """Eval results must come from the adapter that is on disk now: when the SFT stage is
     redone (its config changed, with overwrite), the evals that read its adapter are redone too,

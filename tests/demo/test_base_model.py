@@ -63,6 +63,7 @@ def tiny_base(tmp_path_factory) -> Path:
 # ----------------------------------------------------------------------------- the built folder
 
 
+@pytest.mark.slow
 def test_built_folder_loads_with_transformers(tiny_base):
     from transformers import AutoModelForImageTextToText, AutoProcessor
 
@@ -80,6 +81,7 @@ def test_built_folder_loads_with_transformers(tiny_base):
     assert model.generation_config.pad_token_id == processor.tokenizer.pad_token_id
 
 
+@pytest.mark.slow
 def test_built_folder_loads_with_stic(tiny_base):
     from stic.modeling.models import load_model
 
@@ -88,12 +90,14 @@ def test_built_folder_loads_with_stic(tiny_base):
     assert processor.chat_template
 
 
+@pytest.mark.slow
 def test_only_safetensors_weights(tiny_base):
     names = {p.name for p in tiny_base.iterdir()}
     assert "model.safetensors" in names
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl"))]
 
 
+@pytest.mark.slow
 def test_recipe_report(tiny_base):
     report = json.loads((tiny_base / RECIPE_FILE).read_text())
     assert report["recipe"] == asdict(TINY)
@@ -108,6 +112,7 @@ def test_recipe_report(tiny_base):
     assert all(0.0 <= v <= 1.0 for v in probe.values())
 
 
+@pytest.mark.slow
 def test_chat_template_renders_user_turn_with_image(tiny_base):
     from transformers import AutoProcessor
 
@@ -121,6 +126,7 @@ def test_chat_template_renders_user_turn_with_image(tiny_base):
     )
 
 
+@pytest.mark.slow
 def test_build_is_reproducible(tiny_base, tmp_path):
     build_base_model(tmp_path / "again", TINY, progress=False)
     first = (tiny_base / "model.safetensors").read_bytes()
@@ -133,6 +139,7 @@ def test_build_is_reproducible(tiny_base, tmp_path):
 # ----------------------------------------------------------------------------- training
 
 
+@pytest.mark.slow
 def test_vision_tower_frozen_during_instruction_tuning():
     torch.manual_seed(TINY.seed)
     model, processor = build_untrained(TINY)
@@ -358,6 +365,7 @@ def test_shipped_model_is_small_and_documented_by_the_defaults():
     assert not [p for p in SHIPPED.iterdir() if p.suffix in (".bin", ".pt", ".pth")]
 
 
+@pytest.mark.slow
 @needs_shipped
 def test_shipped_model_describes_a_test_scene_and_stops():
     from stic.modeling.generation import Request, generate
@@ -411,6 +419,7 @@ def test_shipped_model_describes_test_scenes_as_measured():
     assert metrics["invented_prior_rate"] >= SHIPPED_PRIOR_INVENTED_MIN, metrics
 
 
+@pytest.mark.slow
 def test_a_base_model_built_for_another_world_is_refused(tiny_base, tmp_path, monkeypatch):
     import shutil
 

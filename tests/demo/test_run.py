@@ -481,6 +481,7 @@ def demo_run(tmp_path_factory):
     return {"out": out, "settings": settings, "results": results, "logs": logs}
 
 
+@pytest.mark.slow
 def test_demo_writes_results_with_every_arm_and_metric(demo_run):
     out, results = demo_run["out"], demo_run["results"]
     assert read_json(out / "results.json") == json.loads(json.dumps(results))
@@ -513,11 +514,13 @@ def test_demo_writes_results_with_every_arm_and_metric(demo_run):
     assert not (out / "seed0" / "stage2_only" / "dpo").exists()
 
 
+@pytest.mark.slow
 def test_demo_unlabeled_folder_holds_only_pixels(demo_run):
     folder = demo_run["out"] / "seed0" / "unlabeled"
     assert sorted(p.suffix for p in folder.iterdir()) == [".png"] * TINY_RUN.unlabeled
 
 
+@pytest.mark.slow
 def test_demo_rerun_reuses_every_output(demo_run, monkeypatch):
     _keep_truncated(monkeypatch)
     out, settings = demo_run["out"], demo_run["settings"]
@@ -596,6 +599,7 @@ ARM_SOURCES = {
 }
 
 
+@pytest.mark.slow
 def test_the_report_shows_each_arms_own_eval_files(demo_run):
     """On the real run: every arm's VQA accuracy is the accuracy in ITS eval file, its
     description metrics those of ITS descriptions, and results.md shows them."""
@@ -617,6 +621,7 @@ def test_the_report_shows_each_arms_own_eval_files(demo_run):
         assert row.split("|")[2].strip() == f"{100 * results['arms'][arm]['vqa_acc']:.1f}", arm
 
 
+@pytest.mark.slow
 def test_each_arm_reads_its_own_eval_files(demo_run, tmp_path):
     """The tiny run's answers are all wrong, so every arm scores 0 and a mix-up (stage 1
     reading full STIC's eval, no-negatives the base's) would pass the test above. Here a copy

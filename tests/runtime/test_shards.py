@@ -84,6 +84,7 @@ def sharded_pairs(tiny_model_factory, tmp_path_factory):
     return root, images
 
 
+@pytest.mark.slow
 def test_sharded_runs_make_the_same_decisions_as_an_unsharded_one(sharded_pairs, capsys):
     root, images = sharded_pairs
     s0, s1 = read_jsonl(root / "s0.jsonl"), read_jsonl(root / "s1.jsonl")
@@ -108,6 +109,7 @@ def test_sharded_runs_make_the_same_decisions_as_an_unsharded_one(sharded_pairs,
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["merged"] == 8
 
 
+@pytest.mark.slow
 def test_merge_fails_on_missing_ids_unless_allowed(sharded_pairs, capsys):
     root, images = sharded_pairs
     out = root / "partial.jsonl"
@@ -123,6 +125,7 @@ def test_merge_fails_on_missing_ids_unless_allowed(sharded_pairs, capsys):
     assert len(read_jsonl(out)) == len(read_jsonl(root / "s0.jsonl"))
 
 
+@pytest.mark.slow
 def test_merge_refuses_a_shard_given_twice(sharded_pairs, capsys):
     root, _ = sharded_pairs
     code = main(
@@ -132,6 +135,7 @@ def test_merge_refuses_a_shard_given_twice(sharded_pairs, capsys):
     assert "is in both" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_sharded_infuse_merges_back_in_data_order(tiny_model_factory, tmp_path, capsys):
     model = str(tiny_model_factory("llava"))
     images = tmp_path / "images"

@@ -43,6 +43,9 @@ from stic.stages.dpo import run_dpo
 from stic.stages.pairs import plan_pair, run_pairs
 from stic.testing import make_images
 
+# Every test here runs stages on a real tiny model end to end: seconds each.
+pytestmark = pytest.mark.slow
+
 KILL_POINTS = 10  # real SIGKILLs per stage, at least
 # The kill moments are seeded; STIC_CRASH_SEED=N draws other ones (to stress-test the harness).
 SEED = int(os.environ.get("STIC_CRASH_SEED", "0"))

@@ -96,6 +96,7 @@ def _load_adapter(model_dir, adapter):
     return PeftModel.from_pretrained(base, adapter)
 
 
+@pytest.mark.slow
 def test_output_is_a_loadable_peft_adapter_with_trained_lora(trained, llava):
     config, summary, _, _ = trained
     assert summary.details["global_step"] == 3 and summary.details["pairs"] == 4
@@ -109,6 +110,7 @@ def test_output_is_a_loadable_peft_adapter_with_trained_lora(trained, llava):
     assert not (Path(config.out) / "checkpoints").exists()
 
 
+@pytest.mark.slow
 def test_base_weights_are_untouched(trained, llava):
     from transformers import AutoModelForImageTextToText
 
@@ -128,6 +130,7 @@ def test_base_weights_are_untouched(trained, llava):
         assert torch.equal(base[key], value), key
 
 
+@pytest.mark.slow
 def test_lora_only_in_the_language_model(trained, llava):
     config, _, _, _ = trained
     model = _load_adapter(llava, config.out)
@@ -145,6 +148,7 @@ def test_lora_only_in_the_language_model(trained, llava):
     assert adapter_config["r"] == 4 and adapter_config["lora_alpha"] == 8
 
 
+@pytest.mark.slow
 def test_train_log_has_dpo_metrics(trained):
     config, _, _, _ = trained
     log = json.loads((Path(config.out) / "train_log.json").read_text())
@@ -170,6 +174,7 @@ def test_train_log_has_dpo_metrics(trained):
     assert steps[-1]["rewards/chosen"] != 0.0
 
 
+@pytest.mark.slow
 def test_reference_is_the_policy_with_adapters_disabled(trained):
     """At step 1 LoRA B is zero, so policy == reference: rewards 0, DPO loss log 2."""
     config, _, _, _ = trained
@@ -184,6 +189,7 @@ def test_reference_is_the_policy_with_adapters_disabled(trained):
     assert first["loss"] == pytest.approx(math.log(2) + ALPHA * first["loss/nll"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_mean_normalization_uses_the_per_token_mean(trained, tmp_path):
     config, _, _, _ = trained
     mean_config = replace(config, out=str(tmp_path / "mean"), nll_normalization="mean", max_steps=1)
@@ -195,6 +201,7 @@ def test_mean_normalization_uses_the_per_token_mean(trained, tmp_path):
     assert first["loss"] == pytest.approx(math.log(2) + ALPHA * first["loss/nll"], rel=1e-5)
 
 
+@pytest.mark.slow
 def test_gradient_accumulation_averages_the_loss_over_micro_batches(trained, tmp_path):
     """With accumulation 2 the logged (and back-propagated) loss is the mean over the two
     micro-batches, not their sum: older transformers 5.x skipped the division unless the
@@ -208,6 +215,7 @@ def test_gradient_accumulation_averages_the_loss_over_micro_batches(trained, tmp
     assert first["loss"] == pytest.approx(math.log(2) + ALPHA * first["loss/nll"], rel=1e-4)
 
 
+@pytest.mark.slow
 def test_rerun_of_a_complete_stage_is_skipped(trained):
     config, _, _, _ = trained
     out = Path(config.out)
@@ -231,6 +239,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_killed_run_resumes_from_its_last_checkpoint(llava, pairs_data, tmp_path, monkeypatch):
     pairs, images = pairs_data
     out = tmp_path / "stage1"

@@ -229,6 +229,7 @@ def test_image_tokens_match_image_features(family, load, image_dir):
     assert torch.isfinite(logits).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_batched_generation(family, load, image_dir):
     model, processor, _ = load(family)
