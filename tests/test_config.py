@@ -466,7 +466,7 @@ def test_presets_exist():
 @pytest.mark.parametrize("preset", PRESETS, ids=lambda p: p.name)
 def test_preset_loads_with_the_papers_values(preset):
     stages = load_run_config(preset, check_inputs=False)  # its data paths are placeholders
-    c = {s.stage: s.config for s in stages if s.stage != "eval"}
+    c = {s.stage: s.config for s in stages if s.stage not in ("eval", "bench")}
     assert set(c) == {"pairs", "dpo", "infuse", "sft"}, "a preset runs the whole method"
     pairs, dpo, infuse, sft = c["pairs"], c["dpo"], c["infuse"], c["sft"]
     assert pairs.temperature == 0.2
@@ -548,6 +548,9 @@ def test_top_level_help_lists_every_verb(capsys, restore_stic_logging):
         "merge",
         "convert",
         "doctor",
+        "bench",
+        "compare",
+        "export",
     }
     for verb in verbs:
         assert f"  {verb} " in out

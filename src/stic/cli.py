@@ -33,6 +33,14 @@ TOOLS = {
         "stic.tools.doctor",
         "Check the environment, a model, an adapter and an image folder before a run.",
     ),
+    "compare": (
+        "stic.tools.compare",
+        "The paper's Table 1 in form: bench results of several runs, deltas, 95% intervals.",
+    ),
+    "export": (
+        "stic.tools.export",
+        "Export an adapter for other tools: merged into a full checkpoint (--merge), or as is.",
+    ),
     "demo": (
         "stic.demo.run",
         "STIC's measured effect on a tiny pretrained LLaVA in a synthetic world, on CPU.",
@@ -40,6 +48,15 @@ TOOLS = {
     "demo-model": (
         "stic.demo.base_model",
         "Rebuild the demo's tiny base LLaVA from nothing (the package ships a copy).",
+    ),
+}
+
+# Commands that are a sub-verb of a stage: "<stage> <word>" -> (module whose main(argv) runs it,
+# help). `stic bench score ...` is one; `stic bench ...` is the stage.
+SUBTOOLS = {
+    "bench score": (
+        "stic.tools.bench_score",
+        "Score a predictions JSONL by a benchmark's official rule (no model).",
     ),
 }
 
@@ -59,6 +76,7 @@ def _usage() -> str:
     lines.append("usage: stic <command> [options]     (stic <command> --help for its options)")
     lines.append("")
     lines += [f"  {verb:<10} {text}" for verb, text in VERBS.items()]
+    lines += [f"  {verb:<10} {text}" for verb, (_, text) in SUBTOOLS.items()]
     lines += [
         "",
         "The paper's workflow: " + " -> ".join(STAGES) + ", or all at once with `stic run`.",
@@ -147,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             return _run(rest)
         if verb in TOOLS:
             return importlib.import_module(TOOLS[verb][0]).main(rest)
+        if rest and f"{verb} {rest[0]}" in SUBTOOLS:
+            return importlib.import_module(SUBTOOLS[f"{verb} {rest[0]}"][0]).main(rest[1:])
         config = _parse_stage(verb, rest)
         print_summary(f"{verb} -> {config.out}", run_stage(verb, config))
         return 0

@@ -293,6 +293,101 @@ class EvalConfig(GenerationOptions):
     )
 
 
+# The names of ``stic.data.benchmarks.BENCHMARKS``, the one benchmark registry (config may not
+# import data; tests/stages/test_bench.py checks that the two lists are the same).
+BENCHMARK_NAMES = (
+    "scienceqa_img",
+    "textvqa",
+    "chartqa",
+    "mmbench_en_dev",
+    "mathvista_testmini",
+    "llava_bench_wild",
+    "mmvet",
+    "pope_adversarial",
+    "pope_popular",
+    "pope_random",
+)
+
+
+@dataclass(kw_only=True)
+class BenchConfig(GenerationOptions):
+    """Answer one of the paper's benchmarks by its protocol and score it by its official rule.
+
+    Greedy decoding, LLaVA-1.5's prompts and limits (recorded in the result). Scoring an existing
+    predictions file needs no model: see `stic bench score --help`; tabulate runs with
+    `stic compare`.
+    """
+
+    OUT_SUFFIXES: ClassVar[tuple[str, ...]] = (".json",)
+
+    benchmark: Literal[BENCHMARK_NAMES] = _help(
+        "Benchmark to run (docs/benchmarks.md: where to get each, what --data takes)."
+    )
+    data: str = _help(
+        "The benchmark as downloaded: hub parquet files or a save_to_disk folder, or the "
+        "original release files (format detected)."
+    )
+    images: str | None = _help(
+        "Image folder of the original release (e.g. COCO val2014 for POPE); default: where the "
+        "release keeps it. Not needed for hub parquet or MMBench's TSV (images inside).",
+        default=None,
+    )
+    out: str = _help(
+        "Output JSON: metrics (percent), per-category metrics, every item's prediction, extracted "
+        "answer and score, the protocol, model, adapter and dar."
+    )
+    adapter: str | None = _help("PEFT adapter to apply (none: the base model).", default=None)
+    dar: bool = _help(
+        "Describe-and-respond: describe the image first (the image is given), then answer with "
+        "the description in front of the question.",
+        default=False,
+    )
+    max_new_tokens: int | None = _help(
+        "Longest answer generated (default: the benchmark protocol's limit, 128 or 1024).",
+        default=None,
+    )
+    dar_max_new_tokens: int = _help(
+        "Longest description generated in describe-and-respond (LLaVA-1.5: 1024).", default=1024
+    )
+    dar_cache: str | None = _help(
+        "JSONL cache of describe-and-respond descriptions, keyed by (model, adapter, image bytes, "
+        "prompt, token limit) and shared by every benchmark that uses it, so an image is "
+        "described once (default: dar_descriptions.jsonl beside --out).",
+        default=None,
+    )
+    judge_url: str | None = _help(
+        "Judge: an OpenAI-compatible chat-completions endpoint (e.g. http://127.0.0.1:8000/v1); "
+        "required for llava_bench_wild and mmvet, optional for mathvista_testmini.",
+        default=None,
+    )
+    judge_model: str | None = _help(
+        "Judge model name (sent with each request and recorded in the result).", default=None
+    )
+    judge_key_env: str | None = _help(
+        "NAME of the environment variable holding the judge's API key (the key is never written).",
+        default=None,
+    )
+    judge_cache: str | None = _help(
+        "JSONL cache of raw judge replies (default: <out>.judge_cache.jsonl); a rerun pays only "
+        "for prompts it does not hold.",
+        default=None,
+    )
+    judge_concurrency: int = _help("Judge requests in flight.", default=4)
+    judge_timeout: float = _help("Seconds to wait for one judge reply.", default=120.0)
+
+    # The judge's address, key and cache and the description cache change where things come
+    # from, never the result; the judge model is part of the result.
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = (
+        *GenerationOptions.RUNTIME_FIELDS,
+        "dar_cache",
+        "judge_url",
+        "judge_key_env",
+        "judge_cache",
+        "judge_concurrency",
+        "judge_timeout",
+    )
+
+
 def _type_ok(value: Any, annotation: Any) -> bool:
     origin = typing.get_origin(annotation)
     if origin is Literal:
@@ -367,8 +462,9 @@ def value_errors(config: Any, where: str = "", cls: type | None = None) -> list[
         "save_steps",
         "logging_steps",
         "lowres_short_side",
+        "judge_concurrency",
     ):
-        if hasattr(config, name):
+        if getattr(config, name, None) is not None:  # max_new_tokens None: the protocol's
             check(name, getattr(config, name) >= 1, "must be >= 1")
     for name in ("limit", "max_steps"):
         value = getattr(config, name, None)
@@ -395,6 +491,9 @@ def value_errors(config: Any, where: str = "", cls: type | None = None) -> list[
         if hasattr(config, name):
             check(name, 0 <= getattr(config, name) <= 1, "must be in [0, 1]")
     # transformers reads a warm-up value >= 1 as a number of steps: 1.0 would mean ONE step.
+    check("judge_timeout", getattr(config, "judge_timeout", 1) > 0, "must be > 0")
+    if bool(getattr(config, "judge_url", None)) != bool(getattr(config, "judge_model", None)):
+        errors.append(f"{where}judge_url, judge_model: give both or neither")
     ratio = getattr(config, "warmup_ratio", 0)
     check("warmup_ratio", 0 <= ratio < 1, "must be in [0, 1): a fraction of the training steps")
     check("jitter_hue", 0 <= getattr(config, "jitter_hue", 0) <= 0.5, "must be in [0, 0.5]")

@@ -10,10 +10,14 @@ The YAML's keys mirror the command-line flags (underscores or dashes)::
     sft:    {lr: 2.0e-5}
     eval:
       - {name: vqa, data: /data/vqa.jsonl, images: /data/vqa, dar: true}
+    bench:
+      - {benchmark: pope_random, data: /data/POPE, images: /data/coco/val2014, at: final, dar: true}
 
 A stage runs when its section is present. The pipeline wires outputs to inputs (pairs -> dpo ->
-infuse -> sft -> eval) under ``output_dir``; those keys cannot be set by hand. Each eval entry
-may say ``at: base | stage1 | final`` (default: the last adapter trained). A stage whose output is
+infuse -> sft -> eval, bench) under ``output_dir``; those keys cannot be set by hand. Each eval
+and bench entry may say ``at: base | stage1 | final`` (default: the last adapter trained); eval
+entries write ``eval/<name>.json``, bench entries ``bench/<name>.json`` (name default: the
+benchmark, plus ``_<at>`` and ``_dar`` where given), so ``stic compare`` can read each arm. A stage whose output is
 complete for the same config is skipped, so a rerun after a crash picks up where it stopped.
 Relative paths are taken from the current directory.
 """
@@ -44,6 +48,8 @@ logger = logging.getLogger(__name__)
 STAGE_ORDER = tuple(STAGES)
 SHARED_KEYS = ("model", "dtype", "seed", "trust_remote_code", "allow_pickle", "overwrite")
 EVAL_AT = ("base", "stage1", "final")
+# Stages whose section is a list of entries, each run at one adapter (``at``).
+ENTRY_STAGES = ("eval", "bench")
 
 
 @dataclass(frozen=True)
@@ -99,7 +105,7 @@ def plan(data: Any) -> list[PlannedStage]:
     if not present:
         errors.append(f"no stage sections: add one or more of {', '.join(STAGE_ORDER)}")
 
-    sections = {s: top[s] for s in present if s != "eval"}
+    sections = {s: top[s] for s in present if s not in ENTRY_STAGES}
     for stage in sections:
         sections[stage] = _normalize_keys(sections[stage], f"{stage}.", errors)
 
@@ -143,42 +149,75 @@ def plan(data: Any) -> list[PlannedStage]:
         except ConfigError as e:
             errors += str(e).splitlines()
 
-    if "eval" in top:
-        entries = top["eval"] if isinstance(top["eval"], list) else [top["eval"]]
-        names = set()
-        for i, entry in enumerate(entries):
-            where = f"eval[{i}]."
-            entry = _normalize_keys(entry, where, errors)
-            name = entry.pop("name", f"eval{i}")
-            at = entry.pop("at", "final")
-            if at not in EVAL_AT:
-                errors.append(f"{where}at: {at!r} is not one of {', '.join(EVAL_AT)}")
-                continue
-            if at != "base" and at not in adapters:
-                errors.append(f"{where}at: {at!r} needs the stage that trains it in this config")
-                continue
-            if name in names:
-                errors.append(f"{where}name: {name!r} is used twice")
-            names.add(name)
-            for key in ("out", "adapter"):
-                if key in entry:
-                    errors.append(
-                        f"{where}{key}: set by the pipeline (use 'at' to pick the adapter)"
-                    )
-            merged = {
-                **shared,
-                **entry,
-                "out": str(root / "eval" / f"{name}.json"),
-                "adapter": adapters[at],
-            }
-            try:
-                planned.append(
-                    PlannedStage("eval", name, build(STAGES["eval"].config, merged, where))
-                )
-            except ConfigError as e:
-                errors += str(e).splitlines()
+    for kind in ENTRY_STAGES:
+        if kind in top:
+            planned += _plan_entries(kind, top[kind], shared, root, adapters, errors)
     if errors:
         raise ConfigError("\n".join(errors))
+    return planned
+
+
+def _default_name(kind: str, index: int, entry: dict, at: str) -> str:
+    """eval: ``eval<i>``; bench: ``<at>[_dar]/<benchmark>``, so that each arm's results are one
+    folder of ``<benchmark>.json`` files, as ``stic compare`` reads them."""
+    if kind != "bench" or not isinstance(entry.get("benchmark"), str):
+        return f"{kind}{index}"
+    return f"{at}{'_dar' if entry.get('dar') is True else ''}/{entry['benchmark']}"
+
+
+def _plan_entries(
+    kind: str,
+    section: Any,
+    shared: dict,
+    root: Path,
+    adapters: dict[str, str | None],
+    errors: list[str],
+) -> list[PlannedStage]:
+    """The planned runs of an entry list (``eval:`` or ``bench:``): one per entry, each at the
+    adapter its ``at`` names, writing ``<output_dir>/<kind>/<name>.json``."""
+    entries = section if isinstance(section, list) else [section]
+    names: set[str] = set()
+    planned = []
+    for i, entry in enumerate(entries):
+        where = f"{kind}[{i}]."
+        entry = _normalize_keys(entry, where, errors)
+        at = entry.pop("at", "final")
+        name = entry.pop("name", None) or _default_name(kind, i, entry, at)
+        if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts:
+            errors.append(f"{where}name: {name!r} must be a relative name without '..'")
+            continue
+        if at not in EVAL_AT:
+            errors.append(f"{where}at: {at!r} is not one of {', '.join(EVAL_AT)}")
+            continue
+        if at != "base" and at not in adapters:
+            errors.append(f"{where}at: {at!r} needs the stage that trains it in this config")
+            continue
+        if name in names:
+            errors.append(f"{where}name: {name!r} is used twice")
+        names.add(name)
+        for key in ("out", "adapter"):
+            if key in entry:
+                errors.append(f"{where}{key}: set by the pipeline (use 'at' to pick the adapter)")
+        merged = {
+            **shared,
+            **entry,
+            "out": str(root / kind / f"{name}.json"),
+            "adapter": adapters[at],
+        }
+        try:
+            config = build(STAGES[kind].config, merged, where)
+        except ConfigError as e:
+            errors += str(e).splitlines()
+            continue
+        if kind == "bench" and not config.judge_url:
+            from stic.data.benchmarks import get_spec  # not stic.stages.bench: no torch here
+
+            if get_spec(config.benchmark).judge == "required":
+                errors.append(
+                    f"{where}judge_url: {config.benchmark} is scored by a judge model; give "
+                    "judge_url and judge_model (any OpenAI-compatible chat-completions endpoint)"
+                )
+        planned.append(PlannedStage(kind, name, config))
     return planned
 
 
@@ -235,13 +274,15 @@ def _looks_local(model: str) -> bool:
     return model.startswith((".", "/", "~")) or model.count("/") > 1
 
 
-def _path_problem(key: str, value: str) -> str | None:
+def _path_problem(key: str, value: str, file_or_folder: bool = False) -> str | None:
     path = Path(value).expanduser()
     if not path.exists():
         return f"{value} does not exist"
-    if key in _FOLDERS and not path.is_dir():
+    if file_or_folder:
+        pass
+    elif key in _FOLDERS and not path.is_dir():
         return f"{value} is not a folder"
-    if key not in _FOLDERS and not path.is_file():
+    elif key not in _FOLDERS and not path.is_file():
         return f"{value} is not a file"
     if not os.access(path, os.R_OK | (os.X_OK if path.is_dir() else 0)):
         return f"{value} is not readable"
@@ -261,30 +302,59 @@ def input_problems(stages: list[PlannedStage]) -> list[str]:
     reported: set[Path] = set()
     produced: set[Path] = set()
 
-    def check(where: str, key: str, value: Any) -> None:
+    def check(where: str, key: str, value: Any, file_or_folder: bool = False) -> bool:
+        """False when a problem with ``value`` is (or was already) reported."""
         if not isinstance(value, str) or not value:
-            return
+            return True
         resolved = Path(value).expanduser().resolve()
-        if resolved in produced or resolved in reported:
-            return
-        problem = _path_problem(key, value)
+        if resolved in produced:
+            return True
+        if resolved in reported:
+            return False
+        problem = _path_problem(key, value, file_or_folder)
         if problem:
             reported.add(resolved)
             problems.append(f"{where}{key}: {problem}")
+        return problem is None
 
     models = {s.config.model for s in stages if isinstance(getattr(s.config, "model", None), str)}
     for model in sorted(models):
         if _looks_local(model):
             check("", "model", model)
+    benchmarks_read: dict[tuple, str | None] = {}
     for index, stage in enumerate(stages):
-        if stage.stage == "eval":
-            where = f"eval[{sum(s.stage == 'eval' for s in stages[:index])}]."
+        if stage.stage in ENTRY_STAGES:
+            where = f"{stage.stage}[{sum(s.stage == stage.stage for s in stages[:index])}]."
         else:
             where = f"{stage.stage}."
-        for key in INPUT_KEYS:
-            check(where, key, getattr(stage.config, key, None))
-        produced.add(Path(stage.config.out).expanduser().resolve())
+        config = stage.config
+        if stage.stage == "bench":
+            # A benchmark is a file or a folder (hub parquet shards, a release folder), read
+            # now as the stage will read it: a wrong folder is found before hours of training.
+            ok = check(where, "data", config.data, file_or_folder=True)
+            ok = check(where, "images", config.images) and ok
+            ok = check(where, "adapter", config.adapter) and ok
+            source = (config.benchmark, config.data, config.images)
+            if ok and source not in benchmarks_read:
+                benchmarks_read[source] = _benchmark_problem(*source)
+            if ok and benchmarks_read[source]:
+                problems.append(f"{where}data: {benchmarks_read[source]}")
+        else:
+            for key in INPUT_KEYS:
+                check(where, key, getattr(config, key, None))
+        produced.add(Path(config.out).expanduser().resolve())
     return problems
+
+
+def _benchmark_problem(benchmark: str, data: str, images: str | None) -> str | None:
+    """Why ``data`` cannot be read as ``benchmark`` (the reader's one line), or None."""
+    from stic.data.benchmarks import BenchmarkDataError, read_benchmark
+
+    try:
+        read_benchmark(benchmark, data, images)
+    except (BenchmarkDataError, OSError, ValueError) as e:
+        return str(e)
+    return None
 
 
 def load_run_config(path: str | Path, check_inputs: bool = True) -> list[PlannedStage]:
@@ -310,7 +380,7 @@ def load_run_config(path: str | Path, check_inputs: bool = True) -> list[Planned
 def write_resolved(stages: list[PlannedStage], output_dir: str | Path) -> Path:
     path = Path(output_dir) / "resolved_config.yaml"
     resolved = {
-        f"{s.stage}:{s.name}" if s.stage == "eval" else s.stage: normalized(s.config)
+        f"{s.stage}:{s.name}" if s.stage in ENTRY_STAGES else s.stage: normalized(s.config)
         for s in stages
     }
     atomic_write_text(path, yaml.safe_dump(redact(resolved), sort_keys=False))

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from stic.config import DPOConfig, EvalConfig, InfuseConfig, PairsConfig, SFTConfig
+from stic.config import BenchConfig, DPOConfig, EvalConfig, InfuseConfig, PairsConfig, SFTConfig
 
 
 @dataclass(frozen=True)
@@ -91,6 +91,19 @@ STAGES: dict[str, Stage] = {
             output="file",
             example="stic eval --model M --adapter stage2 --data vqa.jsonl "
             "--images vqa_images --dar --out results.json",
+        ),
+        Stage(
+            name="bench",
+            help="Answer one of the paper's benchmarks by its protocol and score it "
+            "(stic bench score: score a predictions file, no model).",
+            config=BenchConfig,
+            run="stic.stages.bench:run_bench",
+            inputs=("model", "adapter", "data", "images"),
+            output="file",
+            example="stic bench --benchmark pope_random --data POPE/ --images coco/val2014 "
+            "--model M --adapter stage2 --dar --out results/stic_dar/pope_random.json\n"
+            "  stic bench score --benchmark pope_random --data POPE/ --images coco/val2014 "
+            "--predictions pred.jsonl --out pope_random.json   (no model; see stic bench score --help)",
         ),
     )
 }

@@ -108,7 +108,9 @@ class GenerationStage(Generic[Item]):
 
     ``make_records(items, images, model, processor)`` returns one record (a dict with ``id``) per
     item, in order. ``image_of`` gives an item's image path relative to ``images`` (``None``:
-    the item needs no image). ``finish(records, out)`` writes the output from the records of the
+    the item needs no image). ``load_image(item)``, when given, loads the item's image itself
+    (images held in the data, e.g. parquet bytes) and raises ImageError or ValueError for one
+    that cannot be used; ``image_of`` then only names the image in ``bad_items``. ``finish(records, out)`` writes the output from the records of the
     selected items, in their order; ``None`` when the records file IS the output (pairs).
     ``details(records)`` computes the stage's figures from those records. ``adopt(out)`` lists
     why an output without a manifest cannot be resumed (``None``: it never can).
@@ -122,6 +124,7 @@ class GenerationStage(Generic[Item]):
     finish: Callable[[list[dict], Path], None] | None = None
     adopt: Callable[[Path], list[str]] | None = None
     unit: str = "item"
+    load_image: Callable[[Item], Any] | None = None
 
 
 def records_path(stage: GenerationStage, out: Path) -> Path:
@@ -229,7 +232,10 @@ def _load_images(
     for item in batch:
         relative = stage.image_of(item)
         try:
-            image = None if relative is None else load_image(resolve_image_path(root, relative))
+            if stage.load_image is not None:
+                image = stage.load_image(item)
+            else:
+                image = None if relative is None else load_image(resolve_image_path(root, relative))
         except (ImageError, ValueError) as e:
             bad[stage.item_id(item)] = f"{relative}: {e}"
             continue
