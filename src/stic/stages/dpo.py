@@ -30,6 +30,7 @@ from stic.runtime.files import atomic_write_text
 from stic.stages.runner import StageSummary
 from stic.stages.training import (
     Collator,
+    is_main_process,
     load_training_image,
     require_images,
     stage_files,
@@ -120,14 +121,15 @@ def run_dpo(config: DPOConfig, model=None, processor=None) -> StageSummary:
         pairs = read_pairs_any(config.pairs, config.pairs_format, images_root=config.images)
         require_images(config.images, [(f"{config.pairs}: pair {p.id!r}", p.image) for p in pairs])
         pairs, dropped, counts = filter_pairs(pairs, FilterSettings.of(config))
-        # Dropped pairs stay inspectable, with the filter that dropped each.
-        atomic_write_text(
-            out / DROPPED,
-            "".join(
-                json.dumps({"reason": r, **p.to_dict()}, ensure_ascii=False) + "\n"
-                for r, p in dropped
-            ),
-        )
+        # Dropped pairs stay inspectable, with the filter that dropped each (written once).
+        if is_main_process():
+            atomic_write_text(
+                out / DROPPED,
+                "".join(
+                    json.dumps({"reason": r, **p.to_dict()}, ensure_ascii=False) + "\n"
+                    for r, p in dropped
+                ),
+            )
         for reason, count in counts.items():
             if count:
                 logger.info(

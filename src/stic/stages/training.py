@@ -3,6 +3,14 @@
 Both stages run a ``transformers.Trainer`` (so resume, accelerate, DeepSpeed and ``report_to``
 work as users know them), write checkpoints under ``<out>/checkpoints`` while running, resume
 from the last one on a rerun, and finish with a plain PEFT adapter folder at ``<out>``.
+
+Started by a launcher (``torchrun``, ``accelerate launch``; ``WORLD_SIZE`` > 1) every process
+runs the stage and the Trainer trains data-parallel: each process sees its share of every global
+batch (``batch_size`` x ``grad_accum`` x processes). The main process alone holds the output's
+lock and writes the manifest, the training log, the dropped pairs and the adapter; the others
+follow its decisions (where the stage stands, which checkpoint to resume) through the process
+group, and fail when it fails to claim the output. On a machine without a GPU the processes
+talk over gloo (a test runs two here); on GPUs over NCCL.
 """
 
 from __future__ import annotations
@@ -10,9 +18,11 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +40,127 @@ from stic.stages.runner import StageSummary, claim_output
 logger = logging.getLogger(__name__)
 
 CHECKPOINTS = "checkpoints"
+# transformers' default; also bounds how long the other processes wait for the main one.
+DDP_TIMEOUT_S = 1800
+
+
+def launched_processes() -> int:
+    """How many processes the launcher started (``WORLD_SIZE``; 1 without a launcher)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _on_cpu() -> bool:
+    """Whether the processes must train on the CPU: no CUDA/XPU device, or ``accelerate launch --cpu``.
+
+    Must be said explicitly: accelerate treats a launched process without a GPU as a lone one
+    (``distributed_type`` NO) unless told it runs on the CPU; see :func:`process_settings`.
+    """
+    if os.environ.get("ACCELERATE_USE_CPU", "false").lower() in ("1", "true", "yes"):
+        return True
+    xpu = getattr(torch, "xpu", None)
+    return not (torch.cuda.is_available() or (xpu is not None and xpu.is_available()))
+
+
+def process_settings() -> dict[str, Any]:
+    """``TrainingArguments`` settings that make launched processes one data-parallel run.
+
+    Without ``use_cpu``, accelerate joined the launcher's process group on a GPU-less machine but
+    called the run not distributed: each process trained its own model on the whole data set and
+    all of them wrote the output. gloo is named so that an MPI build of torch does not pick MPI.
+    On GPUs accelerate picks NCCL itself. One process: nothing (MPS and single GPUs as before).
+    """
+    if launched_processes() > 1 and _on_cpu():
+        return {"use_cpu": True, "ddp_backend": "gloo"}
+    return {}
+
+
+def _zero3() -> bool:
+    """Whether ``accelerate launch`` set up DeepSpeed ZeRO stage 3 (from its config or its JSON)."""
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() != "true":
+        return False
+    if os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3":
+        return True
+    file = os.environ.get("ACCELERATE_DEEPSPEED_CONFIG_FILE")
+    if file and file != "none":
+        try:
+            stage = read_json(file).get("zero_optimization", {}).get("stage")
+        except (OSError, ValueError, AttributeError):
+            return False
+        return str(stage) == "3"
+    return False
+
+
+def checkpointing_reentrant() -> bool:
+    """Which activation checkpointing ``--gradient_checkpointing`` uses in this launch.
+
+    Non-reentrant (``use_reentrant=False``) by default: DDP needs it (reentrant recomputation
+    runs outside DDP's autograd hooks), and one process, ZeRO-2 and FSDP work with it. Reentrant
+    under DeepSpeed ZeRO-3, which PEFT is known to need there (gathered weights freed before the
+    non-reentrant recomputation); not run here, as no GPU is (see README, Scaling out).
+    """
+    return _zero3()
+
+
+def start_processes() -> None:
+    """Join the launcher's process group (a no-op in a single process or once joined).
+
+    Done before the stage claims its output, so the main process can tell the others what it
+    found. The same accelerate state the Trainer builds later from :func:`process_settings`.
+    """
+    if launched_processes() <= 1 or torch.distributed.is_initialized():
+        return
+    from accelerate import PartialState
+
+    settings = process_settings()
+    PartialState(
+        cpu=settings.get("use_cpu", False),
+        backend=settings.get("ddp_backend"),
+        timeout=timedelta(seconds=DDP_TIMEOUT_S),
+    )
+
+
+def _distributed() -> bool:
+    return torch.distributed.is_available() and torch.distributed.is_initialized()
+
+
+def is_main_process() -> bool:
+    """Whether this process writes the stage's files: rank 0, or the only process."""
+    return not _distributed() or torch.distributed.get_rank() == 0
+
+
+def world_size() -> int:
+    return torch.distributed.get_world_size() if _distributed() else 1
+
+
+def from_main(value: Any) -> Any:
+    """The main process's ``value`` (picklable), in every process; ``value`` itself in one."""
+    if not _distributed():
+        return value
+    box = [value if is_main_process() else None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def wait_for_all() -> None:
+    if _distributed():
+        torch.distributed.barrier()
+
+
+def _checkpointing_arguments(config: TrainOptions) -> dict[str, Any]:
+    """Activation checkpointing settings under the names this transformers takes.
+
+    transformers >= 5.2x renamed ``gradient_checkpointing*`` to ``activation_checkpointing*``
+    (the old names warn); older 5.x know only the old ones.
+    """
+    from transformers import TrainingArguments
+
+    names = {f.name for f in fields(TrainingArguments)}
+    prefix = "activation" if "activation_checkpointing" in names else "gradient"
+    settings: dict[str, Any] = {f"{prefix}_checkpointing": config.gradient_checkpointing}
+    if config.gradient_checkpointing:
+        kwargs = {"use_reentrant": checkpointing_reentrant()}
+        settings[f"{prefix}_checkpointing_kwargs"] = kwargs
+    return settings
 
 
 def training_arguments(config: TrainOptions, model_dtype: torch.dtype):
@@ -48,7 +179,12 @@ def training_arguments(config: TrainOptions, model_dtype: torch.dtype):
         warmup_steps=config.warmup_ratio,
         lr_scheduler_type=config.lr_scheduler,
         weight_decay=config.weight_decay,
-        gradient_checkpointing=config.gradient_checkpointing,
+        **_checkpointing_arguments(config),
+        **process_settings(),
+        ddp_timeout=DDP_TIMEOUT_S,
+        # Every trainable weight (LoRA on the language model) gets a gradient at every step, so
+        # DDP need not search the graph for unused ones (the Trainer would, for a PeftModel).
+        ddp_find_unused_parameters=False,
         logging_steps=config.logging_steps,
         logging_first_step=True,
         save_strategy="steps",
@@ -113,7 +249,11 @@ def training_model(config: TrainOptions, model=None, processor=None, adapter: st
     elif adapter is not None:
         model = load_adapter(model, adapter, trainable=True, allow_pickle=config.allow_pickle)
     if adapter is None:
-        model = add_new_lora(model, config)
+        # A function of the seed, not of whatever ran before: a rerun, and a run with any number
+        # of processes, starts from the same adapter (the Trainer seeds only after this).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            model = add_new_lora(model, config)
     if config.gradient_checkpointing:
         model.enable_input_require_grads()
     return model, processor
@@ -187,6 +327,10 @@ def stage_files(extra: tuple[str, ...] = ()) -> list[str]:
     return [CHECKPOINTS, TRAIN_LOG, *ADAPTER_FILES, *extra]
 
 
+class OutputNotClaimed(RuntimeError):
+    """The main process could not claim the output (its own error says why)."""
+
+
 @contextlib.contextmanager
 def training_output(
     stage: str, config: TrainOptions, files: list[str]
@@ -195,37 +339,63 @@ def training_output(
 
     Otherwise writes the ``running`` manifest (naming ``files``) and yields ``None``. A run that
     fails before its first checkpoint leaves nothing behind: no manifest claims it is running.
+    Launched as several processes, the main one claims (lock, checks, manifest) and tells the
+    others what it found; they raise :class:`OutputNotClaimed` if it could not claim.
     """
-    out = Path(config.out)
-    with claim_output(stage, config) as status:
-        if status == "complete":
-            # Checkpoints are removed after the complete manifest is written; a kill in between
-            # leaves them, so they are removed here (at 7B they are gigabytes of optimizer state).
-            shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
-            recorded = (read_manifest(out) or {}).get("summary", {})
-            yield StageSummary(
-                stage,
-                str(out),
-                up_to_date=True,
-                items=recorded.get("items", 0),
-                details=recorded.get("details", {}),
+    start_processes()
+    if not is_main_process():
+        found = from_main(None)
+        if found is None:
+            raise OutputNotClaimed(
+                f"{config.out}: the main process (rank 0) could not claim the output; its error says why"
             )
-            return
-        write_manifest(out, stage, config, "running", files=files)
-        try:
-            yield None
-        except BaseException:
-            if status == "new" and last_checkpoint(out) is None:
-                remove_output(out)
-            raise
+        yield None if found == "run" else StageSummary(**found)
+        return
+    out = Path(config.out)
+    told = False
+    try:
+        with claim_output(stage, config) as status:
+            if status == "complete":
+                # Checkpoints are removed after the complete manifest is written; a kill in
+                # between leaves them, so they are removed here (at 7B they are gigabytes).
+                shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+                recorded = (read_manifest(out) or {}).get("summary", {})
+                summary = StageSummary(
+                    stage,
+                    str(out),
+                    up_to_date=True,
+                    items=recorded.get("items", 0),
+                    details=recorded.get("details", {}),
+                )
+                told = from_main(summary.to_dict()) is not None
+                yield summary
+                return
+            write_manifest(out, stage, config, "running", files=files)
+            told = from_main("run") is not None
+            try:
+                yield None
+            except BaseException:
+                if status == "new" and last_checkpoint(out) is None:
+                    remove_output(out)
+                raise
+    except BaseException:
+        if not told:
+            from_main(None)  # the others are waiting to hear: tell them it failed
+        raise
 
 
 def train_and_save(
     trainer, config: TrainOptions, stage: str, processor, files: list[str], details: dict
 ) -> StageSummary:
-    """Train (resuming from the last checkpoint if any), save the adapter and processor, finish the manifest."""
+    """Train (resuming from the last checkpoint if any), save the adapter and processor, finish the manifest.
+
+    Called by every launched process; only the main one writes (the Trainer saves its
+    checkpoints and the adapter from the main process, gathering sharded weights first).
+    """
     out = Path(config.out)
-    resume = last_checkpoint(out)
+    main = is_main_process()
+    # The main process chooses (and removes torn checkpoints); all resume from the same one.
+    resume = from_main(last_checkpoint(out) if main else None)
     if resume:
         logger.info("resuming %s from %s", stage, resume)
     if resume is not None and _finished(resume):
@@ -241,11 +411,8 @@ def train_and_save(
         train_loss = None  # the Trainer reports it for the steps of one train() call: none here
     else:
         train_loss = trainer.train(resume_from_checkpoint=resume).training_loss
-    before = {p.name for p in out.iterdir()}
-    trainer.save_model(str(out))
-    processor.save_pretrained(str(out))
-    atomic_write_json(out / TRAIN_LOG, trainer.state.log_history)
-    written = [p.name for p in out.iterdir() if p.name not in before]
+    before = {p.name for p in out.iterdir()} if main else set()
+    trainer.save_model(str(out))  # in every process: ZeRO-3 and FSDP gather the weights first
     items = len(trainer.train_dataset)
     summary = StageSummary(
         stage,
@@ -256,9 +423,15 @@ def train_and_save(
             "global_step": trainer.state.global_step,
             "resumed_from": resume,
             "train_loss": train_loss,
+            "world_size": world_size(),
             **details,
         },
     )
-    write_manifest(out, stage, config, "complete", summary.to_dict(), files=files + written)
-    shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    if main:
+        processor.save_pretrained(str(out))
+        atomic_write_json(out / TRAIN_LOG, trainer.state.log_history)
+        written = [p.name for p in out.iterdir() if p.name not in before]
+        write_manifest(out, stage, config, "complete", summary.to_dict(), files=files + written)
+        shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
+    wait_for_all()  # every process returns once the output is complete
     return summary
