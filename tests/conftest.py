@@ -9,12 +9,17 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import importlib.util  # noqa: E402
 import pathlib  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 
 import pytest  # noqa: E402
 
 from stic.testing import build_tiny_model, make_images  # noqa: E402
+
+# tests/vllm/ need vLLM, which lives in its own environment: `make test-vllm` builds .venv-vllm
+# and runs them there (CI runs both). Elsewhere they are not collected.
+collect_ignore = [] if importlib.util.find_spec("vllm") else ["vllm"]
 
 
 @pytest.fixture(scope="session")

@@ -76,6 +76,15 @@ class GenerationOptions(ModelOptions):
         "Device for generation: auto (cuda if available, else cpu), cpu, cuda, cuda:1.",
         default="auto",
     )
+    backend: Literal["hf", "vllm"] = _help(
+        "Generation engine. hf: transformers generate, batch_size requests per left-padded "
+        "batch. vllm: vLLM's engine (paged KV cache, continuous batching; pip install "
+        "'stic[vllm]'), batch_size requests per engine call, so give it hundreds; each request "
+        "sampled with its own seed. Same prompts, decisions and record fields; the generated text "
+        "may differ in the last bits of the arithmetic, so the backend is part of the config "
+        "hash: a run is never resumed with the other backend's answers mixed in.",
+        default="hf",
+    )
     batch_size: int = _help("Images per generate() call (left-padded batch).", default=8)
     limit: int | None = _help(
         "Process at most this many items (the first ones in id order).", default=None
@@ -232,6 +241,16 @@ class DPOConfig(TrainOptions):
     lr: float = _help("Peak learning rate (reference: 1e-7).", default=1e-7)
     batch_size: int = _help(
         "Pairs per device per forward pass (each pair is two sequences).", default=1
+    )
+    precompute_reference: Literal["auto", "on", "off"] = _help(
+        "Reference log-probs: on = computed once before training (one no-grad pass over the pairs "
+        "with the adapter disabled, stored in <out>/reference_logps.jsonl by pair id and model, "
+        "resumable), saving the reference forward pass of every step; off = computed at every "
+        "step, as TRL does by default. auto = on when that is exact: the reference is the base "
+        "model with its adapters disabled, so LoRA dropout never reaches it, and it is exact "
+        "whenever the base model has no active dropout of its own (LLaVA and Qwen2-VL configs "
+        "set 0); with such dropout, auto computes per step.",
+        default="auto",
     )
 
 

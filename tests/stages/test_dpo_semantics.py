@@ -9,7 +9,8 @@ tests check its meaning, each against a computation made independently of the tr
 - the reference is the base model: with a NON-zero adapter (so a reference pass that kept the
   adapter on would differ) and LoRA dropout 0, the loss equals one computed by hand from the
   base model's and the adapted model's log-probs, including the mean-normalised NLL term, whose
-  divisor is the chosen answer's own token count read from the labels.
+  divisor is the chosen answer's own token count read from the labels;
+- reference log-probs computed once before training give the per-step loss and gradients.
 """
 
 from __future__ import annotations
@@ -27,8 +28,17 @@ from stic.data.prompts import BAD_PROMPTS, GOOD_PROMPT, PLAIN_PROMPTS
 from stic.data.schemas import PairRecord
 from stic.modeling.chat import IGNORE_INDEX, TrainRow, encode_rows, render_segments
 from stic.modeling.losses import answer_logps
+from stic.runtime.files import read_jsonl
 from stic.runtime.images import load_image
-from stic.stages.dpo import DPOTrainer, PairCollator, run_dpo
+from stic.stages.dpo import (
+    REFERENCE,
+    DPOTrainer,
+    PairCollator,
+    WithReference,
+    precompute_reference_logps,
+    reference_is_exact,
+    run_dpo,
+)
 from stic.testing import make_images
 
 pytestmark = pytest.mark.slow
@@ -244,3 +254,98 @@ def test_loss_uses_the_base_model_as_reference_and_the_chosen_lengths(
     assert loss == pytest.approx(by_hand(reference), rel=1e-5, abs=1e-6)
     # The check can tell: a reference pass that kept the adapter on gives another value.
     assert abs(by_hand(policy) - by_hand(reference)) > 0.05
+
+
+# ----------------------------------------------------------------------------- reference computed once
+
+
+def _loss_and_grads(model, trainer, batch) -> tuple[float, dict[str, torch.Tensor]]:
+    model.zero_grad()
+    model.train()  # as the Trainer runs it: the per-step reference pass is in train mode too
+    loss = trainer.compute_loss(model, dict(batch))
+    loss.backward()
+    grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    model.zero_grad()
+    model.eval()
+    return loss.item(), grads
+
+
+def test_precomputed_reference_gives_the_per_step_loss_and_gradients(pair_files, adapted, tmp_path):
+    _, images, pairs = pair_files
+    model, processor = adapted
+    for param_name, param in model.named_parameters():
+        param.requires_grad_("lora_" in param_name)
+    collator = PairCollator(processor, str(images), max_length=512)
+    # Scored one pair at a time, in reverse order: other padding than the training batch.
+    reference = precompute_reference_logps(
+        model, pairs[::-1], collator, tmp_path / REFERENCE, "m", batch_size=1
+    )
+    trainer = _trainer(model, tmp_path, nll_coef=1 / 64, normalization="sum")
+    batch = collator(pairs)
+    loss, grads = _loss_and_grads(model, trainer, batch)
+    with_reference = WithReference(collator, reference)(pairs)
+    assert with_reference["reference_logps"].shape == (2 * len(pairs),)
+    loss_pre, grads_pre = _loss_and_grads(model, trainer, with_reference)
+    assert loss_pre == pytest.approx(loss, rel=1e-5, abs=1e-6)
+    assert grads.keys() == grads_pre.keys() and grads
+    for name, grad in grads.items():
+        torch.testing.assert_close(grads_pre[name], grad, rtol=1e-4, atol=1e-6, msg=name)
+    # The stored values are the reference's: another (wrong) reference gives another loss.
+    shifted = {k: (c + 1.0, r) for k, (c, r) in reference.items()}
+    wrong, _ = _loss_and_grads(model, trainer, WithReference(collator, shifted)(pairs))
+    assert abs(wrong - loss) > 1e-3
+
+
+def test_reference_logps_resume_and_are_keyed_by_model(pair_files, adapted, tmp_path):
+    _, images, pairs = pair_files
+    model, processor = adapted
+    collator = PairCollator(processor, str(images), max_length=512)
+    path = tmp_path / REFERENCE
+    first = precompute_reference_logps(model, pairs[:2], collator, path, "m", batch_size=2)
+    calls = []
+    counting = lambda chunk: calls.append(len(chunk)) or collator(chunk)  # noqa: E731
+    both = precompute_reference_logps(model, pairs, counting, path, "m", batch_size=4)
+    assert calls == [len(pairs) - 2]  # only the pairs not stored yet
+    assert {k: both[k] for k in first} == first
+    assert [r["id"] for r in read_jsonl(path)] == [p.id for p in pairs]
+    calls.clear()
+    precompute_reference_logps(model, pairs, counting, path, "another model", batch_size=4)
+    assert calls == [len(pairs)]  # another model's values are not reused
+
+
+def test_exactness_is_decided_by_the_base_models_dropout(llava):
+    from stic.modeling.models import add_lora
+
+    model, _ = _load_base(llava)
+    peft_model = add_lora(model, r=4, alpha=8, dropout=0.3, layer_names=LORA_LAYERS.split(","))
+    assert reference_is_exact(peft_model)  # LoRA dropout never reaches the reference
+    next(m for m in peft_model.modules() if hasattr(m, "attention_dropout")).attention_dropout = 0.1
+    assert not reference_is_exact(peft_model)
+
+
+def test_a_dpo_run_stores_its_reference_and_says_so(llava, pair_files, tmp_path):
+    pairs_path, images, pairs = pair_files
+    config = DPOConfig(
+        model=str(llava),
+        pairs=str(pairs_path),
+        images=str(images),
+        out=str(tmp_path / "dpo"),
+        max_steps=2,
+        batch_size=2,
+        lora_r=4,
+        lora_alpha=8,
+        save_steps=100,
+        logging_steps=1,
+    )
+    summary = run_dpo(config)
+    assert summary.details["reference"] == "precomputed"
+    rows = read_jsonl(tmp_path / "dpo" / REFERENCE)
+    assert sorted(r["id"] for r in rows) == sorted(p.id for p in pairs)
+    assert all(json.loads(r["model"])["model"] == str(llava) for r in rows)
+    off = run_dpo(
+        DPOConfig(
+            **{**config.__dict__, "out": str(tmp_path / "off"), "precompute_reference": "off"}
+        )
+    )
+    assert off.details["reference"] == "per step"
+    assert not (tmp_path / "off" / REFERENCE).exists()

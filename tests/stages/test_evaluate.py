@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import stic.modeling.backends
 import stic.stages.evaluate
 from stic.config import EvalConfig
 from stic.data.prompts import DAR_DESCRIBE_PROMPT, question_prompt
@@ -64,7 +65,7 @@ class FakeModel:
 
 @pytest.fixture
 def scripted(monkeypatch):
-    """stic.stages.evaluate.generate replaced: describes by image size, answers by the question."""
+    """The HF backend's generate replaced: describes by image size, answers by the question."""
     calls: list[dict] = []
 
     def fake_generate(model, processor, requests, **kwargs):
@@ -79,7 +80,7 @@ def scripted(monkeypatch):
                 out.append(Generation(ANSWERS[question], "stop", 2))
         return out
 
-    monkeypatch.setattr(stic.stages.evaluate, "generate", fake_generate)
+    monkeypatch.setattr(stic.modeling.backends, "generate", fake_generate)
     return calls
 
 

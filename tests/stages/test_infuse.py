@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+import stic.modeling.backends
 import stic.stages.infuse
 from stic.config import InfuseConfig
 from stic.data.prompts import PLAIN_PROMPTS
@@ -180,7 +181,7 @@ def test_each_sample_gets_the_description_of_its_own_image(instruct_data, tmp_pa
     data, images, raw = instruct_data
     seen = []
 
-    def fake_generate(model, processor, requests, *, max_new_tokens, temperature=0.0, seed=None):
+    def fake_generate(model, processor, requests, *, max_new_tokens, temperature=0.0, **_):
         seen.append([r.prompt for r in requests])
         return [
             Generation(f"an image of size {r.image.size[0]}x{r.image.size[1]}", "stop", 5)
@@ -191,7 +192,7 @@ def test_each_sample_gets_the_description_of_its_own_image(instruct_data, tmp_pa
         def eval(self):
             return self
 
-    monkeypatch.setattr(stic.stages.infuse, "generate", fake_generate)
+    monkeypatch.setattr(stic.modeling.backends, "generate", fake_generate)
     for batch_size in (1, 4):
         out = tmp_path / f"b{batch_size}" / "infused.json"
         config = _config("fake/model", data, images, out, batch_size=batch_size)

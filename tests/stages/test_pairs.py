@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import stic.modeling.backends
 import stic.stages.pairs
 from stic.cli import main
 from stic.config import PairsConfig
@@ -114,7 +115,7 @@ class FakeModel:
 
 @pytest.fixture
 def scripted(monkeypatch):
-    """Replace stic.stages.pairs.generate: record every call, answer with unique texts."""
+    """Replace the HF backend's generate: record every call, answer with unique texts."""
     calls: list[dict] = []
     by_text: dict[str, Request] = {}
 
@@ -138,7 +139,7 @@ def scripted(monkeypatch):
             out.append(Generation(text=text, finish=finish, num_tokens=5))
         return out
 
-    monkeypatch.setattr(stic.stages.pairs, "generate", fake_generate)
+    monkeypatch.setattr(stic.modeling.backends, "generate", fake_generate)
     return calls, by_text
 
 

@@ -1,7 +1,10 @@
 """Stage 1b: fine-tune on the preference pairs with DPO plus an NLL term (see :mod:`stic.modeling.losses`).
 
 LoRA on the language model's linear layers; the vision tower and projector stay frozen. The
-reference model is the same network with its adapters disabled, so no second copy is held.
+reference model is the same network with its adapters disabled, so no second copy is held. Its
+log-probs never change, so by default they are computed once before training (one batched
+no-grad pass, stored in ``<out>/reference_logps.jsonl`` by pair id and model, resumable) and
+each step runs only the policy's forward pass (``--precompute-reference``).
 A small ``transformers.Trainer`` subclass supplies the loss at its documented extension point,
 ``compute_loss``; everything else (optimizer, schedule, accumulation, checkpoints, resume,
 accelerate/DeepSpeed, ``report_to``) is the Trainer's.
@@ -13,10 +16,12 @@ import functools
 import json
 import logging
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch import nn
 from transformers import Trainer
 
 from stic.config import DPOConfig
@@ -25,8 +30,9 @@ from stic.data.formats import read_pairs_any
 from stic.data.prompts import strip_image_placeholder
 from stic.data.schemas import PairRecord
 from stic.modeling.chat import TrainRow, render_segments
+from stic.modeling.generation import batched
 from stic.modeling.losses import answer_logps, dpo_nll_loss
-from stic.runtime.files import atomic_write_text
+from stic.runtime.files import append_jsonl, atomic_write_text, read_jsonl
 from stic.stages.runner import StageSummary
 from stic.stages.training import (
     Collator,
@@ -44,6 +50,7 @@ logger = logging.getLogger(__name__)
 
 STAGE = "dpo"
 DROPPED = "dropped_pairs.jsonl"
+REFERENCE = "reference_logps.jsonl"
 
 
 def pair_rows(pairs: Sequence[PairRecord], processor, images_root: str) -> list[TrainRow]:
@@ -64,6 +71,99 @@ def pair_rows(pairs: Sequence[PairRecord], processor, images_root: str) -> list[
 PairCollator = functools.partial(Collator, rows=pair_rows)
 
 
+@dataclass(frozen=True)
+class WithReference:
+    """A pair collator whose batches also carry the precomputed reference log-probs.
+
+    ``reference_logps``: ``(2P,)`` float32, the P chosen then the P rejected (the row order of
+    the batch), looked up by pair id in ``reference`` (id -> (chosen, rejected)).
+    """
+
+    collator: Callable[[Sequence[PairRecord]], dict]
+    reference: dict[str, tuple[float, float]]
+
+    def __call__(self, pairs: Sequence[PairRecord]) -> dict[str, torch.Tensor]:
+        batch = self.collator(pairs)
+        values = [self.reference[p.id][0] for p in pairs] + [self.reference[p.id][1] for p in pairs]
+        batch["reference_logps"] = torch.tensor(values, dtype=torch.float32)
+        return batch
+
+
+def reference_model_id(config: DPOConfig) -> str:
+    """What the stored reference log-probs belong to: the base model and how it is computed."""
+    return json.dumps(
+        {"model": str(config.model), "dtype": config.dtype, "max_length": config.max_length},
+        sort_keys=True,
+    )
+
+
+@torch.no_grad()
+def precompute_reference_logps(
+    model: nn.Module,
+    pairs: Sequence[PairRecord],
+    collator: Callable[[Sequence[PairRecord]], dict],
+    path: Path,
+    model_id: str,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+) -> dict[str, tuple[float, float]]:
+    """Summed reference log-probs of every pair's chosen and rejected answer: ``id -> (chosen,
+    rejected)``, from ``model`` (a peft model) with its adapters disabled, in eval mode.
+
+    Appended to ``path`` batch by batch (``{"id", "model", "chosen", "rejected"}`` a line), so a
+    killed run resumes; lines of another ``model_id`` are not used. Values are float32 numbers
+    written exactly (a float32 is exactly a JSON double).
+    """
+    found = {
+        row["id"]: (row["chosen"], row["rejected"])
+        for row in read_jsonl(path, repair=True, key="id")
+        if row.get("model") == model_id
+    }
+    todo = [pair for pair in pairs if pair.id not in found]
+    if todo:
+        logger.info("reference log-probs: %d pairs to score (%d stored)", len(todo), len(found))
+    was_training = model.training
+    model.eval()
+    try:
+        with model.disable_adapter():
+            for chunk in batched(todo, batch_size):
+                inputs = {
+                    k: v.to(device) if isinstance(v, torch.Tensor) else v
+                    for k, v in collator(chunk).items()
+                }
+                labels = inputs.pop("labels")
+                logps, _ = answer_logps(model(**inputs).logits, labels)
+                values = logps.float().tolist()
+                rows = [
+                    {
+                        "id": pair.id,
+                        "model": model_id,
+                        "chosen": values[i],
+                        "rejected": values[len(chunk) + i],
+                    }
+                    for i, pair in enumerate(chunk)
+                ]
+                append_jsonl(path, rows)
+                found.update((r["id"], (r["chosen"], r["rejected"])) for r in rows)
+    finally:
+        model.train(was_training)
+    return {pair.id: found[pair.id] for pair in pairs}
+
+
+def reference_is_exact(model: nn.Module) -> bool:
+    """Whether a reference computed once (eval mode) equals the per-step one (train mode):
+    true when no dropout outside the LoRA layers is active in training."""
+    for name, module in model.named_modules():
+        if "lora_dropout" in name:
+            continue
+        if isinstance(module, nn.Dropout) and module.p > 0:
+            return False
+        rate = getattr(module, "attention_dropout", 0.0)
+        if isinstance(rate, float) and rate > 0:
+            return False
+    return True
+
+
 class DPOTrainer(Trainer):
     """``Trainer`` whose loss is :func:`stic.modeling.losses.dpo_nll_loss` on a peft model."""
 
@@ -82,10 +182,12 @@ class DPOTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
         labels = inputs.pop("labels")
+        reference = inputs.pop("reference_logps", None)  # precomputed (WithReference)
         num_pairs = labels.shape[0] // 2
         policy, tokens = answer_logps(model(**inputs).logits, labels)
-        with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
-            reference, _ = answer_logps(model(**inputs).logits, labels)
+        if reference is None:
+            with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
+                reference, _ = answer_logps(model(**inputs).logits, labels)
         loss, metrics = dpo_nll_loss(
             policy[:num_pairs],
             policy[num_pairs:],
@@ -114,7 +216,7 @@ def run_dpo(config: DPOConfig, model=None, processor=None) -> StageSummary:
     ``config.model`` is loaded. The model must not already carry an adapter.
     """
     out = Path(config.out)
-    files = stage_files((DROPPED,))
+    files = stage_files((DROPPED, REFERENCE))
     with training_output(STAGE, config, files) as done:
         if done is not None:
             return done
@@ -141,14 +243,41 @@ def run_dpo(config: DPOConfig, model=None, processor=None) -> StageSummary:
                 "see --filter-* options and " + str(out / DROPPED)
             )
         model, processor = training_model(config, model, processor)
+        collator = PairCollator(processor, config.images, config.max_length)
+        precompute = config.precompute_reference == "on" or (
+            config.precompute_reference == "auto" and reference_is_exact(model)
+        )
+        reference: dict[str, tuple[float, float]] = {}
         trainer = DPOTrainer(
             model=model,
             args=training_arguments(config, model.dtype),
             train_dataset=pairs,
-            data_collator=PairCollator(processor, config.images, config.max_length),
+            data_collator=WithReference(collator, reference) if precompute else collator,
             beta=config.beta,
             nll_coef=config.alpha,
             nll_normalization=config.nll_normalization,
         )
-        details = {"pairs": len(pairs), "dropped": dict(counts), "dropped_file": str(out / DROPPED)}
+        if precompute and trainer.args.world_size > 1:
+            # Every process would score every pair into one file; per step is correct there.
+            logger.info("reference log-probs: per step (precomputing runs in one process only)")
+            trainer.data_collator = collator
+            precompute = False
+        if precompute:
+            reference.update(
+                precompute_reference_logps(
+                    trainer.model,
+                    pairs,
+                    collator,
+                    out / REFERENCE,
+                    reference_model_id(config),
+                    batch_size=config.batch_size,
+                    device=trainer.args.device,
+                )
+            )
+        details = {
+            "pairs": len(pairs),
+            "dropped": dict(counts),
+            "dropped_file": str(out / DROPPED),
+            "reference": "precomputed" if precompute else "per step",
+        }
         return train_and_save(trainer, config, STAGE, processor, files, details)

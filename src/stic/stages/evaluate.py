@@ -14,7 +14,7 @@ from stic.config import EvalConfig
 from stic.data.prompts import DAR_DESCRIBE_PROMPT, infuse_description, question_prompt
 from stic.data.schemas import EvalItem, EvalResult, read_eval_items
 from stic.data.scoring import is_correct
-from stic.modeling.generation import Request, generate
+from stic.modeling.generation import Request
 from stic.runtime.files import atomic_write_json
 from stic.runtime.manifests import remove_output
 from stic.stages.runner import GenerationStage, StageSummary, run_generation
@@ -30,14 +30,12 @@ def item_prompt(item: EvalItem, instruction: str | None, description: str | None
 
 
 def answer_batch(
-    items: list[EvalItem], images: list, config: EvalConfig, model, processor
+    items: list[EvalItem], images: list, config: EvalConfig, backend
 ) -> list[EvalResult]:
     """Greedy answers for a batch of items (with their loaded images), scored."""
     descriptions: list[str | None] = [None] * len(items)
     if config.dar:
-        described = generate(
-            model,
-            processor,
+        described = backend.generate(
             [Request(DAR_DESCRIBE_PROMPT, image) for image in images],
             max_new_tokens=config.dar_max_new_tokens,
         )
@@ -46,7 +44,7 @@ def answer_batch(
         Request(item_prompt(item, config.instruction, description), image)
         for item, image, description in zip(items, images, descriptions, strict=True)
     ]
-    answers = generate(model, processor, requests, max_new_tokens=config.max_new_tokens)
+    answers = backend.generate(requests, max_new_tokens=config.max_new_tokens)
     return [
         EvalResult(
             id=item.id,
@@ -71,7 +69,7 @@ def accuracy_details(results: list[dict]) -> dict:
     }
 
 
-def run_eval(config: EvalConfig, model=None, processor=None) -> StageSummary:
+def run_eval(config: EvalConfig, model=None, processor=None, backend=None) -> StageSummary:
     """Score ``config.data``; writes ``config.out`` (the figures + every item) and returns the summary.
 
     A rerun reuses the answers already made; the model is loaded only if one is missing. An
@@ -85,15 +83,21 @@ def run_eval(config: EvalConfig, model=None, processor=None) -> StageSummary:
         name=STAGE,
         item_id=lambda item: item.id,
         image_of=lambda item: item.image,
-        make_records=lambda batch, images, model, processor: [
-            r.to_dict() for r in answer_batch(batch, images, config, model, processor)
+        make_records=lambda batch, images, backend: [
+            r.to_dict() for r in answer_batch(batch, images, config, backend)
         ],
         details=lambda results: {**accuracy_details(results), **about},
         finish=lambda results, out: _write_results(out, results, about),
         unit="q",
     )
     summary = run_generation(
-        stage, config, items, model=model, processor=processor, adapter=config.adapter
+        stage,
+        config,
+        items,
+        model=model,
+        processor=processor,
+        adapter=config.adapter,
+        backend=backend,
     )
     if items and not summary.details["n"]:
         remove_output(config.out)  # an accuracy over nothing is not a result to keep

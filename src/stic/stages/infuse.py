@@ -14,7 +14,7 @@ import logging
 from stic.config import InfuseConfig
 from stic.data.prompts import PLAIN_PROMPTS, infuse_description
 from stic.data.schemas import InstructSample, Turn, read_instruct
-from stic.modeling.generation import Request, generate
+from stic.modeling.generation import Request
 from stic.runtime.files import atomic_write_json
 from stic.runtime.rng import item_rng, item_seed
 from stic.runtime.shards import select_shard
@@ -54,11 +54,12 @@ def join_descriptions(
     return out
 
 
-def run_infuse(config: InfuseConfig, model=None, processor=None) -> StageSummary:
+def run_infuse(config: InfuseConfig, model=None, processor=None, backend=None) -> StageSummary:
     """Describe every image sample of ``config.data`` and write the infused list to ``config.out``.
 
-    A rerun reuses the descriptions already made; the model is loaded only if one is missing.
-    Text-only samples pass through unchanged.
+    A rerun reuses the descriptions already made; the model is loaded (``config.backend``
+    opened with the stage-1 adapter) only if one is missing. Text-only samples pass through
+    unchanged.
     """
     samples = read_instruct(config.data)
     if config.limit is not None:
@@ -88,21 +89,20 @@ def run_infuse(config: InfuseConfig, model=None, processor=None) -> StageSummary
         model=model,
         processor=processor,
         adapter=config.adapter,
+        backend=backend,
     )
 
 
 def describe(
-    samples: list[InstructSample], images: list, model, processor, *, config: InfuseConfig
+    samples: list[InstructSample], images: list, backend, *, config: InfuseConfig
 ) -> list[dict]:
     """One description record per sample: ``{id, description, prompt, finish}``."""
     prompts = [description_prompt(sample.id, config.seed) for sample in samples]
-    outputs = generate(
-        model,
-        processor,
+    outputs = backend.generate(
         [Request(prompt, image) for prompt, image in zip(prompts, images, strict=True)],
         max_new_tokens=config.max_new_tokens,
         temperature=config.temperature,
-        seed=item_seed(config.seed, samples[0].id, "generate"),
+        seeds=[item_seed(config.seed, sample.id, "generate") for sample in samples],
     )
     return [
         {"id": sample.id, "description": gen.text, "prompt": prompt, "finish": gen.finish}

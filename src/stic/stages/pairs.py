@@ -23,7 +23,7 @@ from stic.config import PairsConfig
 from stic.data.corruptions import apply_corruption, sample_corruption
 from stic.data.prompts import BAD_PROMPTS, GOOD_PROMPT, PLAIN_PROMPTS
 from stic.data.schemas import PairRecord
-from stic.modeling.generation import Request, generate
+from stic.modeling.generation import Request
 from stic.runtime.files import read_jsonl
 from stic.runtime.images import scan_images
 from stic.runtime.rng import item_rng, item_seed
@@ -63,11 +63,11 @@ def plan_pair(image_id: str, config: PairsConfig) -> PairPlan:
     return PairPlan(image_id, stored_prompt, kind, rng.choice(PLAIN_PROMPTS), corruption)
 
 
-def run_pairs(config: PairsConfig, model=None, processor=None) -> StageSummary:
+def run_pairs(config: PairsConfig, model=None, processor=None, backend=None) -> StageSummary:
     """Write one :class:`PairRecord` per image to ``config.out``, resuming what is there.
 
-    ``model``/``processor`` may be passed in (tests, the demo); otherwise they are loaded, and
-    only if some image still needs a pair.
+    ``model``/``processor`` (tests, the demo) or an open ``backend`` may be passed in; otherwise
+    ``config.backend`` is opened, and only if some image still needs a pair.
     """
     scan = scan_images(config.images, limit=config.limit)
     # Folder entries that cannot become ids (names not UTF-8, link loops) are reported like
@@ -89,6 +89,7 @@ def run_pairs(config: PairsConfig, model=None, processor=None) -> StageSummary:
         model=model,
         processor=processor,
         known_bad=unlisted,
+        backend=backend,
     )
 
 
@@ -133,10 +134,12 @@ def adoption_problems(out: Path, config: PairsConfig) -> list[str]:
     return problems
 
 
-def make_pairs(
-    image_ids: list[str], images: list, model, processor, *, config: PairsConfig
-) -> list[dict]:
-    """One pair record per image: the chosen and the rejected answer, as planned for the image."""
+def make_pairs(image_ids: list[str], images: list, backend, *, config: PairsConfig) -> list[dict]:
+    """One pair record per image: the chosen and the rejected answer, as planned for the image.
+
+    Each answer has its own seed from (seed, image id, which answer): vLLM samples each with it;
+    HF samples a batch with the seed of its first image (:mod:`stic.modeling.backends`).
+    """
     plans = [plan_pair(image_id, config) for image_id in image_ids]
     rejected_images = [
         image if plan.corruption is None else apply_corruption(image, plan.corruption)
@@ -147,22 +150,17 @@ def make_pairs(
     options = dict(
         max_new_tokens=config.max_new_tokens, temperature=config.temperature, top_p=config.top_p
     )
-    first = plans[0].id
-    chosen_outputs = generate(
-        model,
-        processor,
+    chosen_outputs = backend.generate(
         [Request(GOOD_PROMPT, image) for image in images],
-        seed=item_seed(config.seed, first, "generate-chosen"),
+        seeds=[item_seed(config.seed, plan.id, "generate-chosen") for plan in plans],
         **options,
     )
-    rejected_outputs = generate(
-        model,
-        processor,
+    rejected_outputs = backend.generate(
         [
             Request(plan.rejected_prompt, image)
             for plan, image in zip(plans, rejected_images, strict=True)
         ],
-        seed=item_seed(config.seed, first, "generate-rejected"),
+        seeds=[item_seed(config.seed, plan.id, "generate-rejected") for plan in plans],
         **options,
     )
     sampling = sampling_settings(config)

@@ -1,16 +1,18 @@
 """What every stage does alike, written once: claim the output, skip what is done, append
 crash-safely, finish, and report in one summary type.
 
-A generating stage (pairs, infuse, eval) hands :func:`run_generation` its selected items and
-three functions that say only what differs: the item's id, the item's image, and how a batch of
-items with their loaded images becomes records. The runner:
+A generating stage (pairs, infuse, eval, bench) hands :func:`run_generation` its selected items
+and three functions that say only what differs: the item's id, the item's image, and how a batch
+of items with their loaded images becomes records, given a generation backend
+(:mod:`stic.modeling.backends`: ``--backend hf|vllm``). The runner:
 
 1. refuses an output that is or holds an input, or that another run holds (a lock), and checks
    the manifest (resume, skip, refuse, or ``--overwrite``);
 2. reads the records already made (a torn last line from a kill is cut) and keeps the items
    that have none;
 3. loads each batch's images (an unreadable one is reported in ``bad_items``, never fatal),
-   loads the model only when a batch needs it, and appends the batch's records, fsynced;
+   opens the backend (loads the model) only when a batch needs it, and appends the batch's
+   records, fsynced; it logs the plan (items, batches) first and an ETA after the first batches;
 4. if anything changed, writes the output from the selected items' records (``finish``) and a
    complete manifest. One definition of complete: the manifest says complete, the selection is
    the one it recorded, and no selected item lacks a record.
@@ -32,7 +34,7 @@ from typing import Any, Generic, Literal, TypeVar
 from tqdm.auto import tqdm
 
 from stic.config import PATH_FIELDS
-from stic.modeling.models import model_loader
+from stic.modeling.backends import lazy_backend
 from stic.runtime.files import append_jsonl, read_jsonl
 from stic.runtime.images import ImageError, load_image, resolve_image_path
 from stic.runtime.locks import output_lock
@@ -106,8 +108,10 @@ def selection_hash(ids: Sequence[str]) -> str:
 class GenerationStage(Generic[Item]):
     """What one generating stage supplies to :func:`run_generation`.
 
-    ``make_records(items, images, model, processor)`` returns one record (a dict with ``id``) per
-    item, in order. ``image_of`` gives an item's image path relative to ``images`` (``None``:
+    ``make_records(items, images, backend)`` returns one record (a dict with ``id``) per item,
+    in order; ``backend.generate(requests, ..., seeds=...)`` generates
+    (:mod:`stic.modeling.backends`). ``image_of`` gives an item's image path relative to
+    ``images`` (``None``:
     the item needs no image). ``load_image(item)``, when given, loads the item's image itself
     (images held in the data, e.g. parquet bytes) and raises ImageError or ValueError for one
     that cannot be used; ``image_of`` then only names the image in ``bad_items``. ``finish(records, out)`` writes the output from the records of the
@@ -140,12 +144,14 @@ def run_generation(
     processor=None,
     adapter: str | None = None,
     known_bad: dict[str, str] | None = None,
+    backend=None,
 ) -> StageSummary:
     """Make a record for every item of ``items`` that has none yet; see the module docstring.
 
     ``known_bad``: items found unusable before the run (folder entries whose names cannot be ids),
-    reported with the rest. ``model``/``processor`` may be passed in; otherwise they are loaded
-    from ``config`` (with ``adapter``) the first time a batch needs them.
+    reported with the rest. ``model``/``processor`` (run by the HF backend) or an open
+    ``backend`` may be passed in; otherwise ``config.backend`` is opened on ``config.model``
+    (with ``adapter``) the first time a batch needs it, and closed at the end.
     """
     out = Path(config.out)
     ids = [stage.item_id(item) for item in items]
@@ -164,17 +170,18 @@ def run_generation(
             summary.up_to_date = True
             summary.details = _details(stage, done, ids, selection)
             return summary
-        # Before the manifest: a model path that does not exist fails with nothing written.
-        get_model = model_loader(config, model, processor, adapter=adapter)
-        if status != "complete":
-            write_manifest(out, stage.name, config, "running")
-        try:
-            _generate(stage, config, todo, records_file, done, summary, get_model)
-        except BaseException:
-            if status == "new" and not records_file.exists():
-                # Failed before its first record: no manifest may claim a run is under way.
-                manifest_path(out).unlink(missing_ok=True)
-            raise
+        # Before the manifest: a model path that does not exist, or a backend that is not
+        # installed, fails with nothing written.
+        with lazy_backend(config, model, processor, adapter, backend) as get_backend:
+            if status != "complete":
+                write_manifest(out, stage.name, config, "running")
+            try:
+                _generate(stage, config, todo, records_file, done, summary, get_backend)
+            except BaseException:
+                if status == "new" and not records_file.exists():
+                    # Failed before its first record: no manifest may claim a run is under way.
+                    manifest_path(out).unlink(missing_ok=True)
+                raise
         for reason in summary.bad_items.values():
             logger.warning("%s: left out %s", stage.name, reason)
         summary.details = _details(stage, done, ids, selection)
@@ -192,32 +199,80 @@ def _generate(
     records_file: Path,
     done: dict,
     summary: StageSummary,
-    get_model: Callable[[], tuple],
+    get_backend: Callable[[], Any],
 ) -> None:
     """Make and append the records of ``todo``, batch by batch, with a progress bar."""
     batch_size = config.batch_size
+    batches = -(-len(todo) // batch_size)
     logger.info(
-        "%s: %d items to make (%d already done), in %d batches of up to %d",
+        "%s: %d items to make (%d already done), in %d batches of up to %d, backend %s",
         stage.name,
         len(todo),
         summary.already_done,
-        -(-len(todo) // batch_size),
+        batches,
         batch_size,
+        getattr(config, "backend", "hf"),
     )
     started = time.monotonic()
+    timed = Throughput()
     with tqdm(total=len(todo), desc=stage.name, unit=stage.unit) as bar:
-        for start in range(0, len(todo), batch_size):
+        for number, start in enumerate(range(0, len(todo), batch_size), start=1):
             batch = todo[start : start + batch_size]
             kept, images = _load_images(stage, batch, config.images, summary.bad_items)
             if kept:
-                records = stage.make_records(kept, images, *get_model())
+                backend = get_backend()  # opening it (loading the model) is not throughput
+                began = time.monotonic()
+                records = stage.make_records(kept, images, backend)
+                timed.add(len(kept), time.monotonic() - began)
                 append_jsonl(records_file, records)
                 done.update((row["id"], row) for row in records)
                 summary.made += len(records)
             bar.update(len(batch))
+            if number == ETA_AFTER_BATCHES and number < batches and timed.items:
+                left = len(todo) - start - len(batch)
+                logger.info(
+                    "%s: %.2f %s/s over the first %d batches; %d items left, ETA %s",
+                    stage.name,
+                    timed.rate,
+                    stage.unit,
+                    number,
+                    left,
+                    format_duration(left / timed.rate),
+                )
     if summary.made:
         elapsed = time.monotonic() - started
         logger.info("%s: %d made in %.0f s", stage.name, summary.made, elapsed)
+
+
+# The ETA is logged after this many batches: the first includes warm-up (allocator, caches),
+# so a rate over a few is closer to the run's.
+ETA_AFTER_BATCHES = 3
+
+
+@dataclass
+class Throughput:
+    """Items made and seconds spent making them (model loading excluded)."""
+
+    items: int = 0
+    seconds: float = 0.0
+
+    def add(self, items: int, seconds: float) -> None:
+        self.items += items
+        self.seconds += seconds
+
+    @property
+    def rate(self) -> float:
+        return self.items / max(self.seconds, 1e-9)
+
+
+def format_duration(seconds: float) -> str:
+    """``3h05m``, ``12m30s`` or ``45s``."""
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
 
 
 def _details(stage: GenerationStage, done: dict, ids: list[str], selection: str) -> dict:
