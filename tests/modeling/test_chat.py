@@ -14,6 +14,7 @@ from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from stic.modeling.chat import (
     IGNORE_INDEX,
+    RowTooLong,
     TrainRow,
     assistant_message,
     encode_rows,
@@ -265,14 +266,21 @@ def test_encode_rows_truncation_cuts_answers_only(family, load, images):
     assert cut["labels"][0].tolist() == [IGNORE_INDEX] * prompt_len + answer_ids[:3]
     assert cut["attention_mask"][0].tolist() == [1] * (prompt_len + 3)
 
-    # A limit below the prompt keeps the whole prompt (image tokens included) and no answer.
-    tiny = encode_rows(processor, [row], max_length=5)
-    assert tiny["input_ids"][0].tolist() == full_ids[:prompt_len]
-    assert (tiny["labels"] == IGNORE_INDEX).all()
+    # One answer token left: the image tokens are all there.
+    one = encode_rows(processor, [row], max_length=prompt_len + 1)
     image_token_id = model.config.image_token_id
-    assert (tiny["input_ids"] == image_token_id).sum() == full_ids.count(image_token_id)
-    if "mm_token_type_ids" in tiny:
-        assert tiny["mm_token_type_ids"].shape == tiny["input_ids"].shape
+    assert (one["input_ids"] == image_token_id).sum() == full_ids.count(image_token_id)
+    assert one["labels"][0].tolist() == [IGNORE_INDEX] * prompt_len + answer_ids[:1]
+    if "mm_token_type_ids" in one:
+        assert one["mm_token_type_ids"].shape == one["input_ids"].shape
+    # A limit the prompt alone reaches is refused: cutting it would cut the image, and keeping
+    # it whole would train on nothing.
+    images_in_prompt = full_ids[:prompt_len].count(image_token_id)
+    for limit in (5, prompt_len):
+        with pytest.raises(RowTooLong, match=f"prompt is {prompt_len} tokens") as caught:
+            encode_rows(processor, [row], max_length=limit)
+        assert f"{images_in_prompt} of them image tokens" in str(caught.value)
+        assert f"raise --max-length above {prompt_len}" in str(caught.value)
 
 
 @pytest.mark.parametrize("family", FAMILIES)

@@ -76,18 +76,39 @@ def render_segments(
 def process(processor, texts: list[str], images: list, padding_side: str = "right") -> dict:
     """The processor on rendered texts and their images (``None`` for text-only rows), padded.
 
-    A template that already writes the BOS token gets none added by the tokenizer.
+    Images go in one list per sample (``[[a], [], [b]]``), the form every processor takes:
+    Idefics3/SmolVLM, Mllama and LFM2-VL need it to tell which image belongs to which prompt,
+    and the others (LLaVA, Qwen-VL, ...) accept it too. A processor that refuses nested lists
+    gets the flat list of present images instead. A batch without images passes none. A template
+    that already writes the BOS token gets none added by the tokenizer.
+
+    Returns the processor's ``BatchFeature``: ``input_ids``/``attention_mask`` ``(B, T)`` and
+    every extra tensor it makes (``pixel_values``, ``image_grid_thw``, ``image_sizes``,
+    ``pixel_attention_mask``, ``cross_attention_mask``, ``aspect_ratio_ids``, ...), unchanged.
     """
     bos = processor.tokenizer.bos_token
-    present = [image for image in images if image is not None]
-    return processor(
+    options = dict(
         text=texts,
-        images=present or None,
         padding=True,
         padding_side=padding_side,
         return_tensors="pt",
         add_special_tokens=not (bos and all(text.startswith(bos) for text in texts)),
     )
+    if all(image is None for image in images):
+        return processor(images=None, **options)
+    nested = [[] if image is None else [image] for image in images]
+    try:
+        return processor(images=nested, **options)
+    except (ValueError, TypeError, IndexError, AttributeError) as nested_error:
+        try:
+            return processor(images=[i for i in images if i is not None], **options)
+        except Exception:
+            raise nested_error from None
+
+
+class RowTooLong(ValueError):
+    """A training row whose prompt alone reaches ``max_length``: nothing of its answer would be
+    trained, and cutting the prompt would cut image tokens."""
 
 
 @dataclass(frozen=True)
@@ -106,9 +127,19 @@ def _tokenize(tokenizer, text: str) -> list[int]:
 def encode_rows(processor, rows: list[TrainRow], max_length: int) -> dict[str, torch.Tensor]:
     """Tokenize rows into one right-padded batch with ``labels`` (-100 outside answers).
 
-    Returns ``input_ids``, ``attention_mask``, ``labels`` (all ``(B, T)``) and whatever image
-    tensors the processor makes (``pixel_values``, ``image_sizes``, ``image_grid_thw``, ...).
+    Returns ``input_ids``, ``attention_mask``, ``labels`` (all ``(B, T)``) and whatever else the
+    processor makes. Tensors whose first two dimensions are ``(B, T)`` follow the tokens
+    (``mm_token_type_ids``, ``token_type_ids``, Mllama's ``cross_attention_mask (B, T, images,
+    tiles)``): they are cut and padded (with 0) with ``input_ids``, and the answer tokens appended
+    after the processor's prompt take the value of the prompt's last token (text after the image:
+    type 0, still attending to the image). The rest (``pixel_values``, ``image_grid_thw``,
+    ``image_sizes``, ``pixel_attention_mask``, ``aspect_ratio_ids``, ...) pass through as made.
+
     Rows longer than ``max_length`` lose the end of their answers, never prompt or image tokens.
+
+    Raises:
+        RowTooLong: a row's prompt alone is ``max_length`` tokens or more (the message says how
+            long, with how many image tokens, and what to do).
     """
     tokenizer = processor.tokenizer
     if any(row.segments[0][1] for row in rows):
@@ -116,46 +147,88 @@ def encode_rows(processor, rows: list[TrainRow], max_length: int) -> dict[str, t
     batch = process(processor, [row.segments[0][0] for row in rows], [row.image for row in rows])
     mask = batch["attention_mask"].bool()
     seq_len = batch["input_ids"].shape[1]
-    # Tensors aligned with the tokens (e.g. token type ids) are re-cut with input_ids; the rest
-    # (pixel values, image sizes, grids) pass through as the processor made them.
     token_keys = [
         k
         for k, v in batch.items()
         if k != "attention_mask"
         and isinstance(v, torch.Tensor)
+        and v.dim() >= 2
         and v.shape[:2] == (len(rows), seq_len)
     ]
-    columns: dict[str, list[list[int]]] = {k: [] for k in token_keys}
+    out_rows: dict[str, list[torch.Tensor]] = {k: [] for k in token_keys}
     labels: list[list[int]] = []
     for i, row in enumerate(rows):
-        for k in token_keys:
-            columns[k].append(batch[k][i][mask[i]].tolist())
-        row_labels = [IGNORE_INDEX] * len(columns["input_ids"][i])
+        prompt_len = int(mask[i].sum())
+        if prompt_len >= max_length:
+            raise RowTooLong(_too_long(processor, batch["input_ids"][i][mask[i]], max_length))
+        appended: list[int] = []
+        row_labels = [IGNORE_INDEX] * prompt_len
         for text, trainable in row.segments[1:]:
             ids = _tokenize(tokenizer, text)
-            columns["input_ids"][i] += ids
-            for k in token_keys:
-                if k != "input_ids":
-                    columns[k][i] += [0] * len(ids)
+            appended += ids
             row_labels += ids if trainable else [IGNORE_INDEX] * len(ids)
-        prompt_len = int(mask[i].sum())
-        keep = max(max_length, prompt_len)
+        keep = min(len(row_labels), max_length) - prompt_len
+        appended = appended[:keep]
+        labels.append(row_labels[: prompt_len + keep])
         for k in token_keys:
-            columns[k][i] = columns[k][i][:keep]
-        labels.append(row_labels[:keep])
-    width = max(len(ids) for ids in columns["input_ids"])
+            prompt = batch[k][i][mask[i]]
+            if k == "input_ids":
+                tail = torch.tensor(appended, dtype=prompt.dtype)
+            else:
+                tail = prompt[-1:].expand(len(appended), *prompt.shape[1:])
+            out_rows[k].append(torch.cat([prompt, tail]))
+    width = max(len(lab) for lab in labels)
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
     out: dict[str, torch.Tensor] = {}
     for k in token_keys:
         fill = pad_id if k == "input_ids" else 0
-        out[k] = torch.tensor([ids + [fill] * (width - len(ids)) for ids in columns[k]])
+        out[k] = torch.stack([_pad(row, width, fill) for row in out_rows[k]])
     out["attention_mask"] = torch.tensor(
-        [[1] * len(ids) + [0] * (width - len(ids)) for ids in columns["input_ids"]]
+        [[1] * len(lab) + [0] * (width - len(lab)) for lab in labels]
     )
     out["labels"] = torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for lab in labels])
     for k, v in batch.items():
         if k not in out and k not in token_keys:
             out[k] = v
     return out
+
+
+def _pad(row: torch.Tensor, width: int, fill: int) -> torch.Tensor:
+    """``row`` (``(L, ...)``) right-padded with ``fill`` to ``(width, ...)``."""
+    padding = row.new_full((width - row.shape[0], *row.shape[1:]), fill)
+    return torch.cat([row, padding])
+
+
+def image_token_ids(processor) -> set[int]:
+    """Ids of the tokens that stand for image content in ``processor``'s prompts (may be empty).
+
+    Read from the processor's own attributes (``image_token_id``, ``image_token``, and the
+    ``image_token_ids`` some processors list), not from a table of families.
+    """
+    tokenizer = processor.tokenizer
+    found: set[int] = set()
+    single = getattr(processor, "image_token_id", None)
+    if isinstance(single, int):
+        found.add(single)
+    token = getattr(processor, "image_token", None)
+    if isinstance(token, str) and token:
+        found.add(tokenizer.convert_tokens_to_ids(token))
+    listed = getattr(processor, "image_token_ids", None)
+    if isinstance(listed, (list, tuple, set)):
+        found.update(i for i in listed if isinstance(i, int))
+    unknown = tokenizer.unk_token_id
+    return {i for i in found if i is not None and i != unknown}
+
+
+def _too_long(processor, prompt_ids: torch.Tensor, max_length: int) -> str:
+    ids = prompt_ids.tolist()
+    image_ids = image_token_ids(processor)
+    images = sum(1 for i in ids if i in image_ids)
+    return (
+        f"a training row's prompt is {len(ids)} tokens ({images} of them image tokens), "
+        f"but max_length is {max_length}: no answer token would be left to train on, and "
+        f"cutting the prompt would cut the image; raise --max-length above {len(ids)} "
+        "(or give the processor a smaller image budget)"
+    )
