@@ -7,6 +7,7 @@ from PIL import Image
 
 from stic.runtime.images import (
     IMAGE_EXTENSIONS,
+    MAX_ASPECT_RATIO,
     ImageError,
     ImageScan,
     image_path_problems,
@@ -14,6 +15,7 @@ from stic.runtime.images import (
     load_image,
     resolve_image_path,
     scan_images,
+    shape_problem,
 )
 
 needs_symlinks = pytest.mark.skipif(not hasattr(os, "symlink"), reason="needs symlinks")
@@ -426,3 +428,40 @@ def test_decompression_bomb_is_refused(tmp_path, monkeypatch, max_pixels):
     with pytest.raises(ImageError, match="too large") as error:
         load_image(path)
     _assert_one_line_reason(error, path)
+
+
+# --- shapes no processor takes ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("size", [(1, 20000), (20000, 1), (2, 101), (600, 11)])
+def test_load_image_refuses_strips_past_the_aspect_limit_in_one_line(tmp_path, size):
+    path = tmp_path / "strip.png"
+    Image.new("RGB", size, (9, 9, 9)).save(path)
+    with pytest.raises(
+        ImageError, match=r"aspect ratio of 1:\d+, past the limit of 1:50"
+    ) as caught:
+        load_image(path)
+    _assert_one_line_reason(caught, path)
+    assert f"{size[0]}x{size[1]} px" in str(caught.value)
+
+
+def test_aspect_limit_is_inclusive_and_adjustable(tmp_path):
+    path = tmp_path / "banner.png"
+    Image.new("RGB", (500, 10), (9, 9, 9)).save(path)  # exactly 1:50
+    assert load_image(path).size == (500, 10)
+    assert shape_problem(500, 10) is None and shape_problem(501, 10) is not None
+    with pytest.raises(ImageError, match="limit of 1:20"):
+        load_image(path, max_aspect_ratio=20)
+    assert load_image(tmp_path / "banner.png", max_aspect_ratio=None).size == (500, 10)
+    assert MAX_ASPECT_RATIO == 50
+
+
+def test_image_path_problems_reads_the_shape_from_the_header(tmp_path):
+    Image.new("RGB", (1, 20000)).save(tmp_path / "thin.png")
+    Image.new("RGB", (40, 30)).save(tmp_path / "fine.png")
+    (tmp_path / "junk.png").write_bytes(b"not an image")  # left to load_image to explain
+    problems = image_path_problems(
+        tmp_path, [("r:1", "thin.png"), ("r:2", "fine.png"), ("r:3", "junk.png")]
+    )
+    assert len(problems) == 1
+    assert problems[0].startswith("r:1: image 'thin.png': image is 1x20000 px")

@@ -47,6 +47,14 @@ _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _SIXTEEN_BIT_MODES = frozenset({"I;16", "I;16L", "I;16B", "I;16N"})
 
 
+# The most elongated image accepted (long side / short side). Measured: Qwen2-VL, Qwen2.5-VL,
+# Qwen3-VL and GLM-4V processors raise past 1:200; Pixtral's (Mistral3) shrinks the long side to
+# 1024 px, so past about 1:64 the short side is under one 16 px patch and it raises; the other
+# tiny processors of stic.testing take 1:50 (and 1x20000 images go through only where the
+# processor pads them to a square). A 1:50 banner holds little to describe either way.
+MAX_ASPECT_RATIO = 50.0
+
+
 class ImageError(Exception):
     """An image that cannot be used; ``str(e)`` is a one-line reason that names the file."""
 
@@ -242,15 +250,34 @@ def resolve_image_path(root: str | os.PathLike, relative: str) -> pathlib.Path:
     return pathlib.Path(root) / relative
 
 
+def shape_problem(
+    width: int, height: int, max_aspect_ratio: float | None = MAX_ASPECT_RATIO
+) -> str | None:
+    """Why an image of ``width`` x ``height`` pixels is refused before any processor sees it, or None.
+
+    Refused: a zero side, and (``max_aspect_ratio`` not None) a long side more than
+    ``max_aspect_ratio`` times the short one (see :data:`MAX_ASPECT_RATIO`).
+    """
+    if width < 1 or height < 1:
+        return f"image has no pixels ({width}x{height})"
+    ratio = max(width, height) / min(width, height)
+    if max_aspect_ratio is not None and ratio > max_aspect_ratio:
+        return (
+            f"image is {width}x{height} px, an aspect ratio of 1:{ratio:.0f}, past the limit of "
+            f"1:{max_aspect_ratio:g} (vision processors fail on or mangle such strips; crop it)"
+        )
+    return None
+
+
 def image_path_problems(
     root: str | os.PathLike, references: Iterable[tuple[str, str | None]]
 ) -> list[str]:
     """Check the image paths of data records before any model work; one line per bad record.
 
-    Meant for the training stages, where a bad path found by the data collator would stop
+    Meant for the training stages, where a bad image found by the data collator would stop
     training midway: call it on every record first and refuse the file if anything is listed.
-    Only the path is checked (it stays under ``root`` and names a regular file), nothing is
-    decoded.
+    The path is checked (it stays under ``root`` and names a regular file) and the file's header
+    is read for its size (:func:`shape_problem`); the pixels are not decoded.
 
     Args:
         root: the image folder the paths are relative to.
@@ -282,11 +309,34 @@ def image_path_problems(
             continue
         if not regular:
             problems.append(f"{where}: image {relative!r} is not a regular file under {root}")
+            continue
+        problem = _header_shape_problem(path)
+        if problem:
+            problems.append(f"{where}: image {relative!r}: {problem}")
     return problems
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
+def _header_shape_problem(path: pathlib.Path) -> str | None:
+    """:func:`shape_problem` from the file's header; a file PIL cannot open is left to load_image."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as opened:
+                width, height = opened.size
+    except Exception:  # unreadable or not an image: load_image says why, with its own reason
+        return None
+    return shape_problem(width, height)
+
+
+def load_image(
+    path: str | os.PathLike, max_aspect_ratio: float | None = MAX_ASPECT_RATIO
+) -> Image.Image:
     """Open and fully decode an image file as RGB.
+
+    An image more elongated than ``max_aspect_ratio`` (long side / short side; None: any) is
+    refused before it is decoded (see :data:`MAX_ASPECT_RATIO`): vision processors raise on
+    such strips (Qwen-VL past 1:200) or cut them below one patch (Pixtral), which would stop a
+    whole batch.
 
     The EXIF orientation is applied (the pixels come out the way a viewer shows them). Modes
     become RGB as follows:
@@ -311,7 +361,7 @@ def load_image(path: str | os.PathLike) -> Image.Image:
 
     Raises:
         ImageError: missing or empty file, a symbolic link that loops or is broken, not an image, truncated or corrupt data, an image
-            too large to decode safely, or a mode that cannot be made RGB.
+            too large to decode safely, too elongated, or a mode that cannot be made RGB.
     """
     path = pathlib.Path(path)
     try:
@@ -338,9 +388,12 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(path) as opened:
+                problem = shape_problem(*opened.size, max_aspect_ratio)
+                if problem:
+                    raise ImageError(problem)
                 opened.load()
                 return _to_rgb(ImageOps.exif_transpose(opened))
-    except ImageError as error:  # from _to_rgb, which does not know the path
+    except ImageError as error:  # from the shape check or _to_rgb, which do not know the path
         raise ImageError(f"{path}: {error}") from error
     except PermissionError as error:
         raise ImageError(f"{path}: permission denied") from error
