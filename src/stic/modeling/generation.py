@@ -41,6 +41,12 @@ def _eos_ids(model, tokenizer) -> set[int]:
     return ids
 
 
+def end_of_turn_ids(model, tokenizer) -> set[int]:
+    """The token ids :func:`generate` stops at: the generation config's ``eos_token_id`` (one or
+    a list) and the tokenizer's EOS."""
+    return _eos_ids(model, tokenizer)
+
+
 @torch.inference_mode()
 def generate(
     model,

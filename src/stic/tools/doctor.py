@@ -566,6 +566,20 @@ def main(argv: list[str]) -> int:
         help="Allow the model folder's own Python code to run while loading it.",
     )
     parser.add_argument(
+        "--preflight",
+        action="store_true",
+        help="Also load --model and run the preflight on two images (the first two of --images, "
+        "or two made in code): template prefixes, image tokens kept after truncation, inputs "
+        "reaching forward, labels on answers, end-of-turn stop, batched = one-at-a-time "
+        "generation, a LoRA step that moves only LoRA weights. A few seconds on a GPU.",
+    )
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=None,
+        help="The --max-length of your training runs, for the preflight (default: dpo's).",
+    )
+    parser.add_argument(
         "--max-images",
         type=int,
         default=DEFAULT_MAX_IMAGES,
@@ -574,6 +588,10 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.max_images < 1:
         parser.error(f"--max-images must be >= 1, got {args.max_images}")
+    if args.preflight and not args.model:
+        parser.error("--preflight needs --model")
+    if args.max_length is not None and args.max_length < 1:
+        parser.error(f"--max-length must be >= 1, got {args.max_length}")
     from stic.runtime.manifests import redact
 
     checks = run_checks(args)
@@ -582,4 +600,27 @@ def main(argv: list[str]) -> int:
     problems = sum(c.status == PROBLEM for c in checks)
     warnings = sum(c.status == WARNING for c in checks)
     print(f"\n{problems} problem(s), {warnings} warning(s)")
-    return 1 if problems else 0
+    failed = 0
+    if args.preflight:
+        rows = preflight_rows(args)
+        print(f"\npreflight of {args.model}:")
+        for row in rows:
+            print(redact(row.line()))
+        failed = sum(row.status == "FAIL" for row in rows)
+        print(f"\n{failed} of {len(rows)} preflight checks failed")
+    return 1 if problems or failed else 0
+
+
+def preflight_rows(args: argparse.Namespace) -> list:
+    """The preflight table for ``args`` (one FAIL row if the model does not even load)."""
+    from stic.tools.preflight import FAIL, Row, run_preflight
+
+    try:
+        return run_preflight(
+            args.model,
+            images=args.images,
+            max_length=args.max_length,
+            trust_remote_code=args.trust_remote_code,
+        )
+    except Exception as error:  # the doctor reports; it must not die on what it examines
+        return [Row(FAIL, "load", _one_line(error), "fix the model folder first (see above)")]
