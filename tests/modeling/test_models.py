@@ -72,3 +72,56 @@ def test_stic_eval_with_an_adapter_of_another_base_exits_1_with_one_line(
     # A failed run leaves no manifest that claims a run is under way.
     manifest = read_manifest(out)
     assert manifest is None or manifest["status"] != "running"
+
+
+# --- families that cannot work fail at load time, saying why ----------------------------------
+
+
+def test_a_processor_needing_a_missing_package_is_one_line_with_the_install_command(
+    tiny_model_factory, monkeypatch
+):
+    import transformers
+
+    def needs_package(*args, **kwargs):
+        raise ImportError(
+            "Package `num2words` is required to run SmolVLM processor. Install it with "
+            "`pip install num2words`."
+        )
+
+    monkeypatch.setattr(transformers.AutoProcessor, "from_pretrained", needs_package)
+    with pytest.raises(ModelLoadError) as caught:
+        load_model(str(tiny_model_factory("llava")), device="cpu")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert message.endswith("; pip install num2words")
+    assert "processor" in message
+
+
+def test_an_encoder_decoder_or_listed_model_type_is_refused_before_its_weights(
+    tiny_model_factory, monkeypatch
+):
+    import transformers
+
+    import stic.modeling.models as models
+
+    folder = str(tiny_model_factory("llava"))
+    monkeypatch.setitem(models.UNSUPPORTED, "llava", "a reason stated here")
+    with pytest.raises(ModelLoadError, match="'llava' model, which stic cannot use: a reason"):
+        load_model(folder, device="cpu")
+    monkeypatch.delitem(models.UNSUPPORTED, "llava")
+
+    real = transformers.AutoConfig.from_pretrained
+
+    def encoder_decoder(*args, **kwargs):
+        config = real(*args, **kwargs)
+        config.is_encoder_decoder = True
+        return config
+
+    monkeypatch.setattr(transformers.AutoConfig, "from_pretrained", encoder_decoder)
+    monkeypatch.setattr(
+        transformers.AutoModelForImageTextToText,
+        "from_pretrained",
+        lambda *a, **k: pytest.fail("weights were read"),
+    )
+    with pytest.raises(ModelLoadError, match="encoder-decoder 'llava' model; stic trains decoder"):
+        load_model(folder, device="cpu")

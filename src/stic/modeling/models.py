@@ -1,8 +1,11 @@
 """The one place that loads models, processors and adapters, and attaches LoRA.
 
 Any ``AutoModelForImageTextToText`` whose ``AutoProcessor`` has a chat template taking content
-lists (``{"type": "image"}``, ``{"type": "text"}``) works: LLaVA-1.5, LLaVA-NeXT and Qwen2-VL
-are tested.
+lists (``{"type": "image"}``, ``{"type": "text"}``) works; the families tested end to end are
+listed in ``stic.testing.support_table`` (and the README). A model that cannot work fails here,
+at load time, with a :class:`ModelLoadError` saying why: no chat template, a processor that
+needs a package that is not installed, an encoder-decoder model, a model type stic knows to be
+unusable (:data:`UNSUPPORTED`).
 """
 
 from __future__ import annotations
@@ -23,6 +26,37 @@ logger = logging.getLogger(__name__)
 
 class ModelLoadError(RuntimeError):
     """A model, processor or adapter that cannot be loaded; the message says which and why."""
+
+
+# model_type -> why stic cannot train or run it. Families needing an adapter of their own would
+# get one small named entry in one place like this; none of the tested ones needs one.
+UNSUPPORTED: dict[str, str] = {}
+
+
+def check_supported(config, model: str) -> None:
+    """Refuse, with the reason, a model stic cannot work with (before its weights are read)."""
+    kind = getattr(config, "model_type", "?")
+    if kind in UNSUPPORTED:
+        raise ModelLoadError(
+            f"{model!r} is a {kind!r} model, which stic cannot use: {UNSUPPORTED[kind]}"
+        )
+    if getattr(config, "is_encoder_decoder", False):
+        raise ModelLoadError(
+            f"{model!r} is an encoder-decoder {kind!r} model; stic trains decoder-only "
+            "vision-language models (the answer is generated after the prompt in one sequence)"
+        )
+
+
+def _missing_package(error: ImportError, model: str, what: str) -> ModelLoadError:
+    """A processor or model that needs a package: the install command, on one line."""
+    name = getattr(error, "name", None)
+    found = re.search(r"pip install (\S+)", str(error))
+    package = found.group(1).strip("`'\".") if found else name
+    todo = f"pip install {package}" if package else "install the package it names"
+    first = next((x for x in str(error).splitlines() if x.strip()), type(error).__name__)
+    return ModelLoadError(
+        f"the {what} of {model!r} needs a package that is missing ({first}); {todo}"
+    )
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -50,6 +84,8 @@ def load_processor(model: str, trust_remote_code: bool = False):
     check_model_path(model)
     try:
         processor = AutoProcessor.from_pretrained(model, trust_remote_code=trust_remote_code)
+    except ImportError as e:
+        raise _missing_package(e, model, "processor") from e
     except (OSError, ValueError) as e:
         raise ModelLoadError(f"cannot load a processor from {model!r}: {e}") from e
     if not getattr(processor, "chat_template", None):
@@ -75,9 +111,14 @@ def load_model(
     ``device`` may be ``None`` to leave the model on the CPU for a Trainer to place. Weights
     load from safetensors only unless ``allow_pickle`` (pickled ``.bin`` files can run code).
     """
-    from transformers import AutoModelForImageTextToText
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     check_model_path(model)
+    try:
+        config = AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as e:
+        raise ModelLoadError(f"cannot load the config of {model!r}: {e}") from e
+    check_supported(config, model)
     target = resolve_device(device) if isinstance(device, str) else device
     # With no target the Trainer places the model: pick the dtype for where it will go.
     torch_dtype = resolve_dtype(dtype, target if target is not None else resolve_device("auto"))
@@ -89,6 +130,8 @@ def load_model(
             trust_remote_code=trust_remote_code,
             use_safetensors=None if allow_pickle else True,
         )
+    except ImportError as e:
+        raise _missing_package(e, model, "model") from e
     except (OSError, ValueError) as e:
         hint = (
             ""

@@ -1,7 +1,10 @@
 """Tiny, randomly initialised vision-language models for tests and demos, built fully offline.
 
 :func:`build_tiny_model` writes a folder that ``AutoModelForImageTextToText.from_pretrained`` and
-``AutoProcessor.from_pretrained`` load as-is, for one of three Hugging Face families:
+``AutoProcessor.from_pretrained`` load as-is, for one of :data:`ALL_FAMILIES`: the three below
+(:data:`FAMILIES`, the fast tests' models) and those of :mod:`stic.testing.families` (Qwen2.5-VL,
+Qwen3-VL, GLM-4V, Idefics3, SmolVLM, LLaVA-OneVision, Mllama, Mistral3, InternVL, LFM2-VL,
+Aya Vision):
 
 * ``"llava"``: LLaVA-1.5 (CLIP vision tower + Llama), prompt ``USER: <image>\\nQ ASSISTANT: A</s>``;
 * ``"llava_next"``: LLaVA-NeXT, v1.6-mistral style (CLIP + Mistral, any-resolution tiling),
@@ -13,7 +16,7 @@ fetched from a hub. Models have a few hundred thousand parameters: they produce 
 they exercise exactly the code paths (image placeholders, any-resolution tiling, M-RoPE, padding,
 generation) that the real checkpoints do.
 
-Chat templates of all three families share two properties callers may rely on:
+Chat templates of all families share two properties callers may rely on:
 
 * each assistant turn renders as its text followed by the end-of-turn token (``</s>`` or
   ``<|im_end|>``), which is also the generation ``eos_token_id``, and nothing follows it;
@@ -29,7 +32,6 @@ import logging
 import os
 import pathlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -63,10 +65,12 @@ from transformers.utils import logging as hf_logging
 
 from stic.data import prompts
 from stic.runtime.files import atomic_write_json, atomic_write_text
+from stic.testing.families import EXTRA_FAMILIES, TokenSpec
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "ALL_FAMILIES",
     "FAMILIES",
     "LLAVA_CHAT_TEMPLATE",
     "build_tiny_model",
@@ -76,6 +80,9 @@ __all__ = [
 ]
 
 FAMILIES: tuple[str, ...] = ("llava", "llava_next", "qwen2_vl")
+# The three above are the ones every fast test runs on; the others (stic.testing.families) run
+# the whole pipeline in the slow family tests.
+ALL_FAMILIES: tuple[str, ...] = FAMILIES + tuple(EXTRA_FAMILIES)
 
 # Geometry of the tiny vision towers. CLIP: a 32 px input cut into 8 px patches gives 4x4 = 16
 # patch features (+1 CLS, dropped by the "default" feature-select strategy).
@@ -96,15 +103,7 @@ _TEXT_INTERMEDIATE = 128
 _MAX_POSITIONS = 4096
 
 
-@dataclass(frozen=True)
-class _Tokens:
-    """Special tokens of a family; ``bos`` is prepended by the tokenizer when not ``None``."""
-
-    special: tuple[str, ...]
-    bos: str | None
-    eos: str
-    pad: str
-    unk: str | None
+_Tokens = TokenSpec
 
 
 _LLAMA_TOKENS = _Tokens(
@@ -129,7 +128,12 @@ _QWEN_TOKENS = _Tokens(
     pad="<|endoftext|>",
     unk=None,
 )
-_FAMILY_TOKENS = {"llava": _LLAMA_TOKENS, "llava_next": _LLAMA_TOKENS, "qwen2_vl": _QWEN_TOKENS}
+_FAMILY_TOKENS = {
+    "llava": _LLAMA_TOKENS,
+    "llava_next": _LLAMA_TOKENS,
+    "qwen2_vl": _QWEN_TOKENS,
+    **{name: spec.tokens for name, spec in EXTRA_FAMILIES.items()},
+}
 
 # Jinja test shared by the templates. `content` may be a string or a list of typed items; an
 # item is an image if its type is "image" or it carries an "image"/"image_url" key (as in
@@ -212,6 +216,7 @@ _FAMILY_TEMPLATES = {
     "llava": LLAVA_CHAT_TEMPLATE,
     "llava_next": _LLAVA_NEXT_TEMPLATE,
     "qwen2_vl": _QWEN2_VL_TEMPLATE,
+    **{name: spec.template for name, spec in EXTRA_FAMILIES.items()},
 }
 
 _COLOURS = {
@@ -233,8 +238,10 @@ _POSITIONS = ("left", "right", "top", "bottom", "center", "top left", "bottom ri
 
 
 def _check_family(family: str) -> None:
-    if family not in FAMILIES:
-        raise ValueError(f"unknown model family {family!r}; expected one of {', '.join(FAMILIES)}")
+    if family not in ALL_FAMILIES:
+        raise ValueError(
+            f"unknown model family {family!r}; expected one of {', '.join(ALL_FAMILIES)}"
+        )
 
 
 def _default_corpus() -> Iterator[str]:
@@ -316,6 +323,7 @@ def build_tokenizer(
         unk_token=spec.unk,
         clean_up_tokenization_spaces=False,
         model_max_length=_MAX_POSITIONS,
+        extra_special_tokens=dict(spec.named),
     )
     tokenizer.chat_template = _FAMILY_TEMPLATES[family]
     return tokenizer
@@ -453,7 +461,12 @@ def _build_qwen2_vl(tokenizer: PreTrainedTokenizerFast) -> tuple[PreTrainedModel
     return model, processor
 
 
-_BUILDERS = {"llava": _build_llava, "llava_next": _build_llava_next, "qwen2_vl": _build_qwen2_vl}
+_BUILDERS = {
+    "llava": _build_llava,
+    "llava_next": _build_llava_next,
+    "qwen2_vl": _build_qwen2_vl,
+    **{name: spec.build for name, spec in EXTRA_FAMILIES.items()},
+}
 
 
 def build_tiny_model(family: str, out_dir: str | os.PathLike, seed: int = 0) -> pathlib.Path:
@@ -477,7 +490,7 @@ def build_tiny_model(family: str, out_dir: str | os.PathLike, seed: int = 0) -> 
         model, processor = _BUILDERS[family](tokenizer)
     model.eval()
     model.generation_config = GenerationConfig(
-        bos_token_id=model.config.get_text_config().bos_token_id,
+        bos_token_id=getattr(model.config.get_text_config(), "bos_token_id", None),
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
     )
