@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE := 1
 export HF_DATASETS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install test test-fast demo demo-model lint format clean mutation
+.PHONY: install browser test test-fast demo demo-model lint format clean mutation
 
 install: $(STAMP)
 
@@ -20,7 +20,20 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
-test: install
+# The report's browser test (tests/tools/test_report_browser.py) drives Debian's chromium through
+# chromium-driver. Installed here when missing and possible (root with apt-get); otherwise that
+# test fails and says how to install them.
+browser:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "installing chromium and chromium-driver (apt-get) for the browser test"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; \
+	else \
+		echo "chromium/chromedriver missing and not installable here (needs root and apt-get):"; \
+		echo "the browser test will fail until Debian's chromium and chromium-driver are installed"; \
+	fi
+
+test: install browser
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(PY) -m pytest -q
 

@@ -49,6 +49,10 @@ TOOLS = {
         "stic.demo.base_model",
         "Rebuild the demo's tiny base LLaVA from nothing (the package ships a copy).",
     ),
+    "report": (
+        "stic.tools.report",
+        "One offline HTML page of a run: pairs with images, length audit, curves, results.",
+    ),
 }
 
 # Commands that are a sub-verb of a stage: "<stage> <word>" -> (module whose main(argv) runs it,
@@ -134,7 +138,22 @@ def _run(argv: list[str]) -> int:
         return int(e.code or 0)
     for planned, summary in pipeline.run_pipeline(args.config, overwrite=args.overwrite):
         print_summary(f"{planned.stage} ({planned.name}) -> {planned.config.out}", summary)
+    _write_report(args.config)
     return 0
+
+
+def _write_report(config_path: str) -> None:
+    """OUTPUT_DIR/report.html after `stic run`: a view of the run, so it never fails the run."""
+    try:
+        import yaml
+
+        from stic.tools.report import write_run_report
+
+        with open(config_path, encoding="utf-8") as f:
+            output_dir = yaml.safe_load(f)["output_dir"]
+        print(f"report -> {write_run_report(output_dir)}")
+    except Exception as e:  # a report that cannot be drawn is not a failed run
+        logging.getLogger("stic.cli").warning("could not write the run's report.html: %s", e)
 
 
 def print_summary(label: str, summary) -> None:

@@ -18,8 +18,9 @@ For each seed the demo runs, through ``stic run`` and the same stages and files 
 
 and evaluates them, and the base model, on one fixed held-out split: VQA accuracy per question
 type, and the descriptions' invented objects, wrong colours and shapes, recall and exact rate.
-It writes OUT/results.json and OUT/results.md. Hyperparameters were chosen on the validation
-split (``--split validation``); the test split is the default and is never tuned on.
+It writes OUT/results.json, OUT/results.md and OUT/report.html (``stic report``).
+Hyperparameters were chosen on the validation split (``--split validation``); the test split is
+the default and is never tuned on.
 """
 
 from __future__ import annotations
@@ -559,7 +560,22 @@ def run_demo(
     }
     atomic_write_json(out / "results.json", results)
     atomic_write_text(out / "results.md", results_markdown(results))
+    write_report(out, log)
     return results
+
+
+def write_report(out: Path, log=print) -> Path | None:
+    """OUT/report.html: the results table, the first seed's pairs and training, every arm's
+    results and examples. A view of the results, so a failure is logged, never raised."""
+    from stic.tools.report import write_run_report
+
+    try:
+        path = write_run_report(out)
+    except Exception as e:  # the results are written; the page is a view of them
+        log(f"could not write {out / 'report.html'}: {e}")
+        return None
+    log(f"report: {path}")
+    return path
 
 
 def main(argv: list[str]) -> int:
@@ -637,6 +653,6 @@ def main(argv: list[str]) -> int:
     results = run_demo(out, list(range(args.seeds)), settings, overwrite=args.overwrite)
     print()
     print(results_markdown(results))
-    print(f"results: {out / 'results.json'}, {out / 'results.md'}")
+    print(f"results: {out / 'results.json'}, {out / 'results.md'}, {out / 'report.html'}")
     print(f"elapsed: {results['seconds']:.0f} s")
     return 0
