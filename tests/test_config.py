@@ -124,6 +124,18 @@ def test_build_out_of_range_values_are_named():
     assert "must be >= 1 or null" in _line_for(lines, "pairs.limit")
 
 
+def test_build_bad_ray_pool_is_named():
+    data = {**PAIRS_REQUIRED, "ray": " ", "workers": 0, "worker_gpus": -1, "worker_cpus": 0}
+    with pytest.raises(ConfigError) as info:
+        build(PairsConfig, data, "pairs.")
+    assert sorted(_error_lines(info)) == [
+        "pairs.ray: must not be empty",
+        "pairs.worker_cpus: 0 is not allowed (must be > 0)",
+        "pairs.worker_gpus: -1 is not allowed (must be >= 0 or null)",
+        "pairs.workers: 0 is not allowed (must be >= 1 or null)",
+    ]
+
+
 def test_build_beta_zero_is_refused():
     with pytest.raises(ConfigError) as info:
         build(DPOConfig, {**DPO_REQUIRED, "beta": 0}, "dpo.")
@@ -167,11 +179,15 @@ def test_pairs_defaults_are_the_papers():
 
 def test_config_hash_ignores_runtime_fields():
     base = build(PairsConfig, PAIRS_REQUIRED)
-    assert set(PairsConfig.RUNTIME_FIELDS) == {"overwrite", "device", "batch_size", "limit"}
+    ray = {"ray", "workers", "worker_gpus", "worker_cpus"}  # where it runs, not what it makes
+    assert set(PairsConfig.RUNTIME_FIELDS) == {"overwrite", "device", "batch_size", "limit", *ray}
     runtime = build(
         PairsConfig,
         {**PAIRS_REQUIRED, "batch_size": 64, "limit": 10, "device": "cpu", "overwrite": True},
     )
+    assert config_hash(runtime) == config_hash(base)
+    on_ray = {"ray": "local", "workers": 4, "worker_gpus": 0.5, "worker_cpus": 2}
+    runtime = build(PairsConfig, {**PAIRS_REQUIRED, **on_ray})
     assert config_hash(runtime) == config_hash(base)
     assert len(config_hash(base)) == 16
     assert config_hash(base) == config_hash(build(PairsConfig, PAIRS_REQUIRED))

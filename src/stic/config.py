@@ -89,8 +89,48 @@ class GenerationOptions(ModelOptions):
     limit: int | None = _help(
         "Process at most this many items (the first ones in id order).", default=None
     )
+    # Ray (pip install 'stic[ray]'): the same batches made by a pool of workers, each holding
+    # the model; only the driver writes. What is computed does not change, so these four are
+    # runtime fields: a run may be resumed with or without Ray, or with another pool.
+    ray: str | None = field(
+        default=None,
+        metadata={
+            "help": "Run the generation on a Ray cluster (pip install 'stic[ray]'): local (start "
+            "one on this machine, e.g. one worker per GPU), auto (the cluster this machine joined "
+            "with `ray start`, or RAY_ADDRESS; also what a bare --ray means) or the address of a "
+            "cluster's head (HEAD_IP:6379). A pool of --workers actors each holds the model and "
+            "makes whole batches, the same batches as one process; a worker that dies is "
+            "restarted and its batch redone; only this process writes the output. Unset: one "
+            "process, no Ray.",
+            # `--ray` alone, as `--ray auto`.
+            "nargs": "?",
+            "const": "auto",
+        },
+    )
+    workers: int | None = _help(
+        "With --ray: how many workers (actors, each with its own copy of the model). Unset: one "
+        "per worker_gpus GPUs of the cluster, or 1 on a cluster without GPUs.",
+        default=None,
+    )
+    worker_gpus: float | None = _help(
+        "With --ray: GPUs per worker (a fraction shares a GPU between workers). Unset: 1 on a "
+        "cluster with GPUs, else 0.",
+        default=None,
+    )
+    worker_cpus: float = _help(
+        "With --ray: CPU cores per worker (Ray gives its torch that many threads).", default=1.0
+    )
 
-    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("overwrite", "device", "batch_size", "limit")
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = (
+        "overwrite",
+        "device",
+        "batch_size",
+        "limit",
+        "ray",
+        "workers",
+        "worker_gpus",
+        "worker_cpus",
+    )
 
 
 @dataclass(kw_only=True)
@@ -485,9 +525,12 @@ def value_errors(config: Any, where: str = "", cls: type | None = None) -> list[
     ):
         if getattr(config, name, None) is not None:  # max_new_tokens None: the protocol's
             check(name, getattr(config, name) >= 1, "must be >= 1")
-    for name in ("limit", "max_steps"):
+    for name in ("limit", "max_steps", "workers"):
         value = getattr(config, name, None)
         check(name, value is None or value >= 1, "must be >= 1 or null")
+    gpus = getattr(config, "worker_gpus", None)
+    check("worker_gpus", gpus is None or gpus >= 0, "must be >= 0 or null")
+    check("worker_cpus", getattr(config, "worker_cpus", 1) > 0, "must be > 0")
     for name in (
         "temperature",
         "lr",
@@ -528,7 +571,7 @@ def value_errors(config: Any, where: str = "", cls: type | None = None) -> list[
             parse_shard(shard)
         except ValueError as e:
             errors.append(f"{where}shard: {e}")
-    for name in ("model", "images", "out", "pairs", "data", "adapter"):
+    for name in ("model", "images", "out", "pairs", "data", "adapter", "ray"):
         value = getattr(config, name, None)
         if isinstance(value, str) and not value.strip():
             errors.append(f"{where}{name}: must not be empty")

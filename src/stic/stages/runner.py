@@ -12,7 +12,9 @@ of items with their loaded images becomes records, given a generation backend
    that have none;
 3. loads each batch's images (an unreadable one is reported in ``bad_items``, never fatal),
    opens the backend (loads the model) only when a batch needs it, and appends the batch's
-   records, fsynced; it logs the plan (items, batches) first and an ETA after the first batches;
+   records, fsynced; it logs the plan (items, batches) first and an ETA after the first batches.
+   With ``config.ray`` set, the same batches are made by a pool of Ray workers instead and this
+   process appends what they return (:mod:`stic.stages.ray_pool`);
 4. if anything changed, writes the output from the selected items' records (``finish``) and a
    complete manifest. One definition of complete: the manifest says complete, the selection is
    the one it recorded, and no selected item lacks a record.
@@ -176,7 +178,13 @@ def run_generation(
             if status != "complete":
                 write_manifest(out, stage.name, config, "running")
             try:
-                _generate(stage, config, todo, records_file, done, summary, get_backend)
+                if getattr(config, "ray", None) and todo:
+                    _check_ray_run(model, backend)
+                    from stic.stages.ray_pool import generate_on_ray
+
+                    generate_on_ray(stage, config, todo, records_file, done, summary, adapter)
+                else:
+                    _generate(stage, config, todo, records_file, done, summary, get_backend)
             except BaseException:
                 if status == "new" and not records_file.exists():
                     # Failed before its first record: no manifest may claim a run is under way.
@@ -190,6 +198,14 @@ def run_generation(
                 stage.finish([done[i] for i in ids if i in done], out)
             write_manifest(out, stage.name, config, "complete", summary.to_dict())
         return summary
+
+
+def _check_ray_run(model, backend) -> None:
+    if model is not None or backend is not None:
+        raise ValueError(
+            "--ray: the workers load the model from --model; a loaded model or an open backend "
+            "cannot be handed to them (leave ray unset to use it in this process)"
+        )
 
 
 def _generate(
