@@ -30,7 +30,7 @@ import torch
 
 from stic.config import TrainOptions
 from stic.data.schemas import RecordError
-from stic.modeling.chat import TrainRow, encode_rows
+from stic.modeling.chat import RowTooLong, TrainRow, encode_rows
 from stic.modeling.models import add_lora, load_adapter, load_model
 from stic.runtime.files import atomic_write_json, read_json
 from stic.runtime.images import image_path_problems, load_image, resolve_image_path
@@ -226,7 +226,11 @@ class Collator:
 
     def __call__(self, records: Sequence) -> dict[str, torch.Tensor]:
         rows = self.rows(records, self.processor, self.images_root)
-        return encode_rows(self.processor, rows, self.max_length)
+        try:
+            return encode_rows(self.processor, rows, self.max_length)
+        except RowTooLong as e:
+            ids = ", ".join(repr(getattr(r, "id", "?")) for r in records)
+            raise RowTooLong(f"a record of the batch ({ids}): {e}") from e
 
 
 def training_model(config: TrainOptions, model=None, processor=None, adapter: str | None = None):
