@@ -28,8 +28,8 @@ END = "<!-- end of support table -->"
 class Support:
     """One tested family: its ``model_type``, Hugging Face model class and what the test runs.
 
-    ``requires``: Python packages its processor needs beyond stic's own (the test is skipped,
-    and the table says so, when one is missing).
+    ``requires``: Python packages its processor needs beyond stic's own (the table names them;
+    the test extra installs them, so the family's test runs in ``make test``).
     """
 
     family: str
@@ -106,7 +106,7 @@ def render(support: tuple[Support, ...] = SUPPORT) -> str:
         stages = ", ".join(entry.stages)
         notes = entry.notes
         if entry.requires:
-            stages += f" (needs `pip install {' '.join(entry.requires)}`; skipped without)"
+            stages += f" (needs `pip install {' '.join(entry.requires)}`)"
         lines.append(f"| `{entry.family}` | `{entry.model_class}` | {stages} | {notes} |")
     lines.append(END)
     return "\n".join(lines)
