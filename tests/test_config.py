@@ -567,6 +567,7 @@ def test_top_level_help_lists_every_verb(capsys, restore_stic_logging):
         "bench",
         "compare",
         "export",
+        "report",
     }
     for verb in verbs:
         assert f"  {verb} " in out

@@ -156,6 +156,7 @@ def test_rerun_skips_every_stage_and_touches_nothing(pipeline_run):
     changed = [str(p) for p in watched if before[p] != after[p]]
     assert not changed
     lines = {line.split(" -> ")[0]: line for line in stdout.splitlines() if " -> " in line}
+    assert lines.pop("report").endswith("report.html")  # the run's page is drawn again
     assert all('"up_to_date": true' in line for line in lines.values()), lines
     assert '"made": 0' in lines["pairs (pairs)"]
     assert not (run / "dpo" / "checkpoints").exists()
