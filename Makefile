@@ -79,7 +79,8 @@ demo-model: install
 # Functions in scope: the loss, the DPO collator and loss pass, generation, infusion's pure
 # functions, corruptions, scoring. About 6 minutes on 2 CPU cores.
 MUTATION_SCOPE := 'stic.modeling.losses.*' 'stic.modeling.generation.*' 'stic.data.prompts.*' \
-	'stic.data.corruptions.*' 'stic.data.scoring.*' 'stic.stages.dpo.*PairCollator*' \
+	'stic.data.corruptions.*' 'stic.data.scoring.*' 'stic.stages.dpo.x_pair_rows*' \
+	'stic.stages.training.*Collator*' \
 	'stic.stages.dpo.*DPOTrainer*compute_loss*' 'stic.stages.infuse.x_description_prompt*' \
 	'stic.stages.infuse.x_infuse_sample*' 'stic.stages.infuse.x_join_descriptions*'
 MUTATION_JOBS ?= 2

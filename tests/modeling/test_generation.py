@@ -112,7 +112,7 @@ def test_end_of_turn_ids_come_from_the_generation_config_and_the_tokenizer():
     tokenizer's EOS; an answer ending on any of them finished with "stop"."""
     from types import SimpleNamespace
 
-    from stic.modeling.generation import _eos_ids
+    from stic.modeling.generation import _eos_ids, end_of_turn_ids
 
     def ids(config_eos, tokenizer_eos):
         model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=config_eos))
@@ -123,3 +123,6 @@ def test_end_of_turn_ids_come_from_the_generation_config_and_the_tokenizer():
     assert ids(None, 2) == {2}
     assert ids([5], None) == {5}
     assert ids(None, None) == set()
+    # The public name (what stic doctor --preflight checks) gives the same ids.
+    model = SimpleNamespace(generation_config=SimpleNamespace(eos_token_id=[5, 7]))
+    assert end_of_turn_ids(model, SimpleNamespace(eos_token_id=2)) == {2, 5, 7}

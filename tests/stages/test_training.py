@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from transformers import AutoProcessor
 
@@ -24,6 +26,7 @@ def test_a_pair_whose_prompt_fills_max_length_is_refused_naming_it(tiny_model_fa
         chosen_prompt="Describe carefully.",
         rejected_prompt="Imagine.",
     )
+    other = dataclasses.replace(pair, id="other-pair")
     collate = PairCollator(AutoProcessor.from_pretrained(llava), str(tmp_path), max_length=8)
-    with pytest.raises(RowTooLong, match="'too-long-pair'.*max-length"):
-        collate([pair])
+    with pytest.raises(RowTooLong, match="'too-long-pair', 'other-pair'.*max-length"):
+        collate([pair, other])

@@ -229,7 +229,7 @@ class Collator:
         try:
             return encode_rows(self.processor, rows, self.max_length)
         except RowTooLong as e:
-            ids = ", ".join(repr(getattr(r, "id", "?")) for r in records)
+            ids = ", ".join(repr(record.id) for record in records)
             raise RowTooLong(f"a record of the batch ({ids}): {e}") from e
 
 
