@@ -65,7 +65,7 @@ from transformers.utils import logging as hf_logging
 
 from stic.data import prompts
 from stic.runtime.files import atomic_write_json, atomic_write_text
-from stic.testing.families import EXTRA_FAMILIES, TokenSpec
+from stic.testing.families import EXTRA_FAMILIES, QWEN_TOKENS, TokenSpec
 
 logger = logging.getLogger(__name__)
 
@@ -103,35 +103,17 @@ _TEXT_INTERMEDIATE = 128
 _MAX_POSITIONS = 4096
 
 
-_Tokens = TokenSpec
-
-
-_LLAMA_TOKENS = _Tokens(
+_LLAMA_TOKENS = TokenSpec(
     special=("<unk>", "<s>", "</s>", "<pad>", prompts.IMAGE_TOKEN),
     bos="<s>",
     eos="</s>",
     pad="<pad>",
     unk="<unk>",
 )
-_QWEN_TOKENS = _Tokens(
-    special=(
-        "<|endoftext|>",
-        "<|im_start|>",
-        "<|im_end|>",
-        "<|vision_start|>",
-        "<|vision_end|>",
-        "<|image_pad|>",
-        "<|video_pad|>",
-    ),
-    bos=None,
-    eos="<|im_end|>",
-    pad="<|endoftext|>",
-    unk=None,
-)
 _FAMILY_TOKENS = {
     "llava": _LLAMA_TOKENS,
     "llava_next": _LLAMA_TOKENS,
-    "qwen2_vl": _QWEN_TOKENS,
+    "qwen2_vl": QWEN_TOKENS,
     **{name: spec.tokens for name, spec in EXTRA_FAMILIES.items()},
 }
 

@@ -137,7 +137,7 @@ _CHATML = dict(
     default_system="You are a helpful assistant.",
     separator="\n",
 )
-_QWEN_TOKENS = TokenSpec(
+QWEN_TOKENS = TokenSpec(
     special=(
         "<|endoftext|>",
         "<|im_start|>",
@@ -435,7 +435,7 @@ def build_smolvlm(tokenizer):
 # --- LLaVA-OneVision: SigLIP + Qwen2, any-resolution tiles --------------------------------------
 
 _ONEVISION_TOKENS = TokenSpec(
-    special=(*_QWEN_TOKENS.special, "<image>", "<video>"),
+    special=(*QWEN_TOKENS.special, "<image>", "<video>"),
     bos=None,
     eos="<|im_end|>",
     pad="<|endoftext|>",
@@ -606,7 +606,7 @@ def build_mistral3(tokenizer):
 # --- InternVL: InternViT + Qwen2, pixel shuffle, <img>...</img> context tokens -----------------
 
 _INTERNVL_TOKENS = TokenSpec(
-    special=(*_QWEN_TOKENS.special, "<img>", "</img>", "<IMG_CONTEXT>", "<video>"),
+    special=(*QWEN_TOKENS.special, "<img>", "</img>", "<IMG_CONTEXT>", "<video>"),
     bos=None,
     eos="<|im_end|>",
     pad="<|endoftext|>",
@@ -805,8 +805,8 @@ class FamilySpec:
 
 
 EXTRA_FAMILIES: dict[str, FamilySpec] = {
-    "qwen2_5_vl": FamilySpec(_QWEN_TOKENS, _QWEN_TEMPLATE, build_qwen2_5_vl),
-    "qwen3_vl": FamilySpec(_QWEN_TOKENS, _QWEN_TEMPLATE, build_qwen3_vl),
+    "qwen2_5_vl": FamilySpec(QWEN_TOKENS, _QWEN_TEMPLATE, build_qwen2_5_vl),
+    "qwen3_vl": FamilySpec(QWEN_TOKENS, _QWEN_TEMPLATE, build_qwen3_vl),
     "glm4v": FamilySpec(_GLM_TOKENS, _GLM_TEMPLATE, build_glm4v),
     "idefics3": FamilySpec(_IDEFICS_TOKENS, _IDEFICS_TEMPLATE, build_idefics3),
     "smolvlm": FamilySpec(_IDEFICS_TOKENS, _IDEFICS_TEMPLATE, build_smolvlm),
