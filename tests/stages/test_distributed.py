@@ -22,21 +22,27 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from stic.config import DPOConfig, SFTConfig
+from stic.config import SFTConfig
 from stic.data import prompts
 from stic.data.schemas import PairRecord
 from stic.runtime.files import append_jsonl
 from stic.runtime.locks import lock_path
 from stic.runtime.manifests import read_manifest
 from stic.stages import training
-from stic.stages.dpo import run_dpo
-from stic.stages.sft import run_sft
 from stic.testing import make_images
 
 ACCELERATE_CONFIGS = resources.files("stic") / "configs" / "accelerate"
 BIN = Path(sys.executable).parent
-# Float32 on one CPU: the two runs differ only in how the batch is split and summed.
-TOLERANCE = 1e-5
+# The two runs differ only in how float32 sums are split across processes and ordered. Such
+# rounding differences (relative ~1e-7 per sum) are carried through Adam, which scales each
+# step to about ``lr`` whatever the gradient's size, so what they can amount to is a small
+# fraction of how far training moved the weights, not an absolute number: the adapter's
+# difference is measured against the size of the update (LoRA's B matrices start at zero, so
+# their values are the update), the losses' and gradient norms' against their own size. 1e-3
+# leaves room for the rounding of any machine's thread count and summation order; a run that
+# trains on other data (half of it, say) differs by a large fraction of the update (checked
+# below: the comparison must fail then).
+RELATIVE_TOLERANCE = 1e-3
 
 # What makes the two runs comparable: no LoRA dropout, a constant learning rate with no warm-up
 # (so the first step already moves the weights), every step logged.
@@ -84,20 +90,39 @@ def _steps(out: Path) -> dict[int, tuple[float, float]]:
 
 
 def _assert_same_training(one: Path, two: Path) -> dict[str, float]:
-    """The two outputs logged the same losses and saved the same adapter; returns the differences."""
+    """The two outputs logged the same losses and saved the same adapter, within rounding.
+
+    Returns the relative differences: of the adapters (norm of the difference over the norm of
+    the update), of the losses and of the gradient norms (largest over the steps, each over its
+    own size).
+    """
     steps_one, steps_two = _steps(one), _steps(two)
     assert sorted(steps_one) == sorted(steps_two), (steps_one, steps_two)
-    loss_diff = max(abs(steps_one[s][0] - steps_two[s][0]) for s in steps_one)
-    norm_diff = max(abs(steps_one[s][1] - steps_two[s][1]) for s in steps_one)
+
+    def relative(a: float, b: float) -> float:
+        return abs(a - b) / max(abs(a), abs(b), 1e-12)
+
+    loss_diff = max(relative(steps_one[s][0], steps_two[s][0]) for s in steps_one)
+    norm_diff = max(relative(steps_one[s][1], steps_two[s][1]) for s in steps_one)
     a = load_file(one / "adapter_model.safetensors")
     b = load_file(two / "adapter_model.safetensors")
     assert a.keys() == b.keys()
-    weight_diff = max((a[k] - b[k]).abs().max().item() for k in a)
-    moved = max((a[k]).abs().max().item() for k in a if "lora_B" in k)
-    assert moved > 1e-3, "the adapter did not train: the comparison would prove nothing"
-    assert loss_diff < TOLERANCE and norm_diff < TOLERANCE, (steps_one, steps_two)
-    assert weight_diff < TOLERANCE, weight_diff
-    return {"loss": loss_diff, "grad_norm": norm_diff, "adapter": weight_diff}
+    difference = sum(((a[k] - b[k]).double() ** 2).sum() for k in a) ** 0.5
+    update = sum((a[k].double() ** 2).sum() for k in a if "lora_B" in k) ** 0.5
+    assert max(a[k].abs().max().item() for k in a if "lora_B" in k) > 1e-3, (
+        "the adapter did not train: the comparison would prove nothing"
+    )
+    weight_diff = float(difference / update)
+    diffs = {"loss": loss_diff, "grad_norm": norm_diff, "adapter": weight_diff}
+    assert max(diffs.values()) < RELATIVE_TOLERANCE, (diffs, steps_one, steps_two)
+    return diffs
+
+
+def _one_process(stage: str, values: dict) -> None:
+    """The single-process run, as a process with the same thread settings as each launched one
+    (one thread): the comparison is then between data-parallel and not, not between thread
+    counts."""
+    _run([sys.executable, "-m", "stic", stage, *_cli_args(values)])
 
 
 @pytest.fixture(scope="module")
@@ -129,6 +154,9 @@ def inputs(tiny_model_factory, tmp_path_factory) -> dict[str, Path]:
         for i, (chosen, rejected) in enumerate(texts)
     ]
     append_jsonl(pairs, [r.to_dict() for r in records])
+    # What one of the two processes sees: a run that trained on this alone must not pass.
+    half_pairs = root / "half_pairs.jsonl"
+    append_jsonl(half_pairs, [r.to_dict() for r in records[::2]])
     # Answers of different lengths: the SFT loss is a mean over the answer tokens of the whole
     # global batch, which two processes must reproduce (each sees a different token count).
     answers = ["A red circle.", "Two blue squares on a green field.", "Nothing.", "A cat. " * 6]
@@ -149,7 +177,17 @@ def inputs(tiny_model_factory, tmp_path_factory) -> dict[str, Path]:
         )
     )
     assert sorted(p.name for p in images.iterdir()) == [f"img_{i:04d}.png" for i in range(4)]
-    return {"model": model, "images": images, "pairs": pairs, "data": data, "root": root}
+    half_data = root / "half_instruct.json"
+    half_data.write_text(json.dumps(json.loads(data.read_text())[::2]))
+    return {
+        "model": model,
+        "images": images,
+        "pairs": pairs,
+        "data": data,
+        "half_pairs": half_pairs,
+        "half_data": half_data,
+        "root": root,
+    }
 
 
 def _dpo_values(inputs, out: Path, **overrides) -> dict:
@@ -229,7 +267,7 @@ def _run(command: list[str]) -> subprocess.CompletedProcess:
 def test_dpo_two_processes_killed_and_resumed_equal_one_process(inputs, tmp_path):
     """torchrun, 2 processes x 1 pair = 1 process x 2 pairs; killed after a checkpoint, resumed."""
     one = tmp_path / "one"
-    run_dpo(DPOConfig(**_dpo_values(inputs, one, batch_size=2, save_steps=100)))
+    _one_process("dpo", _dpo_values(inputs, one, batch_size=2, save_steps=100))
 
     two = tmp_path / "two"
     values = _dpo_values(inputs, two)
@@ -254,6 +292,14 @@ def test_dpo_two_processes_killed_and_resumed_equal_one_process(inputs, tmp_path
     diffs = _assert_same_training(one, two)
     print(f"dpo, 1 vs 2 processes (killed at {Path(killed_at).name}, resumed): {diffs}")
 
+    # The tolerance still tells a run on half the data apart.
+    half = tmp_path / "half"
+    pairs = str(inputs["half_pairs"])
+    _one_process("dpo", _dpo_values(inputs, half, pairs=pairs, batch_size=2, save_steps=100))
+    with pytest.raises(AssertionError) as refused:
+        _assert_same_training(half, two)
+    print(f"  half the data: {str(refused.value)[:200]}")
+
 
 @pytest.mark.slow
 def test_sft_accelerate_launch_equals_one_process(inputs, tmp_path):
@@ -269,7 +315,7 @@ def test_sft_accelerate_launch_equals_one_process(inputs, tmp_path):
         **COMMON,
     }
     one = tmp_path / "one"
-    run_sft(SFTConfig(**values, out=str(one), batch_size=2))
+    _one_process("sft", {**values, "out": str(one), "batch_size": 2})
 
     two = tmp_path / "two"
     config = ACCELERATE_CONFIGS / "ddp.yaml"
@@ -293,6 +339,14 @@ def test_sft_accelerate_launch_equals_one_process(inputs, tmp_path):
     assert summary["details"]["global_step"] == 2
     diffs = _assert_same_training(one, two)
     print(f"sft, 1 vs 2 processes (accelerate launch): {diffs}")
+
+    half = tmp_path / "half"
+    _one_process(
+        "sft", {**values, "data": str(inputs["half_data"]), "out": str(half), "batch_size": 2}
+    )
+    with pytest.raises(AssertionError) as refused:
+        _assert_same_training(half, two)
+    print(f"  half the data: {str(refused.value)[:200]}")
 
 
 def test_no_launcher_means_one_process(monkeypatch):
