@@ -8,7 +8,11 @@ Generation (the same requests each time: the demo's VQA questions and GOOD_PROMP
   hf-compiled    hf with the model's forward under torch.compile
   vllm           the vLLM backend (when vLLM is importable: run it with .venv-vllm/bin/python)
 and prints images/s, generated tokens/s, peak memory (RSS over the start, sampled; CUDA: peak
-allocated) and the ratio of each to the batch-1 loop. Then DPO: ``--dpo-steps`` training steps
+allocated) and the ratio of each to the batch-1 loop and to hf batched. Every configuration runs
+``--repeats`` times (default 3), interleaved (A B C A B C ...): each figure is the median with its
+[min-max] range over the rounds, each ratio the median and range of the rounds' own ratios
+(benchmarks/measure.py says why). The last line says how busy the machine was meanwhile and
+warns when other processes made the ratios unreliable. Then DPO: ``--dpo-steps`` training steps
 with the reference log-probs computed per step and precomputed (the precompute pass is timed
 apart), on the same pairs, and the ratio of step times.
 
@@ -24,12 +28,15 @@ import argparse
 import os
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+from measure import LoadMonitor, interleaved, ratios, spread  # noqa: E402  (benchmarks/measure.py)
 
 
 @dataclass
@@ -107,7 +114,12 @@ def timed(name, run, requests) -> Result:
     )
 
 
-def generation_benchmarks(args, requests) -> list[Result]:
+def generation_runs(args, requests) -> tuple[dict[str, Callable[[], Result]], Callable[[], None]]:
+    """name -> one timed pass over ``requests``, each warmed up once here; and a clean-up.
+
+    Each run sets the model up as it needs (static cache, compiled forward) and restores it, so
+    the runs can be interleaved in any order.
+    """
     import torch
 
     from stic.modeling.backends import HFBackend, import_vllm, open_vllm_engine
@@ -117,48 +129,67 @@ def generation_benchmarks(args, requests) -> list[Result]:
     model, processor = load_model(args.model, device=args.device)
     model.eval()
     options = dict(max_new_tokens=args.max_new_tokens)
-    results = []
+    runs: dict[str, Callable[[], Result]] = {}
+    closers: list[Callable[[], None]] = []
 
     def warm(backend):  # one small call first: allocator, kernels, caches
         backend.generate(requests[:2], **options)
 
     if "loop" not in args.skip:
-        results.append(
-            timed(
-                "batch-1 loop",
-                lambda rs: [generate(model, processor, [r], **options)[0] for r in rs],
-                requests,
-            )
+        runs["batch-1 loop"] = lambda: timed(
+            "batch-1 loop",
+            lambda rs: [generate(model, processor, [r], **options)[0] for r in rs],
+            requests,
         )
     batched = HFBackend(model, processor, args.batch_size)
     warm(batched)
-    if "hf" not in args.skip:
-        # One call per batch, in the requests' order (no sorting: each call is one batch).
-        def in_order(rs):
-            out = []
-            for start in range(0, len(rs), args.batch_size):
-                out += batched.generate(rs[start : start + args.batch_size], **options)
-            return out
 
-        results.append(timed("hf", in_order, requests))
-        results.append(timed("hf-sorted", lambda rs: batched.generate(rs, **options), requests))
+    # One call per batch, in the requests' order (no sorting: each call is one batch).
+    def in_order(rs):
+        out = []
+        for start in range(0, len(rs), args.batch_size):
+            out += batched.generate(rs[start : start + args.batch_size], **options)
+        return out
+
+    if "hf" not in args.skip:
+        runs["hf"] = lambda: timed("hf", in_order, requests)
+        runs["hf-sorted"] = lambda: timed(
+            "hf-sorted", lambda rs: batched.generate(rs, **options), requests
+        )
     if "static" not in args.skip:
+
+        def static():
+            model.generation_config.cache_implementation = "static"
+            try:
+                return timed("hf-static", in_order, requests)
+            finally:
+                model.generation_config.cache_implementation = None
+
         model.generation_config.cache_implementation = "static"
         try:
             warm(batched)
-            results.append(timed("hf-static", lambda rs: in_order(rs), requests))
         finally:
             model.generation_config.cache_implementation = None
+        runs["hf-static"] = static
     if "compile" not in args.skip:
         eager = model.forward
-        model.forward = torch.compile(eager, dynamic=True)
+        compiled = torch.compile(eager, dynamic=True)
+
+        def with_compiled():
+            model.forward = compiled
+            try:
+                return timed("hf-compiled", in_order, requests)
+            finally:
+                model.forward = eager
+
+        model.forward = compiled
         try:
             started = time.perf_counter()
             warm(batched)
             print(f"  (torch.compile warm-up: {time.perf_counter() - started:.1f} s)")
-            results.append(timed("hf-compiled", lambda rs: in_order(rs), requests))
         finally:
             model.forward = eager
+        runs["hf-compiled"] = with_compiled
     if "vllm" not in args.skip:
         try:
             import_vllm()
@@ -169,9 +200,16 @@ def generation_benchmarks(args, requests) -> list[Result]:
             engine = open_vllm_engine(args.model, seed=0, max_model_len=512)
             print(f"  (vLLM engine start: {time.perf_counter() - started:.1f} s)")
             warm(engine)
-            results.append(timed("vllm", lambda rs: engine.generate(rs, **options), requests))
-            engine.close()
-    return results
+            runs["vllm"] = lambda: timed(
+                "vllm", lambda rs: engine.generate(rs, **options), requests
+            )
+            closers.append(engine.close)
+
+    def close():
+        for closer in closers:
+            closer()
+
+    return runs, close
 
 
 def dpo_benchmark(args, root: Path) -> None:
@@ -244,20 +282,55 @@ def dpo_benchmark(args, root: Path) -> None:
         trainer.train()
         return (time.perf_counter() - started) / steps, pre_seconds
 
-    per_step, _ = step_time(False)
-    pre_step, pre_seconds = step_time(True)
+    per_step: list[float] = []
+    pre_step: list[float] = []
+    pre_pass: list[float] = []
+
+    def per_step_run() -> float:
+        per_step.append(step_time(False)[0])
+        return per_step[-1]
+
+    def precomputed_run() -> float:
+        seconds, pass_seconds = step_time(True)
+        pre_step.append(seconds)
+        pre_pass.append(pass_seconds)
+        return seconds
+
+    figures = interleaved(
+        {"reference per step": per_step_run, "reference precomputed": precomputed_run},
+        args.repeats,
+    )
     print(
         json.dumps(
             {
                 "dpo_steps": steps,
                 "pairs_per_step": args.dpo_batch,
-                "step_s_reference_per_step": round(per_step, 4),
-                "step_s_reference_precomputed": round(pre_step, 4),
-                "precompute_pass_s": round(pre_seconds, 3),
-                "step_time_ratio": round(per_step / pre_step, 2),
+                "step_s_reference_per_step": spread(per_step).as_dict(),
+                "step_s_reference_precomputed": spread(pre_step).as_dict(),
+                "precompute_pass_s": spread(pre_pass).as_dict(3),
+                "step_time_ratio": ratios(
+                    figures, "reference per step", "reference precomputed"
+                ).as_dict(2),
             }
         )
     )
+
+
+def print_generation(results: dict[str, list[Result]]) -> None:
+    """Median [min-max] over the rounds of each figure, and of each round's ratio to the loop
+    (and to hf batched)."""
+    rates = {name: [r.images / r.seconds for r in rs] for name, rs in results.items()}
+    tokens = {name: [r.tokens / r.seconds for r in rs] for name, rs in results.items()}
+    peaks = {name: [r.peak_mb for r in rs] for name, rs in results.items()}
+    bases = [b for b in ("batch-1 loop", "hf") if b in rates]
+    header = f"{'':14} {'images/s':>22} {'tokens/s':>22} {'peak MiB':>18}"
+    header += "".join(f" {'x ' + ('loop' if b == 'batch-1 loop' else b):>18}" for b in bases)
+    print(header)
+    for name in results:
+        line = f"{name:14} {str(spread(rates[name])):>22} {str(spread(tokens[name])):>22}"
+        line += f" {str(spread(peaks[name])):>18}"
+        line += "".join(f" {str(ratios(rates, name, b)):>18}" for b in bases)
+        print(line)
 
 
 def main():
@@ -272,6 +345,12 @@ def main():
     parser.add_argument("--dpo-steps", type=int, default=6)
     parser.add_argument("--dpo-batch", type=int, default=4)
     parser.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="rounds of every configuration, interleaved (A B C A B C ...); medians and ranges",
+    )
+    parser.add_argument(
         "--skip",
         nargs="*",
         default=[],
@@ -283,22 +362,32 @@ def main():
 
     print(
         f"model {args.model}; {args.requests} requests, batch {args.batch_size}, "
-        f"{args.max_new_tokens} new tokens; torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, "
+        f"{args.max_new_tokens} new tokens, {args.repeats} interleaved rounds; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}"
     )
     requests, root = requests_of(args.requests)
-    results = generation_benchmarks(args, requests)
-    base = next((r for r in results if r.name == "batch-1 loop"), results[0] if results else None)
-    print(f"{'':14} {'images/s':>9} {'tokens/s':>9} {'peak MiB':>9} {'x loop':>7}")
-    for r in results:
-        rate = r.images / r.seconds
-        print(
-            f"{r.name:14} {rate:9.2f} {r.tokens / r.seconds:9.1f} {r.peak_mb:9.0f} "
-            f"{rate / (base.images / base.seconds):7.2f}"
-        )
-    if "dpo" not in args.skip:
-        dpo_benchmark(args, root)
+    with LoadMonitor() as load:
+        runs, close = generation_runs(args, requests)
+        try:
+            results: dict[str, list[Result]] = {name: [] for name in runs}
+
+            def keep(name, run):
+                def once() -> float:
+                    result = run()
+                    results[name].append(result)
+                    return result.images / result.seconds
+
+                return once
+
+            interleaved({name: keep(name, run) for name, run in runs.items()}, args.repeats)
+        finally:
+            close()
+        if results:
+            print_generation(results)
+        if "dpo" not in args.skip:
+            dpo_benchmark(args, root)
+    print(load.report())
 
 
 if __name__ == "__main__":  # vLLM starts its engine in a spawned process: keep this guard
