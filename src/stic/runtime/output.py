@@ -39,7 +39,7 @@ from stic.runtime.files import (
     make_folder,
 )
 from stic.runtime.identity import PATH_FIELDS, ConfigIdentity
-from stic.runtime.locks import acquire_lock, release_lock
+from stic.runtime.locks import OutputLocked, acquire_lock, release_lock
 from stic.runtime.manifests import (
     StageConflict,
     UnsafeOutput,
@@ -55,7 +55,10 @@ from stic.runtime.manifests import (
     write_manifest,
 )
 
-__all__ = ["Output", "StageConflict", "UnsafeOutput", "input_paths"]
+__all__ = ["OUTPUT_ERRORS", "Output", "OutputLocked", "StageConflict", "UnsafeOutput", "input_paths"]
+
+# Why an output cannot be claimed: a tool reports these as one line.
+OUTPUT_ERRORS = (UnsafeOutput, StageConflict, OutputLocked)
 
 logger = logging.getLogger(__name__)
 
