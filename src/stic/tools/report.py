@@ -889,8 +889,6 @@ def write_report(
     out = Path(out)
     if out.is_dir():
         raise ReportError(f"{out}: is a folder; --out names the .html file to write")
-    if out.exists() and not _is_our_file(out):
-        raise ReportError(f"{out}: exists and was not written by stic report; choose another --out")
     try:
         with report_output(sources, out) as output:
             output.write_text(build_report(sources, large_thumbnails))
@@ -919,7 +917,7 @@ def report_output(sources: ReportSources, out: Path) -> Output:
         out=out,
         inputs=inputs,
         file=True,
-        adopt=lambda: [] if out.is_file() and _is_our_file(out) else ["not a stic report page"],
+        adopt=lambda: [] if out.is_file() and _is_our_file(out) else ["not written by stic report"],
         replace=True,
         command="stic report",
     )
