@@ -50,12 +50,20 @@ from stic.runtime.manifests import (
     manifest_path,
     partial_path,
     read_manifest,
+    redact,
     remove_output,
     stage_status,
     write_manifest,
 )
 
-__all__ = ["OUTPUT_ERRORS", "Output", "OutputLocked", "StageConflict", "UnsafeOutput", "input_paths"]
+__all__ = [
+    "OUTPUT_ERRORS",
+    "Output",
+    "OutputLocked",
+    "StageConflict",
+    "UnsafeOutput",
+    "input_paths",
+]
 
 # Why an output cannot be claimed: a tool reports these as one line.
 OUTPUT_ERRORS = (UnsafeOutput, StageConflict, OutputLocked)
@@ -231,6 +239,11 @@ class Output:
         self._files.update(files)
         self._write("running", None)
         self._began = True
+
+    def write_own_manifest(self, document: dict) -> None:
+        """Write a manifest the tool composed itself (``stic merge`` records its shards), in
+        place of :meth:`begin`/:meth:`finish`'s; redacted like theirs."""
+        atomic_write_json(self.manifest_file, redact(document))
 
     def discard(self) -> None:
         """A run that failed before writing anything: no manifest may claim one is under way;
