@@ -237,3 +237,126 @@ def test_run_and_demo_take_overwrite(command, capsys):
         code = e.code
     assert code in (0, None)
     assert "--overwrite" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- the tools' outputs
+# Every command that writes goes through the one output object (stic.runtime.output): a tool's
+# --out that is, lies in, or would write over an input, or a file stic did not write, is refused
+# before anything is written, the inputs left byte for byte as they were.
+
+
+def _pope(root: Path) -> tuple[Path, Path, Path]:
+    """(benchmark folder, image folder, predictions) of a three-question POPE split."""
+    from tests.data.bench_fixtures import write_jsonl, write_png
+
+    rows = [
+        {"question_id": q, "image": f"COCO_val2014_{q}.jpg", "text": "Is there a cat?", "label": a}
+        for q, a in ((11, "yes"), (12, "no"), (13, "no"))
+    ]
+    write_jsonl(root / "pope" / "coco_pope_popular.json", rows)
+    for row in rows:
+        write_png(root / "val2014" / row["image"])
+    predictions = write_jsonl(
+        root / "pred.jsonl", [{"id": str(r["question_id"]), "prediction": "No"} for r in rows]
+    )
+    return root / "pope", root / "val2014", predictions
+
+
+def _score(data: Path, images: Path, predictions: Path, out: Path) -> int:
+    from stic.tools.bench_score import main as score
+
+    return score(["--benchmark", "pope_popular", "--data", str(data), "--images", str(images),
+                  "--predictions", str(predictions), "--out", str(out)])  # fmt: skip
+
+
+def test_bench_score_refuses_to_write_over_its_predictions(tmp_path, capsys):
+    data, images, predictions = _pope(tmp_path)
+    before = predictions.read_bytes()
+    assert _score(data, images, predictions, predictions) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("stic bench score: error:") and "is the predictions input" in err
+    assert "\n" not in err
+    assert predictions.read_bytes() == before
+    assert not manifest_path(predictions).exists() and not list(tmp_path.glob("*.lock"))
+
+
+@pytest.mark.parametrize("inside", ["pope/result.json", "val2014/result.json"])
+def test_bench_score_refuses_an_out_inside_the_benchmark_or_image_folder(inside, tmp_path, capsys):
+    data, images, predictions = _pope(tmp_path)
+    before = _snapshot(tmp_path)
+    assert _score(data, images, predictions, tmp_path / inside) == 2
+    assert "lies inside the" in capsys.readouterr().err
+    assert _snapshot(tmp_path) == before
+
+
+def test_bench_score_refuses_a_file_it_did_not_write_and_replaces_its_own(tmp_path, capsys):
+    data, images, predictions = _pope(tmp_path)
+    out = tmp_path / "result.json"
+    out.write_text("my notes\n")
+    assert _score(data, images, predictions, out) == 2
+    assert "without a stic manifest" in capsys.readouterr().err
+    assert out.read_text() == "my notes\n"
+    out.unlink()
+    assert _score(data, images, predictions, out) == 0
+    assert json.loads(out.read_text())["n"] == 3
+    assert read_manifest(out)["stage"] == "bench-score"
+    assert _score(data, images, predictions, out) == 0  # its own result: rescored in place
+
+
+def _bench_result(path: Path, answers: list[str]) -> Path:
+    """A stic bench result of POPE at ``path``, scored by ``stic bench score``."""
+    from tests.data.bench_fixtures import write_jsonl
+
+    data, images, _ = _pope(path.parent.parent / "pope_data")
+    predictions = write_jsonl(
+        path.with_name(path.stem + ".pred.jsonl"),
+        [{"id": q, "prediction": a} for q, a in zip(("11", "12", "13"), answers, strict=True)],
+    )
+    assert _score(data, images, predictions, path) == 0
+    predictions.unlink()
+    return path
+
+
+def test_compare_refuses_to_write_its_json_over_an_input_result(tmp_path, capsys):
+    from stic.tools.compare import main as compare
+
+    base = _bench_result(tmp_path / "base" / "pope_popular.json", ["Yes", "Yes", "No"])
+    mine = _bench_result(tmp_path / "sub" / "x.json", ["Yes", "No", "No"])
+    before = _snapshot(tmp_path)
+    # --out sub/x.md would write sub/x.json: the second run's result.
+    assert compare([f"base={base}", f"mine={mine}", "--out", str(tmp_path / "sub" / "x.md")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("stic compare: error:") and "x.json is the run" in err
+    assert _snapshot(tmp_path) == before
+    # Elsewhere it writes both files, and replaces them on a rerun.
+    out = tmp_path / "table" / "t.md"
+    for _ in range(2):
+        assert compare([f"base={base}", f"mine={mine}", "--out", str(out)]) == 0
+    assert out.is_file() and json.loads(out.with_suffix(".json").read_text())["bootstrap"]
+    assert sorted(read_manifest(out, file=True)["files"]) == [
+        "t.json",
+        "t.md",
+        "t.md.partial.jsonl",
+    ]
+
+
+def test_compare_refuses_a_table_json_that_stic_did_not_write(tmp_path, capsys):
+    from stic.tools.compare import main as compare
+
+    base = _bench_result(tmp_path / "base" / "pope_popular.json", ["Yes", "Yes", "No"])
+    theirs = tmp_path / "out" / "t.json"
+    theirs.parent.mkdir()
+    theirs.write_text('{"mine": 1}')
+    assert compare([str(base), "--out", str(tmp_path / "out" / "t.md")]) == 2
+    assert "without a stic manifest" in capsys.readouterr().err
+    assert theirs.read_text() == '{"mine": 1}' and not (tmp_path / "out" / "t.md").exists()
+
+
+def test_report_refuses_to_write_over_a_file_it_shows(tmp_path):
+    from stic.tools.report import ReportError, ReportSources, write_report
+
+    result = _bench_result(tmp_path / "bench" / "pope_popular.json", ["Yes", "Yes", "No"])
+    before = result.read_bytes()
+    with pytest.raises(ReportError, match="is the bench"):
+        write_report(ReportSources(benches=[result]), result)
+    assert result.read_bytes() == before

@@ -9,13 +9,22 @@ the key, the bad value and what is allowed. Inner code trusts the config.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import json
 import types
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Literal
+
+from stic.runtime.identity import (  # noqa: F401  (re-exported: config identity lives beside the manifest)
+    FILE_SUFFIXES,
+    PATH_FIELDS,
+    config_hash,
+    differing_keys,
+    identity,
+    normalize_path,
+    normalized,
+    to_dict,
+)
 
 DTYPES = ("auto", "bfloat16", "float16", "float32")
 
@@ -498,9 +507,6 @@ def type_errors(cls: type, data: dict, where: str) -> list[str]:
     return errors
 
 
-FILE_SUFFIXES = (".json", ".jsonl")
-
-
 def value_errors(config: Any, where: str = "", cls: type | None = None) -> list[str]:
     """Range checks that types cannot express (``cls``: the config class, if ``config`` is not one)."""
     errors = []
@@ -618,60 +624,3 @@ def build(cls: type, data: dict, where: str = "") -> Any:
     if errors:
         raise ConfigError("\n".join(errors))
     return cls(**data)
-
-
-def to_dict(config: Any) -> dict:
-    return dataclasses.asdict(config)
-
-
-# Config fields that name files or folders: compared and hashed as absolute, resolved paths, so
-# the same run named from another directory, with a trailing slash or through ``~`` is the same.
-PATH_FIELDS = ("model", "images", "out", "pairs", "data", "adapter")
-
-
-def normalize_path(value: str) -> str:
-    """``value`` as an absolute, resolved path (symbolic links followed where they exist)."""
-    return str(Path(value).expanduser().resolve())
-
-
-def _is_local(field_name: str, value: str) -> bool:
-    # A model is a Hub id unless a folder of that name exists here; every other path field is local.
-    return field_name != "model" or Path(value).expanduser().exists()
-
-
-def normalized(config: Any) -> dict:
-    """The config as a dict with every path field absolute and resolved (what a manifest records)."""
-    data = to_dict(config)
-    for name in PATH_FIELDS:
-        value = data.get(name)
-        if isinstance(value, str) and value and _is_local(name, value):
-            data[name] = normalize_path(value)
-    return data
-
-
-def identity(config: Any) -> dict:
-    """The fields that decide what a stage computes (not RUNTIME_FIELDS), paths normalized."""
-    return {k: v for k, v in normalized(config).items() if k not in type(config).RUNTIME_FIELDS}
-
-
-def config_hash(config: Any) -> str:
-    """Hash of :func:`identity`: equal for two spellings of the same run, different otherwise."""
-    return hashlib.sha256(json.dumps(identity(config), sort_keys=True).encode()).hexdigest()[:16]
-
-
-def differing_keys(recorded: dict, config: Any) -> list[str]:
-    """Keys of :func:`identity` whose value differs from a ``recorded`` config dict (a manifest's).
-
-    Recorded paths are normalized the same way, so a manifest written before paths were
-    normalized still names only the keys that really changed.
-    """
-    now = identity(config)
-    keys = set(now) | {k for k in recorded if k not in type(config).RUNTIME_FIELDS}
-    changed = []
-    for key in sorted(keys):
-        old = recorded.get(key)
-        if key in PATH_FIELDS and isinstance(old, str) and old and _is_local(key, old):
-            old = normalize_path(old)
-        if old != now.get(key):
-            changed.append(key)
-    return changed

@@ -33,6 +33,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import stic.runtime.output
 import stic.stages.dpo
 import stic.stages.training
 from stic.config import DPOConfig, PairsConfig
@@ -804,15 +805,12 @@ def test_a_run_killed_after_its_last_checkpoint_does_not_train_again(
         lora_alpha=8,
         filter_truncated=False,
     )
-    write_manifest = stic.stages.training.write_manifest
 
-    def killed_before_complete(out, stage, config, status, summary=None, files=None):
-        if status == "complete":
-            raise KeyboardInterrupt("killed")
-        write_manifest(out, stage, config, status, summary, files)
+    def killed_before_complete(output, summary=None, files=()):
+        raise KeyboardInterrupt("killed")
 
     with monkeypatch.context() as patch:
-        patch.setattr(stic.stages.training, "write_manifest", killed_before_complete)
+        patch.setattr(stic.runtime.output.Output, "finish", killed_before_complete)
         with pytest.raises(KeyboardInterrupt):
             run_dpo(config)
     final = Path(config.out) / "checkpoints" / "checkpoint-3"

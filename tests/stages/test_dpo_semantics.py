@@ -15,6 +15,7 @@ tests check its meaning, each against a computation made independently of the tr
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from pathlib import Path
@@ -28,7 +29,7 @@ from stic.data.prompts import BAD_PROMPTS, GOOD_PROMPT, PLAIN_PROMPTS
 from stic.data.schemas import PairRecord
 from stic.modeling.chat import IGNORE_INDEX, TrainRow, encode_rows, render_segments
 from stic.modeling.losses import answer_logps
-from stic.runtime.files import read_jsonl
+from stic.runtime.files import append_jsonl, read_jsonl
 from stic.runtime.images import load_image
 from stic.stages.dpo import (
     REFERENCE,
@@ -270,6 +271,11 @@ def _loss_and_grads(model, trainer, batch) -> tuple[float, dict[str, torch.Tenso
     return loss.item(), grads
 
 
+def _appender(path):
+    """What the stage's output object does with the rows: append them, fsynced, to ``path``."""
+    return functools.partial(append_jsonl, path)
+
+
 def test_precomputed_reference_gives_the_per_step_loss_and_gradients(pair_files, adapted, tmp_path):
     _, images, pairs = pair_files
     model, processor = adapted
@@ -277,8 +283,9 @@ def test_precomputed_reference_gives_the_per_step_loss_and_gradients(pair_files,
         param.requires_grad_("lora_" in param_name)
     collator = PairCollator(processor, str(images), max_length=512)
     # Scored one pair at a time, in reverse order: other padding than the training batch.
+    path = tmp_path / REFERENCE
     reference = precompute_reference_logps(
-        model, pairs[::-1], collator, tmp_path / REFERENCE, "m", batch_size=1
+        model, pairs[::-1], collator, path, "m", batch_size=1, append=_appender(path)
     )
     trainer = _trainer(model, tmp_path, nll_coef=1 / 64, normalization="sum")
     batch = collator(pairs)
@@ -301,15 +308,21 @@ def test_reference_logps_resume_and_are_keyed_by_model(pair_files, adapted, tmp_
     model, processor = adapted
     collator = PairCollator(processor, str(images), max_length=512)
     path = tmp_path / REFERENCE
-    first = precompute_reference_logps(model, pairs[:2], collator, path, "m", batch_size=2)
+    first = precompute_reference_logps(
+        model, pairs[:2], collator, path, "m", batch_size=2, append=_appender(path)
+    )
     calls = []
     counting = lambda chunk: calls.append(len(chunk)) or collator(chunk)  # noqa: E731
-    both = precompute_reference_logps(model, pairs, counting, path, "m", batch_size=4)
+    both = precompute_reference_logps(
+        model, pairs, counting, path, "m", batch_size=4, append=_appender(path)
+    )
     assert calls == [len(pairs) - 2]  # only the pairs not stored yet
     assert {k: both[k] for k in first} == first
     assert [r["id"] for r in read_jsonl(path)] == [p.id for p in pairs]
     calls.clear()
-    precompute_reference_logps(model, pairs, counting, path, "another model", batch_size=4)
+    precompute_reference_logps(
+        model, pairs, counting, path, "another model", batch_size=4, append=_appender(path)
+    )
     assert calls == [len(pairs)]  # another model's values are not reused
 
 

@@ -65,12 +65,13 @@ def test_scores_by_id_and_reports_unmatched(tmp_path, capsys):
 
 def test_bad_data_folder_is_one_line_error(tmp_path, capsys):
     predictions = write_jsonl(tmp_path / "pred.jsonl", [{"id": "1", "prediction": "yes"}])
+    (tmp_path / "empty").mkdir()
     code = main(
         [
             "--benchmark",
             "pope_random",
             "--data",
-            str(tmp_path),
+            str(tmp_path / "empty"),
             "--predictions",
             str(predictions),
             "--out",

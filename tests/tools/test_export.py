@@ -136,4 +136,4 @@ def test_output_guarded_like_a_stage(adapter, tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
     argv = ["--adapter", str(folder), "--out", str(out), "--dtype", "float16", "--overwrite"]
     assert main(argv) == 0
-    assert not list(tmp_path.glob(".export.export-*"))  # no staging folder left
+    assert not list(tmp_path.glob(".export.*"))  # no staging folder left

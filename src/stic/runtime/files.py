@@ -17,12 +17,47 @@ from typing import Any
 logger = logging.getLogger(__name__)
 
 
+def current_umask() -> int:
+    """This process's umask (read from /proc where it can be, so it is never changed here)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # no /proc: read it by setting it, and put it back at once
+    os.umask(mask)
+    return mask
+
+
+def created_file_mode() -> int:
+    """The mode of a file the user creates: 0666 less the umask (0644 under umask 022)."""
+    return 0o666 & ~current_umask()
+
+
+def created_folder_mode() -> int:
+    """The mode of a folder the user creates: 0777 less the umask (0755 under umask 022)."""
+    return 0o777 & ~current_umask()
+
+
+def make_folder(path: str | os.PathLike) -> Path:
+    """``mkdir -p``: folders created with the user's umask, as ``mkdir`` makes them."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename."""
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename.
+
+    The file gets the mode any file the user writes gets (0666 less the umask): ``mkstemp``
+    makes its files 0600, which a server run as another user could not read.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, created_file_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

@@ -31,6 +31,8 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+from stic.runtime.files import created_file_mode
+
 logger = logging.getLogger(__name__)
 
 LOCK_SUFFIX = ".lock"
@@ -149,6 +151,7 @@ def _create(path: Path, record: dict) -> bool:
     text = json.dumps(record) + "\n"
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, created_file_mode())  # readable like any file the user makes
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()

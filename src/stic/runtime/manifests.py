@@ -22,8 +22,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from stic.config import FILE_SUFFIXES, config_hash, differing_keys, normalized
 from stic.runtime.files import atomic_write_json, read_json
+from stic.runtime.identity import FILE_SUFFIXES, ConfigIdentity
 
 logger = logging.getLogger(__name__)
 
@@ -50,10 +50,14 @@ class UnsafeOutput(RuntimeError):
     """An output path that would overwrite or sit inside one of the stage's inputs."""
 
 
-def manifest_path(out: str | Path) -> Path:
-    """``<out>.manifest.json`` beside a file output, ``<out>/stic_manifest.json`` in a folder output."""
+def manifest_path(out: str | Path, file: bool | None = None) -> Path:
+    """``<out>.manifest.json`` beside a file output, ``<out>/stic_manifest.json`` in a folder output.
+
+    ``file``: whether ``out`` is a file output (default: by its suffix, :data:`FILE_SUFFIXES`; a
+    tool's ``.md`` or ``.html`` output says so).
+    """
     out = Path(out)
-    if out.suffix in FILE_SUFFIXES:
+    if (out.suffix in FILE_SUFFIXES) if file is None else file:
         return out.with_name(out.name + ".manifest.json")
     return out / "stic_manifest.json"
 
@@ -68,8 +72,8 @@ def library_versions() -> dict[str, str]:
     return versions
 
 
-def read_manifest(out: str | Path) -> dict | None:
-    path = manifest_path(out)
+def read_manifest(out: str | Path, file: bool | None = None) -> dict | None:
+    path = manifest_path(out, file)
     return read_json(path) if path.exists() else None
 
 
@@ -107,11 +111,15 @@ def _sha256(path: Path) -> str:
 
 def input_identities(config: Any) -> dict[str, str | None]:
     """Identities of the config's inputs that other stages (or people) may redo."""
+    record = _identity(config).record
     return {
-        name: input_identity(getattr(config, name))
-        for name in INPUT_FIELDS
-        if getattr(config, name, None) is not None
+        name: input_identity(record[name]) for name in INPUT_FIELDS if record.get(name) is not None
     }
+
+
+def _identity(config: Any) -> ConfigIdentity:
+    """``config`` read once; an already read one (what an output object holds) as it is."""
+    return config if isinstance(config, ConfigIdentity) else ConfigIdentity.of(config)
 
 
 def partial_path(out: str | Path) -> Path:
@@ -120,19 +128,21 @@ def partial_path(out: str | Path) -> Path:
     return out.with_name(out.name + PARTIAL_SUFFIX)
 
 
-def is_file_output(out: str | Path) -> bool:
-    return Path(out).suffix in FILE_SUFFIXES
+def is_file_output(out: str | Path, file: bool | None = None) -> bool:
+    return Path(out).suffix in FILE_SUFFIXES if file is None else file
 
 
-def default_files(out: str | Path) -> list[str]:
+def default_files(out: str | Path, file: bool | None = None) -> list[str]:
     """What a file output's stage writes besides its manifest: the output and its partial file."""
     out = Path(out)
-    return [out.name, partial_path(out).name] if is_file_output(out) else []
+    return [out.name, partial_path(out).name] if is_file_output(out, file) else []
 
 
-def _has_output(out: Path) -> bool:
-    if is_file_output(out):
-        return out.exists() or partial_path(out).exists()
+def has_output(out: Path, file: bool | None = None, files: list[str] | None = None) -> bool:
+    """Whether anything but a manifest is at ``out`` (and, for a file output, at ``files``)."""
+    if is_file_output(out, file):
+        names = default_files(out, True) + list(files or [])
+        return any((out.parent / name).exists() for name in names)
     return out.is_dir() and any(p.name != manifest_path(out).name for p in out.iterdir())
 
 
@@ -167,6 +177,11 @@ def stage_status(
     stage: str,
     config: Any,
     adopt: Callable[[], list[str]] | None = None,
+    *,
+    file: bool | None = None,
+    files: list[str] | None = None,
+    replace: bool = False,
+    inputs: dict[str, str | None] | None = None,
 ) -> Literal["new", "resume", "complete"]:
     """Where ``stage`` stands at ``out`` for ``config``; raises :class:`StageConflict` on a mismatch.
 
@@ -177,38 +192,45 @@ def stage_status(
     was not written by stic (or its manifest was not copied along): it is refused, unless
     ``adopt`` is given and returns no problem (the stage checked that the records' own
     provenance matches this config), in which case it is resumed.
+
+    ``config``: a stage config, or the :class:`ConfigIdentity` an output object read from it.
+    ``replace`` (tools, which always make their output anew): an output the same stage made
+    with any config is deleted as with ``overwrite``. ``files``: what this run will write
+    beside a file output (checked to be stic's too); ``inputs``: their identities, if known.
     """
     out = Path(out)
-    manifest = read_manifest(out)
+    ident = _identity(config)
+    manifest = read_manifest(out, file)
     if manifest is None:
-        if not _has_output(out):
+        if not has_output(out, file, files):
             return "new"
         problems = adopt() if adopt is not None else ["stic has no record of writing it"]
         if not problems:
             logger.warning("%s has no manifest; its records match this run, so it is resumed", out)
             return "resume"
         raise StageConflict(
-            f"{out} exists without a stic manifest ({manifest_path(out).name}) and cannot be "
-            f"resumed: {'; '.join(problems[:3])}. Choose another output path, or move it away "
-            "if it is yours"
+            f"{out} exists without a stic manifest ({manifest_path(out, file).name}) and cannot "
+            f"be resumed: {'; '.join(problems[:3])}. Choose another output path, or move it "
+            "away if it is yours"
         )
-    same_config = manifest.get("stage") == stage and manifest.get("config_hash") == config_hash(
-        config
-    )
-    same_inputs = manifest.get("inputs", {}) == input_identities(config)
-    if same_config and same_inputs:
+    inputs = input_identities(ident) if inputs is None else inputs
+    same_stage = manifest.get("stage") == stage
+    same_config = same_stage and manifest.get("config_hash") == ident.hash
+    same_inputs = manifest.get("inputs", {}) == inputs
+    if same_config and same_inputs and not replace:
         return "complete" if manifest.get("status") == "complete" else "resume"
-    if not _has_output(out):
-        manifest_path(out).unlink()
+    if not has_output(out, file, manifest.get("files")):
+        manifest_path(out, file).unlink()
         return "new"
-    if not getattr(config, "overwrite", False):
-        raise StageConflict(_conflict_message(out, stage, config, manifest, same_config))
-    logger.warning(
-        "overwriting %s (made with %s)",
-        out,
-        "a different config" if not same_config else "other inputs",
-    )
-    remove_output(out, manifest)
+    if not (ident.overwrite or (replace and same_stage)):
+        raise StageConflict(_conflict_message(out, stage, ident, manifest, same_config, inputs))
+    if not replace:
+        logger.warning(
+            "overwriting %s (made with %s)",
+            out,
+            "a different config" if not same_config else "other inputs",
+        )
+    remove_output(out, manifest, file)
     return "new"
 
 
@@ -217,20 +239,20 @@ def _short(value: Any, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _conflict_message(out: Path, stage: str, config: Any, manifest: dict, same_config: bool) -> str:
+def _conflict_message(
+    out: Path, stage: str, ident: ConfigIdentity, manifest: dict, same_config: bool, inputs: dict
+) -> str:
     if manifest.get("stage") != stage:
         why = f"holds a {manifest.get('stage')} output, not a {stage} one"
         keep = "choose another output path"
     elif same_config:
-        changed = sorted(
-            k for k, v in input_identities(config).items() if manifest.get("inputs", {}).get(k) != v
-        )
+        changed = sorted(k for k, v in inputs.items() if manifest.get("inputs", {}).get(k) != v)
         why = f"was made from inputs that have changed since ({', '.join(changed)})"
         keep = "choose another output path to keep it"
     else:
         recorded = manifest.get("config", {})
-        changed = differing_keys(recorded, config)
-        now = normalized(config)
+        changed = ident.differing_keys(recorded)
+        now = ident.record
         shown = ", ".join(f"{k} {_short(recorded.get(k))} -> {_short(now.get(k))}" for k in changed)
         why = (
             f"was made with other settings ({shown or 'hash ' + str(manifest.get('config_hash'))})"
@@ -239,27 +261,27 @@ def _conflict_message(out: Path, stage: str, config: Any, manifest: dict, same_c
     return f"{out} {why}: {keep}, or pass --overwrite to delete it and start over"
 
 
-def remove_output(out: str | Path, manifest: dict | None = None) -> None:
+def remove_output(out: str | Path, manifest: dict | None = None, file: bool | None = None) -> None:
     """Delete exactly what the stage that wrote ``out`` lists in its manifest, and the manifest.
 
     Never by pattern: a file beside or inside the output that the manifest does not name stays.
     A folder output is removed only if nothing else is left in it.
     """
     out = Path(out)
-    manifest = read_manifest(out) if manifest is None else manifest
+    manifest = read_manifest(out, file) if manifest is None else manifest
     if manifest is None and not out.exists():
         return
     if manifest is None:
         raise StageConflict(f"{out}: no stic manifest, so stic will not delete it")
     files = manifest.get("files")
     if files is None:
-        if not is_file_output(out):
+        if not is_file_output(out, file):
             raise StageConflict(
                 f"{out} was written by an older stic that did not record its files, so it is not "
                 "deleted: choose another output path, or delete it yourself"
             )
-        files = default_files(out)
-    base = out.parent if is_file_output(out) else out
+        files = default_files(out, file)
+    base = out.parent if is_file_output(out, file) else out
     for name in files:
         path = base / name
         if Path(name).is_absolute() or ".." in Path(name).parts or path == base:
@@ -268,8 +290,8 @@ def remove_output(out: str | Path, manifest: dict | None = None) -> None:
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
-    manifest_path(out).unlink(missing_ok=True)
-    if not is_file_output(out) and out.is_dir():
+    manifest_path(out, file).unlink(missing_ok=True)
+    if not is_file_output(out, file) and out.is_dir():
         with contextlib.suppress(OSError):  # not empty: what is left is not stic's
             out.rmdir()
 
@@ -315,25 +337,30 @@ def write_manifest(
     status: Literal["running", "complete"],
     summary: dict | None = None,
     files: list[str] | None = None,
+    *,
+    file: bool | None = None,
+    inputs: dict[str, str | None] | None = None,
 ) -> None:
     """Write the manifest beside ``out``.
 
+    ``config``: a stage config, or the :class:`ConfigIdentity` an output object read from it.
     ``files``: what the stage writes, relative to the output's folder (file outputs) or to the
     output folder; ``--overwrite`` deletes these and nothing else. Default: the output file and
-    its partial file.
+    its partial file. ``inputs``: the inputs' identities (default: computed now).
     """
+    ident = _identity(config)
     atomic_write_json(
-        manifest_path(out),
+        manifest_path(out, file),
         redact(
             {
                 "stage": stage,
                 "status": status,
-                "config": normalized(config),
-                "config_hash": config_hash(config),
+                "config": ident.record,
+                "config_hash": ident.hash,
                 "versions": library_versions(),
                 "updated": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "inputs": input_identities(config),
-                "files": default_files(out) if files is None else sorted(set(files)),
+                "inputs": input_identities(ident) if inputs is None else inputs,
+                "files": default_files(out, file) if files is None else sorted(set(files)),
                 "summary": summary or {},
             }
         ),

@@ -42,9 +42,10 @@ from stic.data.benchmarks import (
 )
 from stic.data.prompts import DAR_DESCRIBE_PROMPT, infuse_description
 from stic.modeling.generation import Request
-from stic.runtime.files import atomic_write_json, read_json, read_jsonl
+from stic.runtime.files import read_json, read_jsonl
 from stic.runtime.images import ImageError
-from stic.runtime.manifests import input_identity, partial_path, remove_output
+from stic.runtime.manifests import input_identity, remove_output
+from stic.runtime.output import Output
 from stic.stages.runner import GenerationStage, StageSummary, claim_output, run_generation
 
 logger = logging.getLogger(__name__)
@@ -246,9 +247,9 @@ def about(config: BenchConfig) -> dict:
 
 
 def write_result(
-    config: BenchConfig, items: Sequence[BenchItem], records: list[dict], judge, out: Path
+    config: BenchConfig, items: Sequence[BenchItem], records: list[dict], judge, output: Output
 ) -> dict:
-    """Score ``records`` and write OUT.json; returns the result document."""
+    """Score ``records`` and write OUT.json through ``output``; returns the result document."""
     result = score_predictions(config.benchmark, items, records, judge=judge)
     if judge is not None:
         result["judge"] = {**judge.describe(), **result["judge"], "new_calls": judge.calls}
@@ -268,7 +269,7 @@ def write_result(
     }
     result.update(about(config))
     result["sources"] = {"data": config.data, "images": config.images}
-    atomic_write_json(out, result)
+    output.write_json(result)
     return result
 
 
@@ -296,9 +297,9 @@ def run_bench(config: BenchConfig, model=None, processor=None, backend=None) -> 
     cache = description_cache(config) if config.dar else None
     scored: dict = {}
 
-    def finish(records: list[dict], out: Path) -> None:
+    def finish(records: list[dict], output: Output) -> None:
         if records:  # none: no image loaded; reported below, nothing scored
-            scored.update(write_result(config, items, records, judge, out))
+            scored.update(write_result(config, items, records, judge, output))
 
     stage = GenerationStage(
         name=STAGE,
@@ -319,9 +320,9 @@ def run_bench(config: BenchConfig, model=None, processor=None, backend=None) -> 
     out = Path(config.out)
     if summary.up_to_date and judge is not None and _judge_failures(out):
         logger.info("%s: scoring again the items whose judge failed", out)
-        with claim_output(STAGE, config):
-            done = {r["id"]: r for r in read_jsonl(partial_path(out), key="id")}
-            finish([done[i.id] for i in items if i.id in done], out)
+        with claim_output(STAGE, config) as output:
+            done = {r["id"]: r for r in read_jsonl(output.partial, key="id")}
+            finish([done[i.id] for i in items if i.id in done], output)
     if not summary.details.get("answered"):
         remove_output(out)  # a score over nothing is not a result to keep
         raise ValueError(

@@ -32,7 +32,7 @@ from stic.data.schemas import PairRecord
 from stic.modeling.chat import TrainRow, render_segments
 from stic.modeling.generation import batched
 from stic.modeling.losses import answer_logps, dpo_nll_loss
-from stic.runtime.files import append_jsonl, atomic_write_text, read_jsonl
+from stic.runtime.files import read_jsonl
 from stic.stages.runner import StageSummary
 from stic.stages.training import (
     Collator,
@@ -106,12 +106,14 @@ def precompute_reference_logps(
     model_id: str,
     batch_size: int,
     device: torch.device | str = "cpu",
+    *,
+    append: Callable[[list[dict]], None],
 ) -> dict[str, tuple[float, float]]:
     """Summed reference log-probs of every pair's chosen and rejected answer: ``id -> (chosen,
     rejected)``, from ``model`` (a peft model) with its adapters disabled, in eval mode.
 
-    Appended to ``path`` batch by batch (``{"id", "model", "chosen", "rejected"}`` a line), so a
-    killed run resumes; lines of another ``model_id`` are not used. Values are float32 numbers
+    Appended to ``path`` batch by batch with ``append`` (the output object's, which handed out
+    ``path``; ``{"id", "model", "chosen", "rejected"}`` a line), so a killed run resumes; lines of another ``model_id`` are not used. Values are float32 numbers
     written exactly (a float32 is exactly a JSON double).
     """
     found = {
@@ -143,7 +145,7 @@ def precompute_reference_logps(
                     }
                     for i, pair in enumerate(chunk)
                 ]
-                append_jsonl(path, rows)
+                append(rows)
                 found.update((r["id"], (r["chosen"], r["rejected"])) for r in rows)
     finally:
         model.train(was_training)
@@ -217,20 +219,20 @@ def run_dpo(config: DPOConfig, model=None, processor=None) -> StageSummary:
     """
     out = Path(config.out)
     files = stage_files((DROPPED, REFERENCE))
-    with training_output(STAGE, config, files) as done:
-        if done is not None:
-            return done
+    with training_output(STAGE, config, files) as claim:
+        if claim.done is not None:
+            return claim.done
         pairs = read_pairs_any(config.pairs, config.pairs_format, images_root=config.images)
         require_images(config.images, [(f"{config.pairs}: pair {p.id!r}", p.image) for p in pairs])
         pairs, dropped, counts = filter_pairs(pairs, FilterSettings.of(config))
         # Dropped pairs stay inspectable, with the filter that dropped each (written once).
         if is_main_process():
-            atomic_write_text(
-                out / DROPPED,
+            claim.output.write_text(
                 "".join(
                     json.dumps({"reason": r, **p.to_dict()}, ensure_ascii=False) + "\n"
                     for r, p in dropped
                 ),
+                DROPPED,
             )
         for reason, count in counts.items():
             if count:
@@ -268,10 +270,11 @@ def run_dpo(config: DPOConfig, model=None, processor=None) -> StageSummary:
                     trainer.model,
                     pairs,
                     collator,
-                    out / REFERENCE,
+                    claim.output.file(REFERENCE),
                     reference_model_id(config),
                     batch_size=config.batch_size,
                     device=trainer.args.device,
+                    append=functools.partial(claim.output.append, name=REFERENCE),
                 )
             )
         details = {
@@ -280,4 +283,4 @@ def run_dpo(config: DPOConfig, model=None, processor=None) -> StageSummary:
             "dropped_file": str(out / DROPPED),
             "reference": "precomputed" if precompute else "per step",
         }
-        return train_and_save(trainer, config, STAGE, processor, files, details)
+        return train_and_save(trainer, config, STAGE, processor, claim, details)

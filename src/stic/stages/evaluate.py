@@ -8,15 +8,14 @@ Describe-and-respond (the paper's inference option), the image passed in BOTH st
 from __future__ import annotations
 
 import logging
-from pathlib import Path
 
 from stic.config import EvalConfig
 from stic.data.prompts import DAR_DESCRIBE_PROMPT, infuse_description, question_prompt
 from stic.data.schemas import EvalItem, EvalResult, read_eval_items
 from stic.data.scoring import is_correct
 from stic.modeling.generation import Request
-from stic.runtime.files import atomic_write_json
 from stic.runtime.manifests import remove_output
+from stic.runtime.output import Output
 from stic.stages.runner import GenerationStage, StageSummary, run_generation
 
 logger = logging.getLogger(__name__)
@@ -87,7 +86,7 @@ def run_eval(config: EvalConfig, model=None, processor=None, backend=None) -> St
             r.to_dict() for r in answer_batch(batch, images, config, backend)
         ],
         details=lambda results: {**accuracy_details(results), **about},
-        finish=lambda results, out: _write_results(out, results, about),
+        finish=lambda results, output: _write_results(output, results, about),
         unit="q",
     )
     summary = run_generation(
@@ -106,5 +105,5 @@ def run_eval(config: EvalConfig, model=None, processor=None, backend=None) -> St
     return summary
 
 
-def _write_results(out: Path, results: list[dict], about: dict) -> None:
-    atomic_write_json(out, {**accuracy_details(results), **about, "items": results})
+def _write_results(output: Output, results: list[dict], about: dict) -> None:
+    output.write_json({**accuracy_details(results), **about, "items": results})

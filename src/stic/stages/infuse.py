@@ -15,7 +15,6 @@ from stic.config import InfuseConfig
 from stic.data.prompts import PLAIN_PROMPTS, infuse_description
 from stic.data.schemas import InstructSample, Turn, read_instruct
 from stic.modeling.generation import Request
-from stic.runtime.files import atomic_write_json
 from stic.runtime.rng import item_rng, item_seed
 from stic.runtime.shards import select_shard
 from stic.stages.runner import GenerationStage, StageSummary, run_generation
@@ -77,8 +76,8 @@ def run_infuse(config: InfuseConfig, model=None, processor=None, backend=None) -
             "text_only": sum(1 for s in samples if s.image is None),
             "truncated_descriptions": sum(1 for r in records if r.get("finish") == "length"),
         },
-        finish=lambda records, out: atomic_write_json(
-            out, [s.to_dict() for s in join_descriptions(samples, {r["id"]: r for r in records})]
+        finish=lambda records, output: output.write_json(
+            [s.to_dict() for s in join_descriptions(samples, {r["id"]: r for r in records})]
         ),
         unit="img",
     )

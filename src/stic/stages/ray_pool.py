@@ -30,12 +30,11 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from tqdm.auto import tqdm
 
-from stic.runtime.files import append_jsonl
+from stic.stages.batches import load_batch_images
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +94,6 @@ class BatchWorker:
             self.failed = _pickled_error(e)
 
     def __call__(self, rows: dict) -> dict:
-        from stic.stages.runner import _load_images
-
         out: dict[str, list] = {"records": [], "bad": [], "seconds": [], "error": []}
         for payload in rows["items"]:
             items = pickle.loads(payload)
@@ -104,7 +101,9 @@ class BatchWorker:
             made, began, error = [], time.monotonic(), self.failed
             if not error:
                 try:
-                    kept, images = _load_images(self.stage, items, self.config.images, unusable)
+                    kept, images = load_batch_images(
+                        self.stage, items, self.config.images, unusable
+                    )
                     made = self.stage.make_records(kept, images, self.backend) if kept else []
                 except Exception as e:
                     error = _pickled_error(e)
@@ -128,14 +127,15 @@ def generate_on_ray(
     stage,
     config: Any,
     todo: list,
-    records_file: Path,
+    append: Callable[[list[dict]], None],
     done: dict,
     summary,
     adapter: str | None,
 ) -> None:
     """Make and append the records of ``todo`` on the Ray cluster ``config.ray``.
 
-    Same contract as the runner's local loop: appends each batch's records to ``records_file``
+    Same contract as the runner's local loop: appends each batch's records with ``append`` (the
+    output object's)
     (skipping ids already in ``done``), adds them to ``done``, counts them in ``summary.made``
     and reports unusable images in ``summary.bad_items``.
     """
@@ -160,7 +160,7 @@ def generate_on_ray(
             config.worker_cpus,
         )
         rows = _pipeline(ray, stage, config, batches, adapter, workers, gpus)
-        _append_rows(stage, rows, batches, records_file, done, summary)
+        _append_rows(stage, rows, batches, append, done, summary)
     finally:
         if started_here:
             ray.shutdown()
@@ -228,7 +228,7 @@ def _pipeline(ray, stage, config, batches: Sequence[list], adapter, workers: int
         )
 
 
-def _append_rows(stage, rows, batches, records_file: Path, done: dict, summary) -> None:
+def _append_rows(stage, rows, batches, append: Callable, done: dict, summary) -> None:
     """Append each arriving batch's records (new ids only), as the runner's local loop does."""
     seconds = 0.0
     began = time.monotonic()
@@ -238,7 +238,7 @@ def _append_rows(stage, rows, batches, records_file: Path, done: dict, summary) 
                 raise pickle.loads(row["error"])
             records = [r for r in json.loads(row["records"]) if r["id"] not in done]
             if records:
-                append_jsonl(records_file, records)
+                append(records)
                 done.update((r["id"], r) for r in records)
                 summary.made += len(records)
             summary.bad_items.update(json.loads(row["bad"]))

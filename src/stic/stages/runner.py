@@ -19,35 +19,27 @@ of items with their loaded images becomes records, given a generation backend
    complete manifest. One definition of complete: the manifest says complete, the selection is
    the one it recorded, and no selected item lacks a record.
 
-The training stages share :func:`claim_output` and :class:`StageSummary` with it.
+The training stages share :func:`claim_output` (the stage's
+:class:`~stic.runtime.output.Output`) and :class:`StageSummary` with it.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Generic, TypeVar
 
 from tqdm.auto import tqdm
 
-from stic.config import PATH_FIELDS
 from stic.modeling.backends import lazy_backend
-from stic.runtime.files import append_jsonl, read_jsonl
-from stic.runtime.images import ImageError, load_image, resolve_image_path
-from stic.runtime.locks import output_lock
-from stic.runtime.manifests import (
-    check_output_location,
-    manifest_path,
-    partial_path,
-    read_manifest,
-    stage_status,
-    write_manifest,
-)
+from stic.runtime.files import read_jsonl
+from stic.runtime.output import Output
+from stic.stages.batches import load_batch_images
 
 logger = logging.getLogger(__name__)
 
@@ -78,27 +70,14 @@ class StageSummary:
         return asdict(self)
 
 
-def input_paths(config: Any) -> dict[str, str]:
-    """The config's input paths by key (every path field but the output)."""
-    return {
-        name: value
-        for name in PATH_FIELDS
-        if name != "out" and isinstance(value := getattr(config, name, None), str)
-    }
+def claim_output(stage: str, config: Any, adopt: Callable[[], list[str]] | None = None) -> Output:
+    """The output object of ``config.out`` for this run (``with claim_output(...) as output``).
 
-
-@contextlib.contextmanager
-def claim_output(
-    stage: str, config: Any, adopt: Callable[[], list[str]] | None = None
-) -> Iterator[Literal["new", "resume", "complete"]]:
-    """Hold ``config.out`` for this run and say where the stage stands there.
-
-    Refuses (before anything is written) an output that is, holds or lies inside an input, one
-    another process is writing, and one made with another config (unless ``--overwrite``).
+    Entering it refuses (before anything is written) an output that is, holds or lies inside an
+    input, one another process is writing, and one made with another config (unless
+    ``--overwrite``); ``output.status`` says where the stage stands there.
     """
-    check_output_location(config.out, input_paths(config))
-    with output_lock(config.out):
-        yield stage_status(config.out, stage, config, adopt=adopt)
+    return Output(stage, config, adopt=adopt)
 
 
 def selection_hash(ids: Sequence[str]) -> str:
@@ -118,6 +97,7 @@ class GenerationStage(Generic[Item]):
     (images held in the data, e.g. parquet bytes) and raises ImageError or ValueError for one
     that cannot be used; ``image_of`` then only names the image in ``bad_items``. ``finish(records, out)`` writes the output from the records of the
     selected items, in their order; ``None`` when the records file IS the output (pairs).
+    ``finish(records, output)`` writes through the :class:`~stic.runtime.output.Output`.
     ``details(records)`` computes the stage's figures from those records. ``adopt(out)`` lists
     why an output without a manifest cannot be resumed (``None``: it never can).
     """
@@ -127,14 +107,14 @@ class GenerationStage(Generic[Item]):
     image_of: Callable[[Item], str | None]
     make_records: Callable[..., list[dict]]
     details: Callable[[list[dict]], dict[str, Any]]
-    finish: Callable[[list[dict], Path], None] | None = None
+    finish: Callable[[list[dict], Output], None] | None = None
     adopt: Callable[[Path], list[str]] | None = None
     unit: str = "item"
     load_image: Callable[[Item], Any] | None = None
 
 
-def records_path(stage: GenerationStage, out: Path) -> Path:
-    return out if stage.finish is None else partial_path(out)
+def records_path(stage: GenerationStage, output: Output) -> Path:
+    return output.path if stage.finish is None else output.partial
 
 
 def run_generation(
@@ -161,12 +141,13 @@ def run_generation(
     summary = StageSummary(stage.name, str(out), items=len(ids) + len(known_bad or {}))
     summary.bad_items.update(known_bad or {})
     adopt = (lambda: stage.adopt(out)) if stage.adopt is not None else None
-    with claim_output(stage.name, config, adopt=adopt) as status:
-        records_file = records_path(stage, out)
+    with claim_output(stage.name, config, adopt=adopt) as output:
+        status = output.status
+        records_file = records_path(stage, output)
         done = {row["id"]: row for row in read_jsonl(records_file, repair=True, key="id")}
         todo = [item for item, item_id in zip(items, ids, strict=True) if item_id not in done]
         summary.already_done = len(ids) - len(todo)
-        recorded = (read_manifest(out) or {}).get("summary", {}).get("details", {})
+        recorded = (output.recorded or {}).get("summary", {}).get("details", {})
         same_selection = recorded.get("selection") == selection
         if status == "complete" and not todo and same_selection and out.exists():
             summary.up_to_date = True
@@ -176,27 +157,29 @@ def run_generation(
         # installed, fails with nothing written.
         with lazy_backend(config, model, processor, adapter, backend) as get_backend:
             if status != "complete":
-                write_manifest(out, stage.name, config, "running")
+                output.begin()
+            # Records go to the partial file, or (pairs) to the output itself.
+            append = functools.partial(output.append, name=records_file.name)
             try:
                 if getattr(config, "ray", None) and todo:
                     _check_ray_run(model, backend)
                     from stic.stages.ray_pool import generate_on_ray
 
-                    generate_on_ray(stage, config, todo, records_file, done, summary, adapter)
+                    generate_on_ray(stage, config, todo, append, done, summary, adapter)
                 else:
-                    _generate(stage, config, todo, records_file, done, summary, get_backend)
+                    _generate(stage, config, todo, append, done, summary, get_backend)
             except BaseException:
                 if status == "new" and not records_file.exists():
                     # Failed before its first record: no manifest may claim a run is under way.
-                    manifest_path(out).unlink(missing_ok=True)
+                    output.drop_manifest()
                 raise
         for reason in summary.bad_items.values():
             logger.warning("%s: left out %s", stage.name, reason)
         summary.details = _details(stage, done, ids, selection)
         if status != "complete" or summary.made or not same_selection:
             if stage.finish is not None:
-                stage.finish([done[i] for i in ids if i in done], out)
-            write_manifest(out, stage.name, config, "complete", summary.to_dict())
+                stage.finish([done[i] for i in ids if i in done], output)
+            output.finish(summary.to_dict())
         return summary
 
 
@@ -212,7 +195,7 @@ def _generate(
     stage: GenerationStage,
     config: Any,
     todo: list,
-    records_file: Path,
+    append: Callable[[list[dict]], None],
     done: dict,
     summary: StageSummary,
     get_backend: Callable[[], Any],
@@ -234,13 +217,13 @@ def _generate(
     with tqdm(total=len(todo), desc=stage.name, unit=stage.unit) as bar:
         for number, start in enumerate(range(0, len(todo), batch_size), start=1):
             batch = todo[start : start + batch_size]
-            kept, images = _load_images(stage, batch, config.images, summary.bad_items)
+            kept, images = load_batch_images(stage, batch, config.images, summary.bad_items)
             if kept:
                 backend = get_backend()  # opening it (loading the model) is not throughput
                 began = time.monotonic()
                 records = stage.make_records(kept, images, backend)
                 timed.add(len(kept), time.monotonic() - began)
-                append_jsonl(records_file, records)
+                append(records)
                 done.update((row["id"], row) for row in records)
                 summary.made += len(records)
             bar.update(len(batch))
@@ -293,23 +276,3 @@ def format_duration(seconds: float) -> str:
 
 def _details(stage: GenerationStage, done: dict, ids: list[str], selection: str) -> dict:
     return {**stage.details([done[i] for i in ids if i in done]), "selection": selection}
-
-
-def _load_images(
-    stage: GenerationStage, batch: Sequence, root: str, bad: dict[str, str]
-) -> tuple[list, list]:
-    """The batch's items whose image loads (or that need none), with their images."""
-    kept, images = [], []
-    for item in batch:
-        relative = stage.image_of(item)
-        try:
-            if stage.load_image is not None:
-                image = stage.load_image(item)
-            else:
-                image = None if relative is None else load_image(resolve_image_path(root, relative))
-        except (ImageError, ValueError) as e:
-            bad[stage.item_id(item)] = f"{relative}: {e}"
-            continue
-        kept.append(item)
-        images.append(image)
-    return kept, images

@@ -52,9 +52,9 @@ def run_sft(config: SFTConfig, model=None, processor=None) -> StageSummary:
     ``config.model`` is loaded.
     """
     files = training.stage_files()
-    with training.training_output(STAGE, config, files) as done:
-        if done is not None:
-            return done
+    with training.training_output(STAGE, config, files) as claim:
+        if claim.done is not None:
+            return claim.done
         samples = read_instruct(config.data)
         training.require_images(
             config.images, [(f"{config.data}[{i}]", s.image) for i, s in enumerate(samples)]
@@ -67,5 +67,5 @@ def run_sft(config: SFTConfig, model=None, processor=None) -> StageSummary:
             data_collator=InstructCollator(processor, config.images, config.max_length),
         )
         return training.train_and_save(
-            trainer, config, STAGE, processor, files, {"samples": len(samples)}
+            trainer, config, STAGE, processor, claim, {"samples": len(samples)}
         )

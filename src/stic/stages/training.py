@@ -32,9 +32,9 @@ from stic.config import TrainOptions
 from stic.data.schemas import RecordError
 from stic.modeling.chat import RowTooLong, TrainRow, encode_rows
 from stic.modeling.models import add_lora, load_adapter, load_model
-from stic.runtime.files import atomic_write_json, read_json
+from stic.runtime.files import read_json
 from stic.runtime.images import image_path_problems, load_image, resolve_image_path
-from stic.runtime.manifests import read_manifest, remove_output, write_manifest
+from stic.runtime.output import Output
 from stic.stages.runner import StageSummary, claim_output
 
 logger = logging.getLogger(__name__)
@@ -335,16 +335,24 @@ class OutputNotClaimed(RuntimeError):
     """The main process could not claim the output (its own error says why)."""
 
 
-@contextlib.contextmanager
-def training_output(
-    stage: str, config: TrainOptions, files: list[str]
-) -> Iterator[StageSummary | None]:
-    """Claim ``config.out`` for a training stage; yields its summary if it is already complete.
+@dataclass
+class Claim:
+    """What :func:`training_output` found: ``done`` (the summary of an output already complete,
+    else ``None``) and, in the main process, the :class:`~stic.runtime.output.Output` it holds
+    (``None`` in the others: only the main process writes)."""
 
-    Otherwise writes the ``running`` manifest (naming ``files``) and yields ``None``. A run that
-    fails before its first checkpoint leaves nothing behind: no manifest claims it is running.
-    Launched as several processes, the main one claims (lock, checks, manifest) and tells the
-    others what it found; they raise :class:`OutputNotClaimed` if it could not claim.
+    done: StageSummary | None
+    output: Output | None
+
+
+@contextlib.contextmanager
+def training_output(stage: str, config: TrainOptions, files: list[str]) -> Iterator[Claim]:
+    """Claim ``config.out`` for a training stage; ``claim.done`` is its summary if complete.
+
+    Otherwise writes the ``running`` manifest (naming ``files``) and ``claim.done`` is ``None``.
+    A run that fails before its first checkpoint leaves nothing behind: no manifest claims it
+    is running. Launched as several processes, the main one claims (lock, checks, manifest) and
+    tells the others what it found; they raise :class:`OutputNotClaimed` if it could not claim.
     """
     start_processes()
     if not is_main_process():
@@ -353,17 +361,17 @@ def training_output(
             raise OutputNotClaimed(
                 f"{config.out}: the main process (rank 0) could not claim the output; its error says why"
             )
-        yield None if found == "run" else StageSummary(**found)
+        yield Claim(None if found == "run" else StageSummary(**found), None)
         return
     out = Path(config.out)
     told = False
     try:
-        with claim_output(stage, config) as status:
-            if status == "complete":
+        with claim_output(stage, config) as output:
+            if output.status == "complete":
                 # Checkpoints are removed after the complete manifest is written; a kill in
                 # between leaves them, so they are removed here (at 7B they are gigabytes).
                 shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
-                recorded = (read_manifest(out) or {}).get("summary", {})
+                recorded = (output.recorded or {}).get("summary", {})
                 summary = StageSummary(
                     stage,
                     str(out),
@@ -372,15 +380,15 @@ def training_output(
                     details=recorded.get("details", {}),
                 )
                 told = from_main(summary.to_dict()) is not None
-                yield summary
+                yield Claim(summary, output)
                 return
-            write_manifest(out, stage, config, "running", files=files)
+            output.begin(files)
             told = from_main("run") is not None
             try:
-                yield None
+                yield Claim(None, output)
             except BaseException:
-                if status == "new" and last_checkpoint(out) is None:
-                    remove_output(out)
+                if output.status == "new" and last_checkpoint(out) is None:
+                    output.discard()
                 raise
     except BaseException:
         if not told:
@@ -389,12 +397,14 @@ def training_output(
 
 
 def train_and_save(
-    trainer, config: TrainOptions, stage: str, processor, files: list[str], details: dict
+    trainer, config: TrainOptions, stage: str, processor, claim: Claim, details: dict
 ) -> StageSummary:
     """Train (resuming from the last checkpoint if any), save the adapter and processor, finish the manifest.
 
     Called by every launched process; only the main one writes (the Trainer saves its
-    checkpoints and the adapter from the main process, gathering sharded weights first).
+    checkpoints and the adapter from the main process, gathering sharded weights first), into
+    the folder its output object holds: the Trainer's and the processor's ``save_*`` write
+    there, and every file they add is listed in the complete manifest.
     """
     out = Path(config.out)
     main = is_main_process()
@@ -432,10 +442,11 @@ def train_and_save(
         },
     )
     if main:
-        processor.save_pretrained(str(out))
-        atomic_write_json(out / TRAIN_LOG, trainer.state.log_history)
+        output = claim.output
+        processor.save_pretrained(str(output.folder))
+        output.write_json(trainer.state.log_history, TRAIN_LOG)
         written = [p.name for p in out.iterdir() if p.name not in before]
-        write_manifest(out, stage, config, "complete", summary.to_dict(), files=files + written)
+        output.finish(summary.to_dict(), files=written)
         shutil.rmtree(out / CHECKPOINTS, ignore_errors=True)
     wait_for_all()  # every process returns once the output is complete
     return summary

@@ -17,7 +17,8 @@ from pathlib import Path
 
 from stic.data.benchmarks import BENCHMARKS, BenchmarkDataError, read_benchmark, score_predictions
 from stic.modeling.judge import JudgeClient
-from stic.runtime.files import atomic_write_json, read_jsonl
+from stic.runtime.files import read_jsonl
+from stic.runtime.output import OUTPUT_ERRORS, Output
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -73,8 +74,32 @@ def _judge(args: argparse.Namespace) -> JudgeClient | None:
     )
 
 
+def result_output(args: argparse.Namespace) -> Output:
+    """The result file's output object: never the predictions, the data or the images."""
+    inputs = {"predictions": args.predictions, "data": args.data, "images": args.images}
+    settings = {"benchmark": args.benchmark, "judge_model": args.judge_model, **inputs}
+    return Output(
+        "bench-score",
+        settings,
+        out=args.out,
+        inputs=inputs,
+        file=True,
+        replace=True,
+        command="stic bench score",
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    try:
+        with result_output(args) as output:
+            return _score(args, output)
+    except OUTPUT_ERRORS as e:
+        print(f"stic bench score: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _score(args: argparse.Namespace, output: Output) -> int:
     try:
         judge = _judge(args)
         items = read_benchmark(args.benchmark, args.data, args.images)
@@ -90,7 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "images": args.images,
         "predictions": str(args.predictions),
     }
-    atomic_write_json(args.out, result)
+    output.write_json(result)
+    output.finish({"n": result["n"], "metrics": result["metrics"]})
     for side, label in (
         ("missing_predictions", "questions without a prediction (not scored)"),
         ("unknown_ids", "prediction ids not in the data (ignored)"),

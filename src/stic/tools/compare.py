@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from stic.data.benchmarks import BENCHMARKS
-from stic.runtime.files import atomic_write_json, atomic_write_text, read_json
+from stic.runtime.files import read_json
+from stic.runtime.output import OUTPUT_ERRORS, Output
 
 
 class CompareError(ValueError):
@@ -218,11 +219,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"stic compare: error: {e}", file=sys.stderr)
         return 2
     markdown = to_markdown(table)
-    out = Path(args.out)
-    atomic_write_text(out, markdown)
-    atomic_write_json(out.with_suffix(".json"), table)
+    try:
+        write_table(args, markdown, table)
+    except OUTPUT_ERRORS as e:
+        print(f"stic compare: error: {e}", file=sys.stderr)
+        return 2
     print(markdown, end="")
     return 0
+
+
+def write_table(args: argparse.Namespace, markdown: str, table: dict) -> None:
+    """TABLE.md and TABLE.json through one output object: neither may be (or lie in) an input."""
+    out = Path(args.out)
+    json_name = out.with_suffix(".json").name
+    inputs = {
+        f"run {spec}": path
+        for spec in args.runs
+        for path in spec.partition("=")[2 if "=" in spec else 0].split(",")
+        if path
+    }
+    settings = {"runs": list(args.runs), "resamples": args.resamples, "seed": args.seed}
+    with Output(
+        "compare",
+        settings,
+        out=out,
+        inputs=inputs,
+        file=True,
+        also=[json_name],
+        replace=True,
+        command="stic compare",
+    ) as output:
+        output.write_text(markdown)
+        output.write_json(table, json_name)
+        output.finish({"benchmarks": table.get("average", {}).get("benchmarks")})
 
 
 if __name__ == "__main__":

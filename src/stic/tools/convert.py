@@ -21,7 +21,7 @@ from stic.data.formats import (
     write_pairs_as,
 )
 from stic.runtime.images import ImageError
-from stic.runtime.locks import OutputLocked, output_lock
+from stic.runtime.output import OUTPUT_ERRORS, Output
 
 _EXAMPLES = """\
 examples:
@@ -117,6 +117,21 @@ def check_paths(
             )
 
 
+def convert_output(args: argparse.Namespace, folder_output: bool) -> Output:
+    """OUT's output object: guarded against IN and the images, locked; an existing OUT is
+    replaced as :func:`check_paths` allows (``--overwrite``)."""
+    return Output(
+        "convert",
+        {"input": args.input, "target": args.target, "images": args.images},
+        out=args.output,
+        inputs={"IN": args.input, "--images": args.images},
+        file=not folder_output,
+        adopt=lambda: [],  # an OUT stic did not write: check_paths decides
+        replace=True,
+        command="stic convert",
+    )
+
+
 def main(argv: list[str]) -> int:
     """``stic convert``: 0 on success, 1 on a bad input, 2 on a usage error."""
     parser = _parser()
@@ -134,11 +149,15 @@ def main(argv: list[str]) -> int:
         folder_output = args.target == TRL and Path(args.output).suffix == ""
         check = (args.input, args.output, args.images, args.overwrite, folder_output)
         check_paths(*check)  # first: no lock file is ever made inside an input
-        with output_lock(args.output, command="stic convert"):
+        with convert_output(args, folder_output) as output:
             check_paths(*check)  # again, now that no other stic run can write OUT
             pairs = read_pairs_any(args.input, args.source, args.images)
+            # The format's writer stages and renames its own file or saved data set (a
+            # save_to_disk folder is written by datasets), at the path the object guards.
             write_pairs_as(pairs, args.output, args.target, args.images, overwrite=args.overwrite)
-    except (OSError, ValueError, ImageError, OutputLocked) as e:
+            if not folder_output:  # a saved data set folder holds only what datasets writes
+                output.finish({"pairs": len(pairs)})
+    except (OSError, ValueError, ImageError, *OUTPUT_ERRORS) as e:
         print(f"stic convert: error: {e}", file=sys.stderr)
         return 1
     print(f"stic convert: {len(pairs)} pairs {args.input} -> {args.output} ({args.target})")

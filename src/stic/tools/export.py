@@ -19,7 +19,10 @@ model class's whole mapping, so every family is written in the layout its hub ch
 The output is guarded like a stage's: refused when it is, holds or lies inside an input, when it
 is an existing folder stic did not write, or when another run holds it; an export made with other
 settings is replaced only with ``--overwrite`` (deleting just the files its manifest lists). The
-folder appears whole: it is written beside ``OUT`` and renamed into place.
+folder appears whole: it is written beside ``OUT`` and renamed into place, or, into an old export
+folder that keeps files its manifest did not list, moved in file by file beside them. Its files
+and folder get the user's umask (0644/0755 under umask 022), so a server run as another user
+can read them.
 """
 
 from __future__ import annotations
@@ -28,15 +31,14 @@ import argparse
 import dataclasses
 import shutil
 import sys
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
 from stic.runtime.files import read_json
-from stic.runtime.manifests import write_manifest
-from stic.stages.runner import StageSummary, claim_output
+from stic.runtime.output import Output
+from stic.stages.runner import StageSummary
 
 STAGE = "export"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
@@ -109,7 +111,8 @@ def export_adapter(config: ExportConfig, base: str, folder: Path) -> None:
             f"{source} lacks {', '.join(missing)} (a PEFT adapter saved as safetensors)"
         )
     for name in ADAPTER_FILES:
-        shutil.copy2(source / name, folder / name)
+        # Content only: the copy is created with the user's umask, whatever the source's mode.
+        shutil.copyfile(source / name, folder / name)
     load_processor(base, config.trust_remote_code).save_pretrained(folder)
 
 
@@ -119,24 +122,16 @@ def run_export(config: ExportConfig) -> StageSummary:
     config = dataclasses.replace(config, model=base)  # checked as an input, recorded
     out = Path(config.out)
     summary = StageSummary(STAGE, str(out))
-    with claim_output(STAGE, config) as status:
-        if status == "complete" and out.is_dir():
+    with Output(STAGE, config) as output:
+        if output.status == "complete" and out.is_dir():
             summary.up_to_date = True
             return summary
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.export-"))
-        try:
-            (export_merged if config.merge else export_adapter)(config, base, staging)
-            files = sorted(p.name for p in staging.iterdir())
-            summary.made = 1
-            summary.details = {"merged": config.merge, "base_model": base, "files": files}
-            write_manifest(staging, STAGE, config, "complete", summary.to_dict(), files=files)
-            if out.is_dir() and not any(out.iterdir()):
-                out.rmdir()  # an empty folder (claim_output refused one with files not ours)
-            staging.rename(out)
-        finally:
-            if staging.exists():
-                shutil.rmtree(staging)
+        staging = output.staging()  # built aside, moved in whole by finish
+        (export_merged if config.merge else export_adapter)(config, base, staging)
+        files = sorted(p.name for p in staging.iterdir())
+        summary.made = 1
+        summary.details = {"merged": config.merge, "base_model": base, "files": files}
+        output.finish(summary.to_dict(), files=files)
     return summary
 
 

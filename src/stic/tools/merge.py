@@ -21,8 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from stic.data.schemas import InstructSample, PairRecord, read_instruct
-from stic.runtime.files import atomic_write_json, atomic_write_text, read_json, read_jsonl
-from stic.runtime.locks import OutputLocked, output_lock
+from stic.runtime.files import read_json, read_jsonl
 from stic.runtime.manifests import (
     input_identity,
     library_versions,
@@ -30,6 +29,7 @@ from stic.runtime.manifests import (
     read_manifest,
     redact,
 )
+from stic.runtime.output import OUTPUT_ERRORS, Output
 
 # Config keys that may differ between the shards of one run: which shard, where it wrote, and
 # how fast it ran. Every other key decides what the records hold.
@@ -260,6 +260,21 @@ def check_out_existing(out: Path, overwrite: bool) -> None:
             )
 
 
+def merge_output(args: argparse.Namespace, out: Path) -> Output:
+    """The merged file's output object: guarded against the shards and inputs, locked."""
+    inputs = {f"shard {s}": s for s in args.shards} | {"images": args.images, "data": args.data}
+    return Output(
+        "merge",
+        {"shards": list(args.shards), "overwrite": args.overwrite},
+        out=out,
+        inputs=inputs,
+        file=True,
+        adopt=lambda: [],  # a file without a manifest: check_out_existing decides
+        replace=True,
+        command="stic merge",
+    )
+
+
 def merge_manifest(
     out: Path,
     shards: Sequence[str],
@@ -362,8 +377,9 @@ def main(argv: list[str]) -> int:
                     f"got {out.suffix or 'no suffix'!r}"
                 )
             check_out_location(out, args.shards, {"images": args.images, "data": args.data})
-            # Held from here to the manifest: two merges into one file cannot interleave.
-            held.enter_context(output_lock(out, command="stic merge"))
+            # Held from here to the manifest: two merges into one file cannot interleave. The
+            # merge's own checks below say which existing file it may replace.
+            output = held.enter_context(merge_output(args, out))
             check_out_existing(out, args.overwrite)
             manifests = check_manifests(args.shards, kind, args.allow_different)
             if kind == "pairs":
@@ -399,25 +415,21 @@ def main(argv: list[str]) -> int:
             summary = {"merged": len(merged), "shards": len(args.shards), "missing": len(missing)}
             # The manifest goes first (running), so a kill before the end leaves a file that a
             # rerun may replace, never one that looks like a user's.
-            atomic_write_json(
-                manifest_path(out),
+            output.write_own_manifest(
                 merge_manifest(
                     out, args.shards, kind, manifests, "running", None, args.allow_different
-                ),
+                )
             )
             if kind == "pairs":
-                atomic_write_text(
-                    out, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in merged)
-                )
+                output.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in merged))
             else:
-                atomic_write_json(out, merged)
-            atomic_write_json(
-                manifest_path(out),
+                output.write_json(merged)
+            output.write_own_manifest(
                 merge_manifest(
                     out, args.shards, kind, manifests, "complete", summary, args.allow_different
-                ),
+                )
             )
-    except (OSError, ValueError, OutputLocked) as e:
+    except (OSError, ValueError, *OUTPUT_ERRORS) as e:
         print(f"stic merge: error: {e}", file=sys.stderr)
         return 1
     print(json.dumps({**summary, "out": str(out)}))

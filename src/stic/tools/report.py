@@ -42,8 +42,9 @@ from typing import Any
 
 from stic.data.filters import FILTERS, FilterSettings, drop_reason, is_near_duplicate
 from stic.data.schemas import PairRecord
-from stic.runtime.files import atomic_write_text, read_json, read_jsonl
+from stic.runtime.files import read_json, read_jsonl
 from stic.runtime.manifests import manifest_path, read_manifest
+from stic.runtime.output import OUTPUT_ERRORS, Output
 
 logger = logging.getLogger(__name__)
 
@@ -888,10 +889,38 @@ def write_report(
     out = Path(out)
     if out.is_dir():
         raise ReportError(f"{out}: is a folder; --out names the .html file to write")
-    if out.exists() and not _is_our_file(out):
-        raise ReportError(f"{out}: exists and was not written by stic report; choose another --out")
-    atomic_write_text(out, build_report(sources, large_thumbnails))
+    try:
+        with report_output(sources, out) as output:
+            output.write_text(build_report(sources, large_thumbnails))
+            output.finish()
+    except OUTPUT_ERRORS as e:
+        raise ReportError(str(e)) from None
     return out
+
+
+def report_output(sources: ReportSources, out: Path) -> Output:
+    """The page's output object: never one of the files it shows; an older page stic report
+    wrote (no manifest beside it, its generator tag in it) is replaced like one with."""
+    inputs = {
+        "pairs": sources.pairs,
+        "images": sources.images,
+        "dpo": sources.dpo,
+        "sft": sources.sft,
+        **{f"eval {p}": p for p in sources.evals},
+        **{f"bench {p}": p for p in sources.benches},
+        **{f"notes {p}": p for p in sources.notes},
+    }
+    settings = {k: None if v is None else str(v) for k, v in inputs.items()}
+    return Output(
+        "report",
+        settings,
+        out=out,
+        inputs=inputs,
+        file=True,
+        adopt=lambda: [] if out.is_file() and _is_our_file(out) else ["not written by stic report"],
+        replace=True,
+        command="stic report",
+    )
 
 
 def write_run_report(output_dir: str | Path) -> Path:
