@@ -25,9 +25,10 @@ from pathlib import Path
 import pytest
 
 from stic.runtime.files import atomic_write_json, atomic_write_text, read_json
-from stic.testing.browser import BrowserMissing, find_browser, headless_chromium
+from stic.testing.browser import BrowserMissing, find_browser, headless_chromium, pair_cards
 from stic.testing.synthetic_run import write_synthetic_run
 from stic.tools.report import build_report, sources_from_folder, write_report
+from tests.tools.test_report_browser import check_cards
 
 N = 55  # more than one page of 50 cards
 
@@ -291,18 +292,6 @@ def test_hostile_values_are_shown_as_text_and_inject_nothing(hostile_run):
 
 # ----------------------------------------------------------------------------- browser
 
-CARDS_JS = """
-return [...document.querySelectorAll('.pair-card')].map(c => {
-  const one = s => { const e = c.querySelector(s); return e === null ? null : e.textContent; };
-  return {id: c.dataset.id, shown_id: one('.pair-id'), image: one('.pair-image'),
-          kind: one('.kind'), verdict: one('.verdict'), kept: c.querySelector('.badge.kept') !== null,
-          prompt: one('.prompt'), chosen_prompt: one('.chosen-prompt'),
-          rejected_prompt: one('.rejected-prompt'),
-          chosen: one('.side.chosen .text'), rejected: one('.side.rejected .text'),
-          captions: [...c.querySelectorAll('figcaption, .noimg')].map(e => e.textContent)};
-});
-"""
-
 INJECTED_JS = """
 const bad = [];
 for (const e of document.querySelectorAll('*')) {
@@ -319,34 +308,6 @@ for (const a of document.querySelectorAll('a'))
   if (!a.getAttribute('href').startsWith('#')) bad.push('a ' + a.href);
 return {bad: bad, ran: window.__xss || []};
 """
-
-
-def expected_card(pair: dict, dropped: dict) -> dict:
-    """What a card must show for the record ``pair``: each field in its own place."""
-    return {
-        "id": pair["id"],
-        "shown_id": pair["id"],
-        "image": None if pair["image"] == pair["id"] else pair["image"],
-        "kind": pair["rejected_kind"],
-        "verdict": dropped.get(pair["id"]),
-        "kept": pair["id"] not in dropped,
-        "prompt": pair["prompt"],
-        "chosen_prompt": pair["chosen_prompt"],
-        "rejected_prompt": pair["rejected_prompt"],
-        "chosen": pair["chosen"],
-        "rejected": pair["rejected"],
-    }
-
-
-def shown_cards(driver) -> list[dict]:
-    return driver.execute_script(CARDS_JS)
-
-
-def check_cards(cards: list[dict], pairs: list[dict], dropped: dict) -> None:
-    by_id = {p["id"]: p for p in pairs}
-    for card in cards:
-        want = expected_card(by_id[card["id"]], dropped)
-        assert {k: card[k] for k in want} == want, card["id"]
 
 
 @pytest.mark.slow
@@ -369,7 +330,7 @@ def test_a_hostile_report_runs_no_injected_script_in_chromium(hostile_run, tmp_p
         clean(driver)
         assert driver.title == f"stic demo: {hostile_run['folder']}"
         assert driver.find_element("id", "count").text == f"{N} of {N} pairs match"
-        first = shown_cards(driver)
+        first = pair_cards(driver)
         assert [c["id"] for c in first] == [p["id"] for p in pairs[:50]]
         check_cards(first, pairs, dropped)
         # the corruption that could not be rebuilt says why, as text
@@ -378,7 +339,7 @@ def test_a_hostile_report_runs_no_injected_script_in_chromium(hostile_run, tmp_p
 
         driver.find_element("id", "next").click()
         clean(driver)
-        rest = shown_cards(driver)
+        rest = pair_cards(driver)
         assert [c["id"] for c in rest] == [p["id"] for p in pairs[50:]]
         check_cards(rest, pairs, dropped)
 
@@ -387,7 +348,7 @@ def test_a_hostile_report_runs_no_injected_script_in_chromium(hostile_run, tmp_p
         options = driver.find_elements("css selector", "#verdict option")
         next(o for o in options if o.get_attribute("value") == "dropped:" + reason).click()
         clean(driver)
-        cards = shown_cards(driver)
+        cards = pair_cards(driver)
         assert sorted(c["id"] for c in cards) == sorted(
             i for i, r in dropped.items() if r == reason
         )
@@ -396,9 +357,9 @@ def test_a_hostile_report_runs_no_injected_script_in_chromium(hostile_run, tmp_p
 
         # search finds one pair by a payload of its rejected answer
         driver.find_element("id", "search").send_keys("[p7.rejected]")
-        WebDriverWait(driver, 10).until(lambda d: len(shown_cards(d)) == 1)
+        WebDriverWait(driver, 10).until(lambda d: len(pair_cards(d)) == 1)
         clean(driver)
-        (card,) = shown_cards(driver)
+        (card,) = pair_cards(driver)
         assert card["id"] == pairs[7]["id"]
         check_cards([card], pairs, dropped)
 
