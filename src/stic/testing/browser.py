@@ -63,3 +63,26 @@ def headless_chromium(width: int = 1400, height: int = 1000):
         yield driver
     finally:
         driver.quit()
+
+
+# What each pair card of a stic report shows, read from the page's elements by their classes.
+_PAIR_CARDS_JS = """
+return [...document.querySelectorAll('.pair-card')].map(c => {
+  const one = s => { const e = c.querySelector(s); return e === null ? null : e.textContent; };
+  return {id: c.dataset.id, shown_id: one('.pair-id'), image: one('.pair-image'),
+          kind: one('.badge.kind'), verdict: one('.verdict'),
+          kept: c.querySelector('.badge.kept') !== null,
+          prompt: one('.prompt'), chosen_prompt: one('.chosen-prompt'),
+          rejected_prompt: one('.rejected-prompt'),
+          chosen_head: one('.side.chosen h4'), chosen: one('.side.chosen .text'),
+          rejected_head: one('.side.rejected h4'), rejected: one('.side.rejected .text'),
+          captions: [...c.querySelectorAll('figcaption, .noimg')].map(e => e.textContent)};
+});
+"""
+
+
+def pair_cards(driver) -> list[dict]:
+    """The pair cards a stic report shows now, in page order: for each, the text of its id,
+    image, kind, verdict (None when kept), the three prompts, each side's header and answer,
+    and the image captions."""
+    return driver.execute_script(_PAIR_CARDS_JS)

@@ -93,7 +93,31 @@ class ReportSources:
 
 def _config(out: Path) -> dict:
     manifest = read_manifest(out) if manifest_path(out).exists() else None
-    return (manifest or {}).get("config") or {}
+    config = manifest.get("config") if isinstance(manifest, dict) else None
+    return config if isinstance(config, dict) else {}
+
+
+def _config_text(config: dict, key: str) -> str | None:
+    """``config[key]`` when it is a non-empty string (a path or a model name), else None."""
+    value = config.get(key)
+    return value if isinstance(value, str) and value else None
+
+
+def _number(value: Any) -> float | None:
+    """``value`` when it is a finite number (not a boolean), else None: result files are read
+    as they are, and a value that is not a number is shown as missing, never computed with."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _mapping(value: Any) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _cell(value: Any) -> str:
+    """Any value read from a file, as HTML text."""
+    return html.escape(str(value))
 
 
 def _run_outputs(run: Path, sources: ReportSources) -> None:
@@ -170,7 +194,10 @@ def _length_counter(model: str | None):
     words = (lambda text: len(text.split()), "words (whitespace split)")
     if not model:
         return words
-    path = Path(model).expanduser() / "tokenizer.json"
+    try:
+        path = Path(model).expanduser() / "tokenizer.json"
+    except RuntimeError:  # "~someone" with no such user
+        path = Path(model) / "tokenizer.json"
     if not path.is_file():
         try:
             from huggingface_hub import try_to_load_from_cache
@@ -230,7 +257,7 @@ def pair_thumbnails(pair: PairRecord, images: Path | None, size: int) -> tuple[s
         return clean, "", ""
     try:
         corrupted = apply_corruption(image, pair.corruption)
-    except ValueError as e:
+    except (ValueError, TypeError) as e:  # edited parameters: a value of the wrong type
         return clean, "", f"corruption not rebuilt: {e}"
     if corrupted.size != image.size:
         corrupted = corrupted.resize(image.size, Image.Resampling.BICUBIC)
@@ -278,16 +305,23 @@ def collect_pairs(
     pairs = _read_pair_file(sources.pairs)
     pairs_config = _config(sources.pairs)
     images = sources.images
-    if images is None and pairs_config.get("images"):
-        images = Path(pairs_config["images"])
-    if images is None and sources.dpo is not None and _config(sources.dpo).get("images"):
-        images = Path(_config(sources.dpo)["images"])
-    model = sources.model or pairs_config.get("model") or next((p.model for p in pairs), None)
+    if images is None and _config_text(pairs_config, "images"):
+        images = Path(_config_text(pairs_config, "images"))
+    if images is None and sources.dpo is not None and _config_text(_config(sources.dpo), "images"):
+        images = Path(_config_text(_config(sources.dpo), "images"))
+    model = (
+        sources.model
+        or _config_text(pairs_config, "model")
+        or next((p.model for p in pairs if p.model), None)
+    )
     count, length_unit = _length_counter(model)
     settings = _filter_settings(sources.dpo)
     dropped_file = sources.dpo / "dropped_pairs.jsonl" if sources.dpo is not None else None
     if dropped_file is not None and dropped_file.is_file():
-        dropped = {row["id"]: row.get("reason", "?") for row in read_jsonl(dropped_file)}
+        # a dropped pair without a (string) reason is still dropped: "?"
+        dropped = {
+            row["id"]: str(row.get("reason") or "?") for row in read_jsonl(dropped_file, key="id")
+        }
         verdict_source = f"the DPO stage's {dropped_file.name} ({sources.dpo})"
 
         def verdict(pair: PairRecord) -> str:
@@ -468,7 +502,7 @@ def _series(log: list[dict], key: str) -> tuple[list[float], list[float]]:
     points = [
         (e["step"], e[key])
         for e in log
-        if key in e and "step" in e and isinstance(e[key], (int, float)) and math.isfinite(e[key])
+        if _number(e.get("step")) is not None and _number(e.get(key)) is not None
     ]
     return [p[0] for p in points], [p[1] for p in points]
 
@@ -515,8 +549,9 @@ def collect_training(folder: Path | None, stage: str) -> dict | None:
     log = read_json(path)
     if not isinstance(log, list):
         return {"stage": stage, "folder": str(folder), "missing": f"{path} is not a list"}
-    final = next((e for e in reversed(log) if "train_loss" in e), {})
-    steps = [e["step"] for e in log if "step" in e]
+    log = [e for e in log if isinstance(e, dict)]
+    final = next((e for e in reversed(log) if _number(e.get("train_loss")) is not None), {})
+    steps = [e["step"] for e in log if _number(e.get("step")) is not None]
     return {
         "stage": stage,
         "folder": str(folder),
@@ -536,6 +571,7 @@ def _describe_result(path: Path, kind: str) -> dict:
         raise ReportError(f"{path}: not a stic {kind} result")
     config = _config(path)
     adapter = config.get("adapter", document.get("adapter"))
+    adapter = None if adapter is None else str(adapter)
     folder = next((p for p in path.parents if p.name == kind), None)
     # run: the `stic run` folder holding eval/ or bench/; name: the result's path inside it
     run = folder.parent.name if folder else path.parent.name
@@ -568,11 +604,13 @@ def _base_for(result: dict, results: list[dict], key: str) -> dict | None:
     return same[0] if same else None
 
 
-def _fmt(value: float | None, digits: int = 1) -> str:
+def _fmt(value: Any, digits: int = 1) -> str:
+    value = _number(value)
     return "–" if value is None else f"{value:.{digits}f}"
 
 
-def _delta(value: float | None, base: float | None) -> str:
+def _delta(value: Any, base: Any) -> str:
+    value, base = _number(value), _number(base)
     if value is None or base is None:
         return "–"
     d = value - base
@@ -588,17 +626,18 @@ def results_html(evals: list[Path], benches: list[Path]) -> str:
         results = [_describe_result(p, "eval") for p in evals]
         rows = []
         for r in sorted(results, key=lambda r: (str(r["data"]), r["at"] != "base", r["name"])):
-            acc = r["document"].get("accuracy")
+            acc = _number(r["document"].get("accuracy"))
             acc = None if acc is None else 100 * acc
             base = _base_for(r, results, "data")
             base_acc = None
-            if base is not None and base["document"].get("accuracy") is not None:
+            if base is not None and _number(base["document"].get("accuracy")) is not None:
                 base_acc = 100 * base["document"]["accuracy"]
             rows.append(
                 f"<tr><td>{html.escape(r['name'])}</td><td>{html.escape(r['run'])}</td>"
-                f"<td>{r['at']}</td><td>{'yes' if r['dar'] else ''}</td>"
+                f"<td>{html.escape(r['at'])}</td><td>{'yes' if r['dar'] else ''}</td>"
                 f"<td>{html.escape(Path(str(r['data'])).name if r['data'] else '?')}</td>"
-                f"<td class=num>{r['document'].get('n', '–')}</td><td class=num>{_fmt(acc)}</td>"
+                f"<td class=num>{_cell(r['document'].get('n', '–'))}</td>"
+                f"<td class=num>{_fmt(acc)}</td>"
                 f"<td class=num>{'' if r['at'] == 'base' or base is None else _delta(acc, base_acc)}"
                 f"</td><td>{'' if base is None or r['at'] == 'base' else html.escape(base['name'])}</td></tr>"
             )
@@ -634,7 +673,8 @@ def _examples_html(results: list[dict]) -> str:
     wrong ones both."""
     blocks = []
     for r in results:
-        items = [i for i in r["document"].get("items", []) if isinstance(i, dict)]
+        items = r["document"].get("items")
+        items = [i for i in items if isinstance(i, dict)] if isinstance(items, list) else []
         if not items:
             continue
         right = [i for i in items if _item_correct(i)]
@@ -684,26 +724,31 @@ def _bench_html(results: list[dict]) -> str:
     rows, categories = [], []
     for r in sorted(results, key=lambda r: (str(r["data"]), r["at"] != "base", r["name"])):
         doc = r["document"]
-        metric = doc.get("primary_metric") or next(iter(doc.get("metrics") or {}), None)
-        value = (doc.get("metrics") or {}).get(metric)
+        metrics = _mapping(doc.get("metrics"))
+        metric = doc.get("primary_metric")
+        metric = metric if isinstance(metric, str) else next(iter(metrics), None)
+        value = metrics.get(metric)
         base = _base_for(r, results, "data")
-        base_value = (base["document"].get("metrics") or {}).get(metric) if base else None
+        base_doc = base["document"] if base else {}
+        base_value = _mapping(base_doc.get("metrics")).get(metric)
         show_delta = base is not None and r["at"] != "base"
         rows.append(
-            f"<tr><td>{html.escape(str(doc.get('benchmark', r['name'])))}</td>"
-            f"<td>{html.escape(r['name'])}</td><td>{html.escape(r['run'])}</td><td>{r['at']}</td>"
-            f"<td>{html.escape(str(metric))}</td><td class=num>{doc.get('n', '–')}</td>"
+            f"<tr><td>{_cell(doc.get('benchmark', r['name']))}</td>"
+            f"<td>{html.escape(r['name'])}</td><td>{html.escape(r['run'])}</td>"
+            f"<td>{html.escape(r['at'])}</td>"
+            f"<td>{_cell(metric)}</td><td class=num>{_cell(doc.get('n', '–'))}</td>"
             f"<td class=num>{_fmt(value)}</td>"
             f"<td class=num>{_delta(value, base_value) if show_delta else ''}</td></tr>"
         )
-        for axis, labels in (doc.get("categories") or {}).items():
-            base_labels = ((base["document"].get("categories") or {}).get(axis, {})) if base else {}
-            for label, metrics in labels.items():
+        for axis, labels in _mapping(doc.get("categories")).items():
+            base_labels = _mapping(_mapping(base_doc.get("categories")).get(axis))
+            for label, metrics in _mapping(labels).items():
+                metrics = _mapping(metrics)
                 v = metrics.get(metric)
-                b = (base_labels.get(label) or {}).get(metric)
+                b = _mapping(base_labels.get(label)).get(metric)
                 categories.append(
-                    f"<tr><td>{html.escape(r['name'])}</td><td>{html.escape(axis)}</td>"
-                    f"<td>{html.escape(str(label))}</td><td class=num>{metrics.get('n', '–')}</td>"
+                    f"<tr><td>{html.escape(r['name'])}</td><td>{_cell(axis)}</td>"
+                    f"<td>{_cell(label)}</td><td class=num>{_cell(metrics.get('n', '–'))}</td>"
                     f"<td class=num>{_fmt(v)}</td>"
                     f"<td class=num>{_delta(v, b) if show_delta else ''}</td></tr>"
                 )
@@ -773,11 +818,11 @@ def markdown_html(text: str) -> str:
 def _audit_html(data: dict, summary: dict) -> str:
     kinds = summary["kinds"] + ["all"]
     reasons = list(summary["by_kind"]["all"]["dropped"])
-    head = "".join(f"<th>{k}</th>" for k in kinds)
+    head = "".join(f"<th>{html.escape(k)}</th>" for k in kinds)
 
     def row(label: str, cell) -> str:
         return (
-            f"<tr><th>{label}</th>"
+            f"<tr><th>{html.escape(label)}</th>"
             + "".join(f"<td class=num>{cell(summary['by_kind'][k])}</td>" for k in kinds)
             + "</tr>"
         )
@@ -850,8 +895,9 @@ def build_report(sources: ReportSources, large_thumbnails: int = LARGE_THUMBNAIL
                 continue
             loss = t["train_loss"]
             blocks.append(
-                f"<h3>{title}</h3><p class=muted>{html.escape(t['folder'])}: {t['steps']} steps"
-                + (f", mean training loss {loss:.4g}" if isinstance(loss, (int, float)) else "")
+                f"<h3>{title}</h3><p class=muted>{html.escape(t['folder'])}: "
+                f"{_cell(t['steps'])} steps"
+                + (f", mean training loss {loss:.4g}" if _number(loss) is not None else "")
                 + "</p>"
                 + t["chart"]
             )

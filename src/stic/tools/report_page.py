@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import json
+import re
 import time
 
 from stic.runtime.manifests import library_versions
@@ -119,6 +120,7 @@ SCRIPT = r"""
   // Word-level difference: longest common subsequence of words (case-insensitive), each word
   // keeping its trailing whitespace so that line breaks survive.
   function words(s) { return s.match(/\S+\s*/g) || []; }
+  function lead(s) { return s.match(/^\s*/)[0]; }  // whitespace before the first word, shown as is
   function lcsMarks(a, b) {
     var n = a.length, m = b.length;
     if (n * m > 4000000) return null;
@@ -152,29 +154,29 @@ SCRIPT = r"""
   }
   function image(src, caption, why) {
     if (!src) return '<figure><div class="noimg">' + esc(why || "no image") + "</div><figcaption>" + esc(caption) + "</figcaption></figure>";
-    return '<figure><img src="' + src + '" alt="' + esc(caption) + '"><figcaption>' + esc(caption) + "</figcaption></figure>";
+    return '<figure><img src="' + esc(src) + '" alt="' + esc(caption) + '"><figcaption>' + esc(caption) + "</figcaption></figure>";
   }
   function card(i) {
     var r = rows[i], a = words(r.c), b = words(r.r), m = lcsMarks(a, b);
-    var verdict = r.v ? '<span class="badge dropped">dropped: ' + esc(r.v) + "</span>"
+    var verdict = r.v ? '<span class="badge dropped">dropped: <span class="verdict">' + esc(r.v) + "</span></span>"
       : '<span class="badge kept">kept</span>';
     var flags = (r.nd ? ' <span class="badge warn">near-duplicate</span>' : "") +
       ((r.cf === "length" || r.rf === "length") ? ' <span class="badge warn">truncated</span>' : "");
     var imgs = image(r.img, "clean image", r.why);
     if (r.corr) imgs += image(r.cimg, "corrupted: " + r.corr, r.why || "not rebuilt");
-    var unit = D.unit;
+    var unit = esc(D.unit);
     return '<article class="pair-card" data-id="' + esc(r.id) + '" data-kind="' + esc(r.kind) + '">' +
-      "<header><b>" + esc(r.id) + "</b>" + (r.image ? ' <span class="muted">image ' + esc(r.image) + "</span>" : "") + ' <span class="badge">' + esc(r.kind) + "</span> " + verdict + flags +
+      '<header><b class="pair-id">' + esc(r.id) + "</b>" + (r.image ? ' <span class="muted">image <span class="pair-image">' + esc(r.image) + "</span></span>" : "") + ' <span class="badge kind">' + esc(r.kind) + "</span> " + verdict + flags +
       ' <span class="muted">pair ' + (i + 1) + " of " + rows.length +
-      (r.ratio === null ? "" : " · length ratio " + r.ratio.toFixed(2)) + "</span></header>" +
+      (r.ratio === null ? "" : " · length ratio " + esc(r.ratio.toFixed(2))) + "</span></header>" +
       '<div class="imgs">' + imgs + "</div>" +
-      '<div class="prompts"><div><b>stored prompt</b> (the user turn both answers are trained under): ' + esc(prompts[r.p]) + "</div>" +
-      "<details><summary><b>chosen prompt</b> (generated the chosen answer)</summary>" + esc(prompts[r.cp]) + "</details>" +
-      "<div><b>rejected prompt</b>: " + esc(prompts[r.rp]) + "</div></div>" +
-      '<div class="sides"><div class="side chosen"><h4>chosen · ' + r.cl + " " + unit + " · finish " + esc(r.cf) + "</h4>" +
-      '<div class="text">' + marked(a, m && m[0], "only-c") + "</div></div>" +
-      '<div class="side rejected"><h4>rejected · ' + r.rl + " " + unit + " · finish " + esc(r.rf) + "</h4>" +
-      '<div class="text">' + marked(b, m && m[1], "only-r") + "</div></div></div>" +
+      '<div class="prompts"><div><b>stored prompt</b> (the user turn both answers are trained under): <span class="prompt">' + esc(prompts[r.p]) + "</span></div>" +
+      '<details><summary><b>chosen prompt</b> (generated the chosen answer)</summary><span class="chosen-prompt">' + esc(prompts[r.cp]) + "</span></details>" +
+      '<div><b>rejected prompt</b>: <span class="rejected-prompt">' + esc(prompts[r.rp]) + "</span></div></div>" +
+      '<div class="sides"><div class="side chosen"><h4>chosen · ' + esc(r.cl) + " " + unit + " · finish " + esc(r.cf) + "</h4>" +
+      '<div class="text">' + esc(lead(r.c)) + marked(a, m && m[0], "only-c") + "</div></div>" +
+      '<div class="side rejected"><h4>rejected · ' + esc(r.rl) + " " + unit + " · finish " + esc(r.rf) + "</h4>" +
+      '<div class="text">' + esc(lead(r.r)) + marked(b, m && m[1], "only-r") + "</div></div></div>" +
       (m ? "" : '<p class="muted">Too long for a word difference.</p>') + "</article>";
   }
   function render() {
@@ -264,9 +266,25 @@ Highlighted: words only in the chosen answer (green) or only in the rejected one
         "page_size": page_size,
         "unit": pairs["length_unit"].split(" ")[0],
     }
-    # "<" escaped as \u003c: no "</script>" or "<!--" can end the data block early.
-    text = json.dumps(data, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
-    return controls, f'<script type="application/json" id="pairs-data">{text}</script>'
+    return controls, f'<script type="application/json" id="pairs-data">{script_json(data)}</script>'
+
+
+# Inside <script> the HTML parser looks for "</script" and "<!--" whatever the JSON means, so "<"
+# (and ">", "&" with it) are written as JSON escapes; U+2028/U+2029 are line ends to older
+# JavaScript parsers. JSON.parse reads every one back as the same character.
+_SCRIPT_ESCAPES = {
+    "<": "\\u003c",
+    ">": "\\u003e",
+    "&": "\\u0026",
+    "\u2028": "\\u2028",
+    "\u2029": "\\u2029",
+}
+
+
+def script_json(data) -> str:
+    """``data`` as JSON text that can stand inside a ``<script>`` element unchanged."""
+    text = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    return re.sub("[<>&\u2028\u2029]", lambda m: _SCRIPT_ESCAPES[m.group()], text)
 
 
 def render_page(
