@@ -190,6 +190,8 @@ def score_predictions(
         "n_data": len(items),
         "primary_metric": spec.primary,
         "metrics": summary["metrics"],
+        # Which procedure a headline metric is, where a benchmark has two (MathVista).
+        **({"headline": summary["headline"]} if "headline" in summary else {}),
         "categories": summary["categories"],
         "unmatched": {
             "missing_predictions": _examples(missing),
