@@ -63,7 +63,9 @@ def _replier(user: str) -> str:
 
 def test_scores_parsed_from_the_first_line():
     assert parse_scores("8 6\nbecause") == (8.0, 6.0)
-    assert parse_scores("7, 9") == (7.0, 9.0)
+    assert parse_scores("7,9") == (7.0, 9.0)
+    with pytest.raises(ValueError):  # LLaVA's parse_score splits on single spaces: 3 parts
+        parse_scores("7, 9")
     with pytest.raises(ValueError):
         parse_scores("Assistant 1: 8, Assistant 2: 6")
 
@@ -88,16 +90,21 @@ def test_original_format_relative_score_by_hand(tmp_path):
         )
         assert "[Assistant 1]\nref 0\n\n[End of Assistant 1]\n\n[Assistant 2]\nramen\n" in sent
         assert server.requests[0]["temperature"] == 0.2
-    # reference scores 8, 10, 8 (mean 26/3); model 6, 5, 8 (mean 19/3): 100 * 19/26 = 73.0769
+    # "8, 8" is unparseable to LLaVA's parse_score (three parts): the pair (-1, -1), counted.
+    # reference 8, 10, -1 (mean 17/3 -> 5.667); model 6, 5, -1 (mean 10/3 -> 3.333), rounded
+    # as LLaVA's summary rounds: 100 * 3.333 / 5.667 = 58.82 -> 58.8; judged only: 100 * 5.5 / 9
     assert result["metrics"] == {
-        "relative_score": 73.0769,
-        "model_score": 63.3333,
-        "reference_score": 86.6667,
-        "judge_failed": 0,
+        "relative_score": 58.8,
+        "model_score": 33.3,
+        "reference_score": 56.7,
+        "relative_score_judged_only": 61.1,
+        "judge_failed": 1,
     }
     per = result["categories"]["category"]
     assert per["conv"]["relative_score"] == 75.0 and per["detail"]["relative_score"] == 50.0
+    # the official quirk: a category of failures alone is -1 / -1 = 100; judged only: nothing
     assert per["complex"]["relative_score"] == 100.0
+    assert per["complex"]["relative_score_judged_only"] is None
     assert result["judge"]["prompt_version"] == "stic-llava-bench-v1"
 
 

@@ -75,38 +75,48 @@ def test_rule_extraction(tmp_path, pid, prediction, extracted):
     assert extract_by_rules(prediction, items[pid]) == extracted
 
 
+def _replier(user: str) -> str:
+    query = user.rsplit("Extracted answer: ", 2)[-2]  # the last problem, after the examples
+    if "dog is larger" in query:
+        return "B"
+    if "12 cm" in query:
+        return "12"
+    if "Question: Roots?" in query:
+        return "[-2, 3]"
+    return "no idea at all"
+
+
 def test_rule_and_judged_accuracy(tmp_path):
     items = read_benchmark("mathvista_testmini", _original(tmp_path))
     predictions = {
-        "1": "I think the dog is larger",  # rules: none; judge says B -> right
-        "2": "12 cm",  # right by rules
-        "3": "0.7",  # wrong: 0.7 != 0.75
+        "1": "I think the dog is larger",  # rules: none; the judge says B -> right
+        "2": "12 cm",  # stic's rules read 12; officially int("12 cm") fails: the judge says 12
+        "3": "0.7",  # float() reads it (no judge): wrong, 0.7 != 0.75
         "4": "It is about one and a half",  # rules: none; the judge reads no number -> wrong
-        "5": "[-2, 3]",  # right
+        "5": "[-2, 3]",  # a list always goes to the official judge; stic's rules read it
     }
     rule_only = score_predictions("mathvista_testmini", items, predictions)
-    # rules: 2 and 5 right of 5 -> 40
-    assert rule_only["metrics"] == {"accuracy": 40.0}
-    assert rule_only["categories"]["task"]["math word problem"] == {"accuracy": 100.0, "n": 1}
+    # rules: 2 and 5 right of 5 -> 40; without a judge the headline is the rule reading
+    assert rule_only["metrics"] == {"accuracy": 40.0, "accuracy_rules": 40.0}
+    assert rule_only["headline"]["accuracy"].startswith("rules only")
+    assert rule_only["categories"]["task"]["math word problem"] == {
+        "accuracy": 100.0, "accuracy_rules": 100.0, "n": 1
+    }  # fmt: skip
 
     with ScriptedJudge() as server:
-        server.replier = lambda user: "B" if "dog is larger" in user else "no idea at all"
-        judge = JudgeClient(
-            url=server.url,
-            model="judge",
-            cache_path=tmp_path / "c.jsonl",
-            backoff_s=0.01,
-            parse_attempts=1,
-        )
-        # "no idea at all" parses as text, then does not normalise to a float: extracted None
+        server.replier = _replier
+        judge = JudgeClient(url=server.url, model="judge", cache_path=tmp_path / "c.jsonl")
         judged = score_predictions("mathvista_testmini", items, predictions, judge=judge)
-        assert server.total == 2  # only the two replies the rules could not read
+        assert server.total == 4  # all but "0.7", which float() reads whole
+        assert all([m["role"] for m in r["messages"]] == ["user"] for r in server.requests)
     rows = {r["id"]: r for r in judged["items"]}
-    assert rows["1"]["extracted_judged"] == "the dog" and rows["1"]["extracted_by"] == "judge"
-    # judged: 1, 2, 5 right of 5 -> 60; rule-only accuracy unchanged
-    assert judged["metrics"] == {"accuracy": 40.0, "accuracy_judged": 60.0, "judge_failed": 0}
+    assert rows["1"]["extracted"] == "B" and rows["1"]["normalized"] == "the dog"
+    assert rows["1"]["extracted_by"] == "judge" and rows["3"]["extracted_by"] == "rules"
+    # official: 1, 2, 5 right of 5 -> 60 (the headline); the rule reading stays 40
+    assert judged["metrics"] == {"accuracy": 60.0, "accuracy_rules": 40.0, "judge_failed": 0}
+    assert judged["headline"]["accuracy"].startswith("official")
     assert judged["judge"]["model"] == "judge"
-    assert judged["judge"]["prompt_version"] == "stic-mathvista-extract-v1"
+    assert judged["judge"]["prompt_version"] == "stic-mathvista-extract-v2"
 
 
 def test_hub_parquet(tmp_path):

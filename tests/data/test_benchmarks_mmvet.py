@@ -19,7 +19,7 @@ REPLIES = {"2+2": "1.0", "animals": "0.4 only the cat", "title": "Correct!"}
 
 
 def _replier(user: str) -> str:
-    last_row = user.strip().splitlines()[-1]
+    last_row = [line for line in user.splitlines() if " | " in line][-1]  # re-asks add a line
     return next(reply for word, reply in REPLIES.items() if word in last_row)
 
 
@@ -60,16 +60,18 @@ def test_capability_scores_and_judge_failure(tmp_path):
             parse_attempts=2,
         )
         result = score_predictions("mmvet", items, predictions, judge=judge)
-        assert server.total == 4  # v1_2 asked twice, then judge_failed
-        last_row = server.requests[-1]["messages"][1]["content"].splitlines()[-1]
+        assert server.total == 7  # v1_2 asked five times (MM-Vet's evaluator), then failed
+        first = next(r for r in server.requests if "title" in r["messages"][-1]["content"])
+        last_row = first["messages"][-1]["content"].splitlines()[-1]
         assert last_row == "What is the title? | Dune | Some book / by someone<br>line 2 | "
-    # scored: v1_0 1.0 and v1_1 0.4 -> 70; v1_2 failed: not scored, counted
-    assert result["metrics"] == {"score": 70.0, "judge_failed": 1}
+    # v1_0 1.0, v1_1 0.4, v1_2 failed: 0.0 as the evaluator scores it -> 46.7; judged only 70
+    assert result["metrics"] == {"score": 46.7, "score_judged_only": 70.0, "judge_failed": 1}
     caps = result["categories"]["capability"]
-    assert caps["ocr"]["score"] == 100.0 and caps["math"]["score"] == 100.0
+    assert caps["ocr"]["score"] == 50.0 and caps["math"]["score"] == 100.0
+    assert caps["ocr"]["score_judged_only"] == 100.0
     assert caps["rec"]["score"] == 40.0
     assert result["judge"]["failures"][0]["id"] == "v1_2"
-    assert "unparseable after 2 replies" in result["judge"]["failures"][0]["reason"]
+    assert "unparseable after 5 replies" in result["judge"]["failures"][0]["reason"]
 
 
 def test_hub_parquet(tmp_path):
