@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from stic.data.benchmarks import BenchmarkDataError, read_benchmark, score_predictions
 from stic.data.benchmarks.llava_bench_wild import parse_scores, prompt
 from stic.modeling.judge import JudgeClient
+from stic.tools.bench_score import main as bench_score
 from tests.data.bench_fixtures import png_bytes, write_hub_parquet, write_jsonl, write_png
 from tests.modeling.judge_server import ScriptedJudge
 
@@ -138,3 +141,33 @@ def test_hub_parquet(tmp_path):
     items = read_benchmark("llava_bench_wild", tmp_path / "hub")
     assert items[2].answers == ("ref 2",) and items[2].categories["category"] == ("complex",)
     assert items[0].meta["caption"] == "A bowl of ramen."
+
+
+@pytest.mark.parametrize("reply", ["11 -3", "nan nan", "inf 5", "1e999 1e999", "0 0"])
+def test_out_of_range_scores_never_reach_a_result(tmp_path, reply):
+    """Scores outside 1-10 or not finite are unparseable: the pair (-1, -1) as LLaVA's summary
+    counts it, judge_failed, valid JSON; the rerun reads them from the judge cache."""
+    root = _original(tmp_path)
+    pred = write_jsonl(tmp_path / "pred.jsonl", [
+        {"id": "0", "prediction": "ramen"}, {"id": "1", "prediction": "a photo"},
+        {"id": "2", "prediction": "a cat"},
+    ])  # fmt: skip
+    out = tmp_path / "lbw.json"
+    with ScriptedJudge() as server:
+        # the dish question gets the bad reply; the other two are judged normally
+        server.replier = lambda user: reply if "dish" in user else "8 6\nfine"
+        args = ["--benchmark", "llava_bench_wild", "--data", str(root), "--out", str(out),
+                "--predictions", str(pred), "--judge-url", server.url, "--judge-model", "j"]  # fmt: skip
+        assert bench_score(args) == 0
+        assert server.total == 3  # never asked again: LLaVA's script keeps the first reply
+        assert bench_score(args) == 0 and server.total == 3
+    result = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    # reference 8, 8, -1 -> 5.0; model 6, 6, -1 -> 3.667: 100 * 3.667 / 5 = 73.3
+    assert result["metrics"] == {
+        "relative_score": 73.3,
+        "model_score": 36.7,
+        "reference_score": 50.0,
+        "relative_score_judged_only": 75.0,
+        "judge_failed": 1,
+    }
+    assert result["judge"]["failures"][0]["id"] == "0"

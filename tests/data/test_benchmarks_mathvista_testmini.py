@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from stic.data.benchmarks import read_benchmark, score_predictions
 from stic.data.benchmarks.mathvista_testmini import extract_by_rules, prompt
 from stic.modeling.judge import JudgeClient
-from tests.data.bench_fixtures import png_bytes, write_hub_parquet, write_json, write_png
+from stic.tools.bench_score import main as bench_score
+from tests.data.bench_fixtures import (
+    png_bytes,
+    write_hub_parquet,
+    write_json,
+    write_jsonl,
+    write_png,
+)
 from tests.modeling.judge_server import ScriptedJudge
 
 META = {"task": "figure question answering", "skills": ["arithmetic reasoning"], "source": "x"}
@@ -135,3 +144,35 @@ def test_hub_parquet(tmp_path):
     assert prompt(items[2]).endswith("two decimal places.")
     result = score_predictions("mathvista_testmini", items, {"1": "B", "2": "12", "3": "0.75"})
     assert result["metrics"]["accuracy"] == 100.0
+
+
+def _strict_json(text: str):
+    def refuse(constant):
+        raise ValueError(f"{constant} in a result file")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("bad", ["inf", "1e999", "nan", "-inf", "9" * 5000])
+def test_non_finite_predictions_scored_and_resumed(tmp_path, bad):
+    """A prediction inf/1e999/nan (or 5,000 digits) is scored as the official rule scores it,
+    the result is valid JSON, and a rerun from the partial file and the judge cache works."""
+    root = _original(tmp_path)
+    rows = [{"id": pid, "prediction": bad} for pid in PROBLEMS]
+    partial = write_jsonl(tmp_path / "partial.jsonl", rows[:3])
+    full = write_jsonl(tmp_path / "pred.jsonl", rows)
+    out = tmp_path / "mv.json"
+    with ScriptedJudge() as server:
+        server.replier = lambda user: bad  # the judge copies the reply out, as it would
+        args = ["--benchmark", "mathvista_testmini", "--data", str(root), "--out", str(out),
+                "--judge-url", server.url, "--judge-model", "judge"]  # fmt: skip
+        assert bench_score([*args, "--predictions", str(partial)]) == 0
+        assert bench_score([*args, "--predictions", str(full)]) == 0
+        asked = server.total
+        assert bench_score([*args, "--predictions", str(full)]) == 0
+        assert server.total == asked  # the rerun reads the judge cache
+    result = _strict_json(out.read_text())
+    assert result["n"] == 5 and result["metrics"]["accuracy"] == 0.0  # never right, never a crash
+    by = {r["id"]: r["extracted_by"] for r in result["items"]}
+    # float() reads each whole (5,000 nines as inf): no judge; int() reads none: the judge
+    assert by["4"] == "rules" and by["2"] == "judge"

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from stic.data.benchmarks import read_benchmark, score_predictions
 from stic.data.benchmarks.mmvet import parse_correctness
 from stic.modeling.judge import JudgeClient
-from tests.data.bench_fixtures import png_bytes, write_hub_parquet, write_json, write_png
+from stic.tools.bench_score import main as bench_score
+from tests.data.bench_fixtures import (
+    png_bytes,
+    write_hub_parquet,
+    write_json,
+    write_jsonl,
+    write_png,
+)
 from tests.modeling.judge_server import ScriptedJudge
 
 MMVET = {
@@ -89,3 +98,21 @@ def test_hub_parquet(tmp_path):
     write_hub_parquet(tmp_path / "MMVet" / "data" / "test-00000-of-00001.parquet", rows)
     items = read_benchmark("mmvet", tmp_path / "MMVet")
     assert items[0].categories == {"capability": ("ocr", "math")}
+
+
+@pytest.mark.parametrize("reply", ["nan", "inf", "1e999", "-inf", "1.2"])
+def test_non_finite_scores_reasked_then_zero(tmp_path, reply):
+    """nan (which MM-Vet's evaluator would keep), inf, 1e999: refused and asked again (five
+    replies), then 0.0 and judge_failed; the result is valid JSON and a rerun reads the cache."""
+    root = _original(tmp_path)
+    pred = write_jsonl(tmp_path / "p.jsonl", [{"id": k, "prediction": "x"} for k in MMVET])
+    out = tmp_path / "mmvet.json"
+    with ScriptedJudge() as server:
+        server.replier = lambda user: reply if "title" in user else "1.0"
+        args = ["--benchmark", "mmvet", "--data", str(root), "--out", str(out),
+                "--predictions", str(pred), "--judge-url", server.url, "--judge-model", "j"]  # fmt: skip
+        assert bench_score(args) == 0
+        assert server.total == 2 + 5
+        assert bench_score(args) == 0 and server.total == 7
+    result = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert result["metrics"] == {"score": 66.7, "score_judged_only": 100.0, "judge_failed": 1}
