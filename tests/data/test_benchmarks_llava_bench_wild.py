@@ -171,3 +171,36 @@ def test_out_of_range_scores_never_reach_a_result(tmp_path, reply):
         "judge_failed": 1,
     }
     assert result["judge"]["failures"][0]["id"] == "0"
+
+
+ANSWERS = [{"question_id": q["question_id"], "text": "ref"} for q in QUESTIONS]
+MALFORMED = [
+    ("line not an object", "questions.jsonl", [*QUESTIONS[:2], ["x"]], "record #2: is list"),
+    ("missing text", "questions.jsonl", [{**QUESTIONS[0], "text": None}], "record 0: 'text' is NoneType"),
+    ("id of wrong type", "questions.jsonl", [{**QUESTIONS[0], "question_id": [0]}], "'question_id' is list"),
+    ("bad category", "questions.jsonl", [{**QUESTIONS[0], "category": "chat"}], "category 'chat' not in"),
+    ("duplicate id", "questions.jsonl", [QUESTIONS[0], QUESTIONS[0]], "record 0: its id appears twice"),
+    ("empty questions", "questions.jsonl", [], "holds no records"),
+    ("no reference answer", "answers_gpt4.jsonl", ANSWERS[1:], "record 0: has no reference answer"),
+    ("answer not text", "answers_gpt4.jsonl", [{**ANSWERS[0], "text": 3}, *ANSWERS[1:]], "'text' is int"),
+    ("duplicate answer", "answers_gpt4.jsonl", [*ANSWERS, ANSWERS[0]], "its id appears twice"),
+    ("caption not text", "context.jsonl", [{"image": "001.jpg", "caption": 5}], "'caption' is int"),
+    ("image without caption", "context.jsonl", [{"image": "001.jpg", "caption": "x"}], "has no caption"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case, name, rows, message", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_file_is_one_line_naming_file_record_problem(tmp_path, case, name, rows, message):
+    root = _original(tmp_path)
+    write_jsonl(root / name, rows)
+    with pytest.raises(BenchmarkDataError) as error:
+        read_benchmark("llava_bench_wild", root)
+    text = str(error.value)
+    assert "\n" not in text and name in text and message in text
+
+
+def test_caption_list_joined_as_llava_does(tmp_path):
+    root = _original(tmp_path)
+    write_jsonl(root / "context.jsonl", [{"image": "001.jpg", "caption": ["A bowl.", "Ramen."]},
+                                         {"image": "002.jpg", "caption": "A cat."}])  # fmt: skip
+    assert read_benchmark("llava_bench_wild", root)[0].meta["caption"] == "A bowl.\nRamen."

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from stic.data.benchmarks import read_benchmark, score_predictions
+from stic.data.benchmarks import BenchmarkDataError, read_benchmark, score_predictions
 from stic.data.benchmarks.mathvista_testmini import extract_by_rules, prompt
 from stic.modeling.judge import JudgeClient
 from stic.tools.bench_score import main as bench_score
@@ -176,3 +176,50 @@ def test_non_finite_predictions_scored_and_resumed(tmp_path, bad):
     by = {r["id"]: r["extracted_by"] for r in result["items"]}
     # float() reads each whole (5,000 nines as inf): no judge; int() reads none: the judge
     assert by["4"] == "rules" and by["2"] == "judge"
+
+
+def _with(pid: str, **changes) -> dict:
+    record = {**PROBLEMS[pid], **changes}
+    return {k: v for k, v in record.items() if v is not DROP}
+
+
+DROP = object()
+MALFORMED = [
+    ("not an object", {"1": "just text"}, "record 1: is str, not a JSON object"),
+    ("missing field", {"1": _with("1", answer=DROP)}, "record 1: lacks 'answer'"),
+    ("wrong type", {"1": _with("1", question=["Which?"])}, "record 1: 'question' is list"),
+    ("choices a string", {"1": _with("1", choices="the cat, the dog")}, "not a list of strings"),
+    ("answer not a choice", {"1": _with("1", answer="the cow")}, "not one of its choices"),
+    ("multi_choice without choices", {"1": _with("1", choices=None)}, "needs a list of choices"),
+    ("bad question_type", {"2": _with("2", question_type="open")}, "question_type 'open' not in"),
+    ("bad answer_type", {"2": _with("2", answer_type="number")}, "answer_type 'number' not in"),
+    ("free-form text", {"2": _with("2", answer_type="text")}, "has no rule for it"),
+    ("float without precision", {"3": _with("3", precision=None)}, "needs its precision"),
+    ("precision not whole", {"3": _with("3", precision=1.5)}, "not a whole number"),
+    ("answer not finite", {"3": _with("3", answer=float("inf"))}, "not finite"),
+    ("image not a string", {"2": _with("2", image=7)}, "'image' is int"),
+    ("metadata not an object", {"2": _with("2", metadata=[1])}, "metadata is not an object"),
+    ("empty file", {}, "holds no records"),
+    ("duplicate pid", [{**PROBLEMS["2"], "pid": "2"}, {**PROBLEMS["2"], "pid": "2"}],
+     "record 2: its id appears twice"),
+    ("list record without pid", [PROBLEMS["2"]], "record #0: lacks 'pid'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case, document, message", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_file_is_one_line_naming_file_record_problem(tmp_path, case, document, message):
+    root = _original(tmp_path)
+    (root / "testmini.json").write_text(json.dumps(document))
+    with pytest.raises(BenchmarkDataError) as error:
+        read_benchmark("mathvista_testmini", root)
+    text = str(error.value)
+    assert "\n" not in text and str(root / "testmini.json") in text and message in text
+
+
+def test_malformed_hub_row_named(tmp_path):
+    rows = [{"pid": "1", **{**PROBLEMS["1"], "answer": "the cow"}, "decoded_image": png_bytes(1)}]
+    write_hub_parquet(
+        tmp_path / "data" / "testmini-00000-of-00001.parquet", rows, ("decoded_image",)
+    )
+    with pytest.raises(BenchmarkDataError, match="record 1: answer 'the cow' is not one of"):
+        read_benchmark("mathvista_testmini", tmp_path)
