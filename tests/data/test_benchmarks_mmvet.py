@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from stic.data.benchmarks import read_benchmark, score_predictions
+from stic.data.benchmarks import BenchmarkDataError, read_benchmark, score_predictions
 from stic.data.benchmarks.mmvet import parse_correctness
 from stic.modeling.judge import JudgeClient
 from stic.tools.bench_score import main as bench_score
@@ -116,3 +116,24 @@ def test_non_finite_scores_reasked_then_zero(tmp_path, reply):
         assert bench_score(args) == 0 and server.total == 7
     result = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert result["metrics"] == {"score": 66.7, "score_judged_only": 100.0, "judge_failed": 1}
+
+
+MALFORMED = [
+    ("not an object", {"v1_0": "x"}, "record v1_0: is str"),
+    ("missing answer", {"v1_0": {k: v for k, v in MMVET["v1_0"].items() if k != "answer"}}, "lacks 'answer'"),
+    ("answer not text", {"v1_0": {**MMVET["v1_0"], "answer": 4}}, "'answer' is int"),
+    ("unknown capability", {"v1_0": {**MMVET["v1_0"], "capability": ["ocr", "vision"]}}, "'vision' not in"),
+    ("empty capability", {"v1_0": {**MMVET["v1_0"], "capability": []}}, "not a list of names"),
+    ("imagename not text", {"v1_0": {**MMVET["v1_0"], "imagename": None}}, "'imagename' is NoneType"),
+    ("empty file", {}, "holds no records"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case, document, message", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_file_is_one_line_naming_file_record_problem(tmp_path, case, document, message):
+    root = _original(tmp_path)
+    write_json(root / "mm-vet.json", document)
+    with pytest.raises(BenchmarkDataError) as error:
+        read_benchmark("mmvet", root)
+    text = str(error.value)
+    assert "\n" not in text and "mm-vet.json" in text and message in text
