@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from stic.data.benchmarks import BenchmarkDataError, read_benchmark, score_predictions
 from stic.data.benchmarks.llava_bench_wild import parse_scores, prompt
 from stic.modeling.judge import JudgeClient
+from stic.tools.bench_score import main as bench_score
 from tests.data.bench_fixtures import png_bytes, write_hub_parquet, write_jsonl, write_png
 from tests.modeling.judge_server import ScriptedJudge
 
@@ -63,7 +66,9 @@ def _replier(user: str) -> str:
 
 def test_scores_parsed_from_the_first_line():
     assert parse_scores("8 6\nbecause") == (8.0, 6.0)
-    assert parse_scores("7, 9") == (7.0, 9.0)
+    assert parse_scores("7,9") == (7.0, 9.0)
+    with pytest.raises(ValueError):  # LLaVA's parse_score splits on single spaces: 3 parts
+        parse_scores("7, 9")
     with pytest.raises(ValueError):
         parse_scores("Assistant 1: 8, Assistant 2: 6")
 
@@ -88,16 +93,21 @@ def test_original_format_relative_score_by_hand(tmp_path):
         )
         assert "[Assistant 1]\nref 0\n\n[End of Assistant 1]\n\n[Assistant 2]\nramen\n" in sent
         assert server.requests[0]["temperature"] == 0.2
-    # reference scores 8, 10, 8 (mean 26/3); model 6, 5, 8 (mean 19/3): 100 * 19/26 = 73.0769
+    # "8, 8" is unparseable to LLaVA's parse_score (three parts): the pair (-1, -1), counted.
+    # reference 8, 10, -1 (mean 17/3 -> 5.667); model 6, 5, -1 (mean 10/3 -> 3.333), rounded
+    # as LLaVA's summary rounds: 100 * 3.333 / 5.667 = 58.82 -> 58.8; judged only: 100 * 5.5 / 9
     assert result["metrics"] == {
-        "relative_score": 73.0769,
-        "model_score": 63.3333,
-        "reference_score": 86.6667,
-        "judge_failed": 0,
+        "relative_score": 58.8,
+        "model_score": 33.3,
+        "reference_score": 56.7,
+        "relative_score_judged_only": 61.1,
+        "judge_failed": 1,
     }
     per = result["categories"]["category"]
     assert per["conv"]["relative_score"] == 75.0 and per["detail"]["relative_score"] == 50.0
+    # the official quirk: a category of failures alone is -1 / -1 = 100; judged only: nothing
     assert per["complex"]["relative_score"] == 100.0
+    assert per["complex"]["relative_score_judged_only"] is None
     assert result["judge"]["prompt_version"] == "stic-llava-bench-v1"
 
 
@@ -131,3 +141,66 @@ def test_hub_parquet(tmp_path):
     items = read_benchmark("llava_bench_wild", tmp_path / "hub")
     assert items[2].answers == ("ref 2",) and items[2].categories["category"] == ("complex",)
     assert items[0].meta["caption"] == "A bowl of ramen."
+
+
+@pytest.mark.parametrize("reply", ["11 -3", "nan nan", "inf 5", "1e999 1e999", "0 0"])
+def test_out_of_range_scores_never_reach_a_result(tmp_path, reply):
+    """Scores outside 1-10 or not finite are unparseable: the pair (-1, -1) as LLaVA's summary
+    counts it, judge_failed, valid JSON; the rerun reads them from the judge cache."""
+    root = _original(tmp_path)
+    pred = write_jsonl(tmp_path / "pred.jsonl", [
+        {"id": "0", "prediction": "ramen"}, {"id": "1", "prediction": "a photo"},
+        {"id": "2", "prediction": "a cat"},
+    ])  # fmt: skip
+    out = tmp_path / "lbw.json"
+    with ScriptedJudge() as server:
+        # the dish question gets the bad reply; the other two are judged normally
+        server.replier = lambda user: reply if "dish" in user else "8 6\nfine"
+        args = ["--benchmark", "llava_bench_wild", "--data", str(root), "--out", str(out),
+                "--predictions", str(pred), "--judge-url", server.url, "--judge-model", "j"]  # fmt: skip
+        assert bench_score(args) == 0
+        assert server.total == 3  # never asked again: LLaVA's script keeps the first reply
+        assert bench_score(args) == 0 and server.total == 3
+    result = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    # reference 8, 8, -1 -> 5.0; model 6, 6, -1 -> 3.667: 100 * 3.667 / 5 = 73.3
+    assert result["metrics"] == {
+        "relative_score": 73.3,
+        "model_score": 36.7,
+        "reference_score": 50.0,
+        "relative_score_judged_only": 75.0,
+        "judge_failed": 1,
+    }
+    assert result["judge"]["failures"][0]["id"] == "0"
+
+
+ANSWERS = [{"question_id": q["question_id"], "text": "ref"} for q in QUESTIONS]
+MALFORMED = [
+    ("line not an object", "questions.jsonl", [*QUESTIONS[:2], ["x"]], "record #2: is list"),
+    ("missing text", "questions.jsonl", [{**QUESTIONS[0], "text": None}], "record 0: 'text' is NoneType"),
+    ("id of wrong type", "questions.jsonl", [{**QUESTIONS[0], "question_id": [0]}], "'question_id' is list"),
+    ("bad category", "questions.jsonl", [{**QUESTIONS[0], "category": "chat"}], "category 'chat' not in"),
+    ("duplicate id", "questions.jsonl", [QUESTIONS[0], QUESTIONS[0]], "record 0: its id appears twice"),
+    ("empty questions", "questions.jsonl", [], "holds no records"),
+    ("no reference answer", "answers_gpt4.jsonl", ANSWERS[1:], "record 0: has no reference answer"),
+    ("answer not text", "answers_gpt4.jsonl", [{**ANSWERS[0], "text": 3}, *ANSWERS[1:]], "'text' is int"),
+    ("duplicate answer", "answers_gpt4.jsonl", [*ANSWERS, ANSWERS[0]], "its id appears twice"),
+    ("caption not text", "context.jsonl", [{"image": "001.jpg", "caption": 5}], "'caption' is int"),
+    ("image without caption", "context.jsonl", [{"image": "001.jpg", "caption": "x"}], "has no caption"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case, name, rows, message", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_file_is_one_line_naming_file_record_problem(tmp_path, case, name, rows, message):
+    root = _original(tmp_path)
+    write_jsonl(root / name, rows)
+    with pytest.raises(BenchmarkDataError) as error:
+        read_benchmark("llava_bench_wild", root)
+    text = str(error.value)
+    assert "\n" not in text and name in text and message in text
+
+
+def test_caption_list_joined_as_llava_does(tmp_path):
+    root = _original(tmp_path)
+    write_jsonl(root / "context.jsonl", [{"image": "001.jpg", "caption": ["A bowl.", "Ramen."]},
+                                         {"image": "002.jpg", "caption": "A cat."}])  # fmt: skip
+    assert read_benchmark("llava_bench_wild", root)[0].meta["caption"] == "A bowl.\nRamen."

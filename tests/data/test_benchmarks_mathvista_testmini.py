@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from stic.data.benchmarks import read_benchmark, score_predictions
+from stic.data.benchmarks import BenchmarkDataError, read_benchmark, score_predictions
 from stic.data.benchmarks.mathvista_testmini import extract_by_rules, prompt
 from stic.modeling.judge import JudgeClient
-from tests.data.bench_fixtures import png_bytes, write_hub_parquet, write_json, write_png
+from stic.tools.bench_score import main as bench_score
+from tests.data.bench_fixtures import (
+    png_bytes,
+    write_hub_parquet,
+    write_json,
+    write_jsonl,
+    write_png,
+)
 from tests.modeling.judge_server import ScriptedJudge
 
 META = {"task": "figure question answering", "skills": ["arithmetic reasoning"], "source": "x"}
@@ -75,38 +84,48 @@ def test_rule_extraction(tmp_path, pid, prediction, extracted):
     assert extract_by_rules(prediction, items[pid]) == extracted
 
 
+def _replier(user: str) -> str:
+    query = user.rsplit("Extracted answer: ", 2)[-2]  # the last problem, after the examples
+    if "dog is larger" in query:
+        return "B"
+    if "12 cm" in query:
+        return "12"
+    if "Question: Roots?" in query:
+        return "[-2, 3]"
+    return "no idea at all"
+
+
 def test_rule_and_judged_accuracy(tmp_path):
     items = read_benchmark("mathvista_testmini", _original(tmp_path))
     predictions = {
-        "1": "I think the dog is larger",  # rules: none; judge says B -> right
-        "2": "12 cm",  # right by rules
-        "3": "0.7",  # wrong: 0.7 != 0.75
+        "1": "I think the dog is larger",  # rules: none; the judge says B -> right
+        "2": "12 cm",  # stic's rules read 12; officially int("12 cm") fails: the judge says 12
+        "3": "0.7",  # float() reads it (no judge): wrong, 0.7 != 0.75
         "4": "It is about one and a half",  # rules: none; the judge reads no number -> wrong
-        "5": "[-2, 3]",  # right
+        "5": "[-2, 3]",  # a list always goes to the official judge; stic's rules read it
     }
     rule_only = score_predictions("mathvista_testmini", items, predictions)
-    # rules: 2 and 5 right of 5 -> 40
-    assert rule_only["metrics"] == {"accuracy": 40.0}
-    assert rule_only["categories"]["task"]["math word problem"] == {"accuracy": 100.0, "n": 1}
+    # rules: 2 and 5 right of 5 -> 40; without a judge the headline is the rule reading
+    assert rule_only["metrics"] == {"accuracy": 40.0, "accuracy_rules": 40.0}
+    assert rule_only["headline"]["accuracy"].startswith("rules only")
+    assert rule_only["categories"]["task"]["math word problem"] == {
+        "accuracy": 100.0, "accuracy_rules": 100.0, "n": 1
+    }  # fmt: skip
 
     with ScriptedJudge() as server:
-        server.replier = lambda user: "B" if "dog is larger" in user else "no idea at all"
-        judge = JudgeClient(
-            url=server.url,
-            model="judge",
-            cache_path=tmp_path / "c.jsonl",
-            backoff_s=0.01,
-            parse_attempts=1,
-        )
-        # "no idea at all" parses as text, then does not normalise to a float: extracted None
+        server.replier = _replier
+        judge = JudgeClient(url=server.url, model="judge", cache_path=tmp_path / "c.jsonl")
         judged = score_predictions("mathvista_testmini", items, predictions, judge=judge)
-        assert server.total == 2  # only the two replies the rules could not read
+        assert server.total == 4  # all but "0.7", which float() reads whole
+        assert all([m["role"] for m in r["messages"]] == ["user"] for r in server.requests)
     rows = {r["id"]: r for r in judged["items"]}
-    assert rows["1"]["extracted_judged"] == "the dog" and rows["1"]["extracted_by"] == "judge"
-    # judged: 1, 2, 5 right of 5 -> 60; rule-only accuracy unchanged
-    assert judged["metrics"] == {"accuracy": 40.0, "accuracy_judged": 60.0, "judge_failed": 0}
+    assert rows["1"]["extracted"] == "B" and rows["1"]["normalized"] == "the dog"
+    assert rows["1"]["extracted_by"] == "judge" and rows["3"]["extracted_by"] == "rules"
+    # official: 1, 2, 5 right of 5 -> 60 (the headline); the rule reading stays 40
+    assert judged["metrics"] == {"accuracy": 60.0, "accuracy_rules": 40.0, "judge_failed": 0}
+    assert judged["headline"]["accuracy"].startswith("official")
     assert judged["judge"]["model"] == "judge"
-    assert judged["judge"]["prompt_version"] == "stic-mathvista-extract-v1"
+    assert judged["judge"]["prompt_version"] == "stic-mathvista-extract-v2"
 
 
 def test_hub_parquet(tmp_path):
@@ -125,3 +144,82 @@ def test_hub_parquet(tmp_path):
     assert prompt(items[2]).endswith("two decimal places.")
     result = score_predictions("mathvista_testmini", items, {"1": "B", "2": "12", "3": "0.75"})
     assert result["metrics"]["accuracy"] == 100.0
+
+
+def _strict_json(text: str):
+    def refuse(constant):
+        raise ValueError(f"{constant} in a result file")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+@pytest.mark.parametrize("bad", ["inf", "1e999", "nan", "-inf", "9" * 5000])
+def test_non_finite_predictions_scored_and_resumed(tmp_path, bad):
+    """A prediction inf/1e999/nan (or 5,000 digits) is scored as the official rule scores it,
+    the result is valid JSON, and a rerun from the partial file and the judge cache works."""
+    root = _original(tmp_path)
+    rows = [{"id": pid, "prediction": bad} for pid in PROBLEMS]
+    partial = write_jsonl(tmp_path / "partial.jsonl", rows[:3])
+    full = write_jsonl(tmp_path / "pred.jsonl", rows)
+    out = tmp_path / "mv.json"
+    with ScriptedJudge() as server:
+        server.replier = lambda user: bad  # the judge copies the reply out, as it would
+        args = ["--benchmark", "mathvista_testmini", "--data", str(root), "--out", str(out),
+                "--judge-url", server.url, "--judge-model", "judge"]  # fmt: skip
+        assert bench_score([*args, "--predictions", str(partial)]) == 0
+        assert bench_score([*args, "--predictions", str(full)]) == 0
+        asked = server.total
+        assert bench_score([*args, "--predictions", str(full)]) == 0
+        assert server.total == asked  # the rerun reads the judge cache
+    result = _strict_json(out.read_text())
+    assert result["n"] == 5 and result["metrics"]["accuracy"] == 0.0  # never right, never a crash
+    by = {r["id"]: r["extracted_by"] for r in result["items"]}
+    # float() reads each whole (5,000 nines as inf): no judge; int() reads none: the judge
+    assert by["4"] == "rules" and by["2"] == "judge"
+
+
+def _with(pid: str, **changes) -> dict:
+    record = {**PROBLEMS[pid], **changes}
+    return {k: v for k, v in record.items() if v is not DROP}
+
+
+DROP = object()
+MALFORMED = [
+    ("not an object", {"1": "just text"}, "record 1: is str, not a JSON object"),
+    ("missing field", {"1": _with("1", answer=DROP)}, "record 1: lacks 'answer'"),
+    ("wrong type", {"1": _with("1", question=["Which?"])}, "record 1: 'question' is list"),
+    ("choices a string", {"1": _with("1", choices="the cat, the dog")}, "not a list of strings"),
+    ("answer not a choice", {"1": _with("1", answer="the cow")}, "not one of its choices"),
+    ("multi_choice without choices", {"1": _with("1", choices=None)}, "needs a list of choices"),
+    ("bad question_type", {"2": _with("2", question_type="open")}, "question_type 'open' not in"),
+    ("bad answer_type", {"2": _with("2", answer_type="number")}, "answer_type 'number' not in"),
+    ("free-form text", {"2": _with("2", answer_type="text")}, "has no rule for it"),
+    ("float without precision", {"3": _with("3", precision=None)}, "needs its precision"),
+    ("precision not whole", {"3": _with("3", precision=1.5)}, "not a whole number"),
+    ("answer not finite", {"3": _with("3", answer=float("inf"))}, "not finite"),
+    ("image not a string", {"2": _with("2", image=7)}, "'image' is int"),
+    ("metadata not an object", {"2": _with("2", metadata=[1])}, "metadata is not an object"),
+    ("empty file", {}, "holds no records"),
+    ("duplicate pid", [{**PROBLEMS["2"], "pid": "2"}, {**PROBLEMS["2"], "pid": "2"}],
+     "record 2: its id appears twice"),
+    ("list record without pid", [PROBLEMS["2"]], "record #0: lacks 'pid'"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case, document, message", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_file_is_one_line_naming_file_record_problem(tmp_path, case, document, message):
+    root = _original(tmp_path)
+    (root / "testmini.json").write_text(json.dumps(document))
+    with pytest.raises(BenchmarkDataError) as error:
+        read_benchmark("mathvista_testmini", root)
+    text = str(error.value)
+    assert "\n" not in text and str(root / "testmini.json") in text and message in text
+
+
+def test_malformed_hub_row_named(tmp_path):
+    rows = [{"pid": "1", **{**PROBLEMS["1"], "answer": "the cow"}, "decoded_image": png_bytes(1)}]
+    write_hub_parquet(
+        tmp_path / "data" / "testmini-00000-of-00001.parquet", rows, ("decoded_image",)
+    )
+    with pytest.raises(BenchmarkDataError, match="record 1: answer 'the cow' is not one of"):
+        read_benchmark("mathvista_testmini", tmp_path)

@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from stic.data.benchmarks import read_benchmark, score_predictions
+from stic.data.benchmarks import BenchmarkDataError, read_benchmark, score_predictions
 from stic.data.benchmarks.mmvet import parse_correctness
 from stic.modeling.judge import JudgeClient
-from tests.data.bench_fixtures import png_bytes, write_hub_parquet, write_json, write_png
+from stic.tools.bench_score import main as bench_score
+from tests.data.bench_fixtures import (
+    png_bytes,
+    write_hub_parquet,
+    write_json,
+    write_jsonl,
+    write_png,
+)
 from tests.modeling.judge_server import ScriptedJudge
 
 MMVET = {
@@ -19,7 +28,7 @@ REPLIES = {"2+2": "1.0", "animals": "0.4 only the cat", "title": "Correct!"}
 
 
 def _replier(user: str) -> str:
-    last_row = user.strip().splitlines()[-1]
+    last_row = [line for line in user.splitlines() if " | " in line][-1]  # re-asks add a line
     return next(reply for word, reply in REPLIES.items() if word in last_row)
 
 
@@ -60,16 +69,18 @@ def test_capability_scores_and_judge_failure(tmp_path):
             parse_attempts=2,
         )
         result = score_predictions("mmvet", items, predictions, judge=judge)
-        assert server.total == 4  # v1_2 asked twice, then judge_failed
-        last_row = server.requests[-1]["messages"][1]["content"].splitlines()[-1]
+        assert server.total == 7  # v1_2 asked five times (MM-Vet's evaluator), then failed
+        first = next(r for r in server.requests if "title" in r["messages"][-1]["content"])
+        last_row = first["messages"][-1]["content"].splitlines()[-1]
         assert last_row == "What is the title? | Dune | Some book / by someone<br>line 2 | "
-    # scored: v1_0 1.0 and v1_1 0.4 -> 70; v1_2 failed: not scored, counted
-    assert result["metrics"] == {"score": 70.0, "judge_failed": 1}
+    # v1_0 1.0, v1_1 0.4, v1_2 failed: 0.0 as the evaluator scores it -> 46.7; judged only 70
+    assert result["metrics"] == {"score": 46.7, "score_judged_only": 70.0, "judge_failed": 1}
     caps = result["categories"]["capability"]
-    assert caps["ocr"]["score"] == 100.0 and caps["math"]["score"] == 100.0
+    assert caps["ocr"]["score"] == 50.0 and caps["math"]["score"] == 100.0
+    assert caps["ocr"]["score_judged_only"] == 100.0
     assert caps["rec"]["score"] == 40.0
     assert result["judge"]["failures"][0]["id"] == "v1_2"
-    assert "unparseable after 2 replies" in result["judge"]["failures"][0]["reason"]
+    assert "unparseable after 5 replies" in result["judge"]["failures"][0]["reason"]
 
 
 def test_hub_parquet(tmp_path):
@@ -87,3 +98,42 @@ def test_hub_parquet(tmp_path):
     write_hub_parquet(tmp_path / "MMVet" / "data" / "test-00000-of-00001.parquet", rows)
     items = read_benchmark("mmvet", tmp_path / "MMVet")
     assert items[0].categories == {"capability": ("ocr", "math")}
+
+
+@pytest.mark.parametrize("reply", ["nan", "inf", "1e999", "-inf", "1.2"])
+def test_non_finite_scores_reasked_then_zero(tmp_path, reply):
+    """nan (which MM-Vet's evaluator would keep), inf, 1e999: refused and asked again (five
+    replies), then 0.0 and judge_failed; the result is valid JSON and a rerun reads the cache."""
+    root = _original(tmp_path)
+    pred = write_jsonl(tmp_path / "p.jsonl", [{"id": k, "prediction": "x"} for k in MMVET])
+    out = tmp_path / "mmvet.json"
+    with ScriptedJudge() as server:
+        server.replier = lambda user: reply if "title" in user else "1.0"
+        args = ["--benchmark", "mmvet", "--data", str(root), "--out", str(out),
+                "--predictions", str(pred), "--judge-url", server.url, "--judge-model", "j"]  # fmt: skip
+        assert bench_score(args) == 0
+        assert server.total == 2 + 5
+        assert bench_score(args) == 0 and server.total == 7
+    result = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert result["metrics"] == {"score": 66.7, "score_judged_only": 100.0, "judge_failed": 1}
+
+
+MALFORMED = [
+    ("not an object", {"v1_0": "x"}, "record v1_0: is str"),
+    ("missing answer", {"v1_0": {k: v for k, v in MMVET["v1_0"].items() if k != "answer"}}, "lacks 'answer'"),
+    ("answer not text", {"v1_0": {**MMVET["v1_0"], "answer": 4}}, "'answer' is int"),
+    ("unknown capability", {"v1_0": {**MMVET["v1_0"], "capability": ["ocr", "vision"]}}, "'vision' not in"),
+    ("empty capability", {"v1_0": {**MMVET["v1_0"], "capability": []}}, "not a list of names"),
+    ("imagename not text", {"v1_0": {**MMVET["v1_0"], "imagename": None}}, "'imagename' is NoneType"),
+    ("empty file", {}, "holds no records"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case, document, message", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_file_is_one_line_naming_file_record_problem(tmp_path, case, document, message):
+    root = _original(tmp_path)
+    write_json(root / "mm-vet.json", document)
+    with pytest.raises(BenchmarkDataError) as error:
+        read_benchmark("mmvet", root)
+    text = str(error.value)
+    assert "\n" not in text and "mm-vet.json" in text and message in text

@@ -9,7 +9,9 @@ parse)`` returns one :class:`JudgeVerdict` per prompt. Standard library only (ur
   (``backoff_s * 2**k``); other HTTP errors (401, 404, ...) fail at once.
 - A reply that ``parse`` rejects is asked again, up to ``parse_attempts`` replies in all, the
   k-th re-ask at temperature ``prompt.temperature + 0.2 * k`` (capped at 1; a deterministic judge
-  would repeat itself), as MM-Vet's evaluator does. After that the verdict carries ``error``
+  would repeat itself). A benchmark whose official grader re-asks otherwise says so in the
+  prompt (``JudgePrompt.attempts``, ``reask_user``, ``reask_temperatures``: MM-Vet's five
+  replies at rising temperature, LLaVA's one). After that the verdict carries ``error``
   (``judge_failed``); it is never silently scored.
 - Every raw reply is appended (fsynced) to a JSONL cache keyed by sha256 of (judge model, system
   message, user message) before it is used: a killed run resumes with no new calls for what it
@@ -30,7 +32,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +59,19 @@ def chat_url(url: str) -> str:
     ``/chat/completions`` appended; a full address is kept."""
     url = url.rstrip("/")
     return url if url.endswith("/chat/completions") else url + "/chat/completions"
+
+
+def _reask(prompt: JudgePrompt, attempt: int) -> tuple[JudgePrompt, float]:
+    """The request of the ``attempt``-th reply (0: the first) and its temperature: the
+    benchmark's own re-ask (``prompt.reask_*``) where it sets one, else the same prompt at a
+    temperature rising by 0.2 a re-ask (capped at 1)."""
+    if attempt == 0:
+        return prompt, prompt.temperature
+    asked = prompt if prompt.reask_user is None else replace(prompt, user=prompt.reask_user)
+    if prompt.reask_temperatures:
+        steps = prompt.reask_temperatures
+        return asked, steps[min(attempt, len(steps)) - 1]
+    return asked, min(1.0, prompt.temperature + 0.2 * attempt)
 
 
 @dataclass
@@ -127,10 +142,9 @@ class JudgeClient:
         body = json.dumps(
             {
                 "model": self.model,
-                "messages": [
-                    {"role": "system", "content": prompt.system},
-                    {"role": "user", "content": prompt.user},
-                ],
+                # No system message when a benchmark's grader sends none (MathVista, MM-Vet).
+                "messages": [{"role": "system", "content": prompt.system}] * bool(prompt.system)
+                + [{"role": "user", "content": prompt.user}],
                 "temperature": temperature,
                 "max_tokens": prompt.max_tokens,
             }
@@ -181,13 +195,13 @@ class JudgeClient:
         raw: str | None = None
         error = "no reply"
         cached = True
-        for attempt in range(self.parse_attempts):
+        for attempt in range(prompt.attempts or self.parse_attempts):
             if attempt < len(known):
                 raw = known[attempt]
             else:
-                temperature = min(1.0, prompt.temperature + 0.2 * attempt)
+                asked, temperature = _reask(prompt, attempt)
                 try:
-                    raw = self._post(prompt, temperature)
+                    raw = self._post(asked, temperature)
                 except _TransportError as e:
                     return JudgeVerdict(value=None, raw=raw, error=str(e), cached=False)
                 cached = False

@@ -17,7 +17,9 @@ that ``stic bench score`` writes.
 from __future__ import annotations
 
 import functools
+import json
 import logging
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,12 +186,14 @@ def score_predictions(
     rows = spec.score(pairs, judge)
     summary = spec.summarize(rows)
     judge_failed = [row for row in rows if row.get("judge_failed")]
-    return {
+    result = {
         "benchmark": benchmark,
         "n": len(rows),
         "n_data": len(items),
         "primary_metric": spec.primary,
         "metrics": summary["metrics"],
+        # Which procedure a headline metric is, where a benchmark has two (MathVista).
+        **({"headline": summary["headline"]} if "headline" in summary else {}),
         "categories": summary["categories"],
         "unmatched": {
             "missing_predictions": _examples(missing),
@@ -210,6 +214,20 @@ def score_predictions(
         },
         "items": rows,
     }
+    _check_finite(benchmark, result)
+    return result
+
+
+def _check_finite(benchmark: str, result: dict) -> None:
+    """Raise ValueError, naming the first offending place, if the result holds a NaN or an
+    infinity: JSON has neither, and a result file must be valid JSON."""
+    try:
+        json.dumps(result, allow_nan=False)
+    except ValueError:
+        for key, value in result["metrics"].items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{benchmark}: metric {key} is {value} (not finite)") from None
+        raise ValueError(f"{benchmark}: the result holds a non-finite number") from None
 
 
 __all__ = [

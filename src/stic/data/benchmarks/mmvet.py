@@ -8,20 +8,27 @@ Formats read:
 
 Prompt: the raw question (LLaVA-1.5's open-ended protocol), up to 1024 new tokens.
 
-Score (MM-Vet's evaluator): a judge compares the prediction with the ground truth (which may use
-``<AND>``/``<OR>``) and completes a few-shot table with a correctness score from 0.0 to 1.0; the
-first token of its reply must parse as a number in [0, 1], else it is asked again (at a higher
-temperature). Score = 100 x mean, overall and per capability (an item counts toward each of its
-capabilities). The few-shot prompt is ours, written to the structure of MM-Vet's (see
-docs/benchmarks.md); its version is recorded with the results.
+Score (MM-Vet's ``mm-vet_evaluator.py``): a judge compares the prediction with the ground truth
+(which may use ``<AND>``/``<OR>``) and completes a few-shot table with a correctness score from
+0.0 to 1.0. Its reply is read as the evaluator reads it: the text before the first space,
+stripped, parsed by ``float()`` (so ".7", "1e-1" and "0.5 because ..." are read; "0.6\nbecause",
+"Correctness: 0.6" and "0.5," are not) and within [0, 1]; stic also refuses a score that is not
+finite ("nan", which the evaluator would keep). A refused reply is asked again as the evaluator
+asks it: with an instruction to give the digit appended, at temperature 0, 0.5, 1.0, 1.5; after
+five refused replies the item scores 0.0 (counted in the mean, as the evaluator counts it) and
+is counted in ``judge_failed``; ``score_judged_only`` leaves those items out. Score = 100 x
+mean, rounded to 1 decimal as the evaluator rounds it, overall and per capability (an item
+counts toward each of its capabilities). The few-shot prompt is ours, written to the structure
+of MM-Vet's (see docs/benchmarks.md); its version is recorded with the results.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
-from stic.data.benchmarks.aggregate import by_category, mean_score
+from stic.data.benchmarks.aggregate import by_category
 from stic.data.benchmarks.records import (
     BenchItem,
     BenchmarkDataError,
@@ -30,18 +37,24 @@ from stic.data.benchmarks.records import (
     JudgePrompt,
     check_image_files,
 )
-from stic.data.benchmarks.tables import find_file, image_from_cell, read_hub_rows
+from stic.data.benchmarks.tables import (
+    bad_record,
+    checked,
+    find_file,
+    image_from_cell,
+    read_hub_rows,
+    unique_ids,
+)
 from stic.runtime.files import read_json
 
 NAME = "mmvet"
 MAX_NEW_TOKENS = 1024  # LLaVA's model_vqa default for open-ended answers
-METRICS = ("score",)
+METRICS = ("score", "score_judged_only")
 PRIMARY = "score"
 JUDGE = "required"
 JUDGE_PROMPT_VERSION = "stic-mmvet-v1"
 PROTOCOL = "LLaVA-1.5 open-ended: the raw question"
 
-JUDGE_SYSTEM = "You grade answers against a ground truth."
 JUDGE_INSTRUCTION = (
     "Give the prediction a correctness score against the ground truth. In a ground truth, "
     "<AND> means every listed element must appear in the prediction for it to be fully right; "
@@ -59,10 +72,30 @@ _EXAMPLES = (
 )
 
 
-def _capabilities(value) -> tuple[str, ...]:
+CAPABILITIES = ("rec", "ocr", "know", "gen", "spat", "math")  # MM-Vet's six
+
+
+def _capabilities(where, key: str, record: dict) -> tuple[str, ...]:
+    """The record's capabilities: a list (original) or a comma-separated string (hub)."""
+    value = checked(NAME, where, key, record, "capability", (list, str))
     if isinstance(value, str):
-        return tuple(part.strip() for part in value.split(",") if part.strip())
-    return tuple(value or ())
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not value or not all(isinstance(c, str) for c in value):
+        raise bad_record(NAME, where, key, f"capability {value!r:.60} is not a list of names")
+    unknown = [c for c in value if c not in CAPABILITIES]
+    if unknown:
+        raise bad_record(NAME, where, key, f"capability {unknown[0]!r} not in {CAPABILITIES}")
+    return tuple(dict.fromkeys(value))  # the evaluator counts an item once per capability
+
+
+def _item(where, key: str, record: dict, image: ImageRef) -> BenchItem:
+    return BenchItem(
+        id=key,
+        image=image,
+        question=checked(NAME, where, key, record, "question", (str,)),
+        answers=(checked(NAME, where, key, record, "answer", (str,)),),
+        categories={"capability": _capabilities(where, key, record)},
+    )
 
 
 def read(data: str | Path, images: str | Path | None = None) -> list[BenchItem]:
@@ -70,28 +103,27 @@ def read(data: str | Path, images: str | Path | None = None) -> list[BenchItem]:
     needed = ("question_id", "question", "answer", "capability", "image")
     rows = read_hub_rows(data, NAME, split="test", columns=needed)
     if rows is not None:
+        ids = [
+            str(checked(NAME, data, f"#{n}", row, "question_id", (str, int)))
+            for n, row in enumerate(rows)
+        ]
+        unique_ids(NAME, data, ids)
         return [
-            BenchItem(
-                id=str(row["question_id"]),
-                image=image_from_cell(row["image"], None, NAME, str(row["question_id"])),
-                question=row["question"],
-                answers=(str(row["answer"]),),
-                categories={"capability": _capabilities(row["capability"])},
-            )
-            for row in rows
+            _item(data, key, row, image_from_cell(row["image"], None, NAME, key))
+            for key, row in zip(ids, rows, strict=True)
         ]
     path = find_file(data, ["mm-vet.json"], NAME, "give the MM-Vet folder")
     document = read_json(path)
     if not isinstance(document, dict):
         raise BenchmarkDataError(f"{NAME}: {path} is not a JSON object of questions")
+    unique_ids(NAME, path, list(document))
     images = Path(images) if images is not None else path.parent / "images"
     items = [
-        BenchItem(
-            id=key,
-            image=ImageRef(path=str(images / record["imagename"])),
-            question=record["question"],
-            answers=(str(record["answer"]),),
-            categories={"capability": _capabilities(record["capability"])},
+        _item(
+            path,
+            key,
+            record,
+            ImageRef(path=str(images / checked(NAME, path, key, record, "imagename", (str,)))),
         )
         for key, record in document.items()
     ]
@@ -116,17 +148,30 @@ def judge_prompt(item: BenchItem, prediction: str) -> JudgePrompt:
     ]
     lines += [" | ".join(example) for example in _EXAMPLES]
     lines.append(f"{_cell(item.question)} | {_cell(item.answers[0])} | {_cell(prediction)} | ")
-    return JudgePrompt(system=JUDGE_SYSTEM, user="\n".join(lines), temperature=0.0, max_tokens=16)
+    user = "\n".join(lines)
+    return JudgePrompt(
+        system="",  # the evaluator sends the table as the only (user) message
+        user=user,
+        temperature=0.0,
+        max_tokens=3,  # the evaluator's limit: a longer reply could hold what 3 tokens cut off
+        attempts=JUDGE_ATTEMPTS,
+        reask_user=user + REASK_SUFFIX,
+        reask_temperatures=REASK_TEMPERATURES,
+    )
+
+
+JUDGE_ATTEMPTS = 5  # replies the evaluator reads before it gives up with 0.0
+REASK_TEMPERATURES = (0.0, 0.5, 1.0, 1.5)  # the temperature of its 1st..4th re-ask
+REASK_SUFFIX = "\nAnswer with the correctness score only, a number from 0.0 to 1.0: "
+FAILED_SCORE = 0.0  # what the evaluator records for an item it could not grade
 
 
 def parse_correctness(reply: str) -> float:
-    """The reply's first token as a number in [0, 1]; ValueError otherwise."""
-    tokens = reply.strip().split()
-    if not tokens:
-        raise ValueError("empty reply")
-    value = float(tokens[0])
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"score {value} outside [0, 1]")
+    """The score as MM-Vet's evaluator reads a reply (the text before the first space, stripped,
+    as a float in [0, 1]), and finite; ValueError otherwise."""
+    value = float(reply.split(" ")[0].strip())  # ValueError on a non-number
+    if not (math.isfinite(value) and 0.0 <= value <= 1.0):
+        raise ValueError(f"score {value!r} outside [0, 1]: {reply[:60]!r}")
     return value
 
 
@@ -141,7 +186,7 @@ def score(pairs: Sequence[tuple[BenchItem, str]], judge: Judge | None = None) ->
             "prediction": prediction,
             "extracted": prediction,
             "answer": item.answers[0],
-            "score": verdict.value,
+            "score": FAILED_SCORE if verdict.value is None else verdict.value,
             "categories": {k: list(v) for k, v in item.categories.items()},
             "judge_raw": verdict.raw,
         }
@@ -151,8 +196,22 @@ def score(pairs: Sequence[tuple[BenchItem, str]], judge: Judge | None = None) ->
     return rows
 
 
+def _percent(rows: Sequence[dict]) -> float | None:
+    """100 x mean score, rounded to 1 decimal as the evaluator's numpy rounding does (half to
+    even on the binary value of 10x); None for no rows."""
+    if not rows:
+        return None
+    total = 0.0
+    for row in rows:  # summed in order, as the evaluator sums
+        total += row["score"]
+    return round(total / len(rows) * 100 * 10) / 10
+
+
 def metrics_of(rows: Sequence[dict]) -> dict:
-    return {"score": mean_score(rows)}
+    return {
+        "score": _percent(rows),
+        "score_judged_only": _percent([r for r in rows if "judge_failed" not in r]),
+    }
 
 
 def summarize(rows: Sequence[dict]) -> dict:

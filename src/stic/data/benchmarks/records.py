@@ -89,6 +89,12 @@ class JudgePrompt:
     user: str
     temperature: float = 0.0
     max_tokens: int = 1024
+    # How the benchmark's official grader re-asks a reply it cannot parse: replies asked at
+    # most (None: the judge client's default), the user message of the re-asks (None: the same
+    # one) and the temperature of the k-th re-ask (empty: the client's rising default).
+    attempts: int | None = None
+    reask_user: str | None = None
+    reask_temperatures: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)

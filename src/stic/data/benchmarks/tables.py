@@ -140,3 +140,66 @@ def find_file(root: Path, names: Sequence[str], name: str, hint: str) -> Path:
     raise BenchmarkDataError(
         f"{name}: {root} holds neither hub parquet files nor {' / '.join(names)} ({hint})"
     )
+
+
+def bad_record(name: str, where: Any, record: Any, problem: str) -> BenchmarkDataError:
+    """The one-line error of a malformed record: benchmark, file, record, problem."""
+    return BenchmarkDataError(f"{name}: {where}: record {record}: {problem}")
+
+
+_KIND_NAMES = {
+    str: "a string",
+    int: "an integer",
+    float: "a number",
+    list: "a list",
+    dict: "an object",
+}
+
+
+def checked(
+    name: str,
+    where: Any,
+    record: Any,
+    row: Any,
+    key: str,
+    kinds: tuple[type, ...],
+    *,
+    optional: bool = False,
+) -> Any:
+    """``row[key]`` if it is one of ``kinds`` (None allowed when ``optional``); else raise
+    :func:`bad_record` naming the field, what it holds and what it should hold. A ``row`` that
+    is not an object is itself the problem. Booleans are never numbers here."""
+    if not isinstance(row, dict):
+        raise bad_record(name, where, record, f"is {type(row).__name__}, not a JSON object")
+    if key not in row:
+        raise bad_record(name, where, record, f"lacks {key!r}")
+    value = row[key]
+    if value is None and optional:
+        return None
+    if isinstance(value, kinds) and not isinstance(value, bool):
+        return value
+    wanted = " or ".join(_KIND_NAMES.get(k, k.__name__) for k in kinds)
+    raise bad_record(
+        name, where, record, f"{key!r} is {type(value).__name__} {str(value)[:40]!r}, not {wanted}"
+    )
+
+
+def text_list(name: str, where: Any, record: Any, row: dict, key: str) -> list[str] | None:
+    """``row[key]`` as a list of strings (None when absent or null); anything else raises."""
+    value = row.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise bad_record(name, where, record, f"{key!r} is not a list of strings: {value!r:.60}")
+    return list(value)
+
+
+def unique_ids(name: str, where: Any, ids: Sequence[str]) -> None:
+    """Raise naming the first id that appears twice, and raise on an empty file."""
+    if not ids:
+        raise BenchmarkDataError(f"{name}: {where}: holds no records")
+    seen: set[str] = set()
+    for key in ids:
+        if key in seen:
+            raise bad_record(name, where, key, "its id appears twice")
+        seen.add(key)
