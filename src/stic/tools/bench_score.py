@@ -15,7 +15,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from stic.data.benchmarks import BENCHMARKS, BenchmarkDataError, read_benchmark, score_predictions
+from stic.data.benchmarks import (
+    BENCHMARKS,
+    BenchmarkDataError,
+    NothingScoredError,
+    read_benchmark,
+    score_predictions,
+)
 from stic.modeling.judge import JudgeClient
 from stic.runtime.files import atomic_write_json, read_jsonl
 
@@ -80,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         items = read_benchmark(args.benchmark, args.data, args.images)
         predictions = read_jsonl(args.predictions, strict=True)
         result = score_predictions(args.benchmark, items, predictions, judge=judge)
+    except NothingScoredError as e:
+        print(f"stic bench score: error: {e}", file=sys.stderr)
+        return 1
     except (BenchmarkDataError, ValueError, FileNotFoundError) as e:
         print(f"stic bench score: error: {e}", file=sys.stderr)
         return 2
@@ -105,7 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"reasons in {args.out}",
             file=sys.stderr,
         )
-    print(json.dumps({"benchmark": args.benchmark, "n": result["n"], **result["metrics"]}))
+    summary = {"benchmark": args.benchmark, "n": result["n"], "n_expected": result["n_expected"]}
+    print(json.dumps({**summary, **result["metrics"]}))
     return 0
 
 
