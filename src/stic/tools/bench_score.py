@@ -15,7 +15,13 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from stic.data.benchmarks import BENCHMARKS, BenchmarkDataError, read_benchmark, score_predictions
+from stic.data.benchmarks import (
+    BENCHMARKS,
+    BenchmarkDataError,
+    NothingScoredError,
+    read_benchmark,
+    score_predictions,
+)
 from stic.modeling.judge import JudgeClient
 from stic.runtime.files import read_jsonl
 from stic.runtime.output import OUTPUT_ERRORS, Output
@@ -105,6 +111,9 @@ def _score(args: argparse.Namespace, output: Output) -> int:
         items = read_benchmark(args.benchmark, args.data, args.images)
         predictions = read_jsonl(args.predictions, strict=True)
         result = score_predictions(args.benchmark, items, predictions, judge=judge)
+    except NothingScoredError as e:
+        print(f"stic bench score: error: {e}", file=sys.stderr)
+        return 1
     except (BenchmarkDataError, ValueError, FileNotFoundError) as e:
         print(f"stic bench score: error: {e}", file=sys.stderr)
         return 2
@@ -131,7 +140,8 @@ def _score(args: argparse.Namespace, output: Output) -> int:
             f"reasons in {args.out}",
             file=sys.stderr,
         )
-    print(json.dumps({"benchmark": args.benchmark, "n": result["n"], **result["metrics"]}))
+    summary = {"benchmark": args.benchmark, "n": result["n"], "n_expected": result["n_expected"]}
+    print(json.dumps({**summary, **result["metrics"]}))
     return 0
 
 

@@ -17,6 +17,7 @@ that ``stic bench score`` writes.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 import logging
 import math
@@ -149,6 +150,23 @@ def _examples(ids: list[str], limit: int = 5) -> dict:
     return {"count": len(ids), "examples": ids[:limit]}
 
 
+class NothingScoredError(ValueError):
+    """A benchmark run where no item got a score: there is no number to report."""
+
+
+def data_hash(items: Sequence[BenchItem]) -> str:
+    """A short hash of the benchmark data that scoring reads (ids, questions, answers, choices,
+    groups), order-free: two results with different hashes were scored on different data."""
+    records = sorted(
+        json.dumps(
+            [item.id, item.question, list(item.answers), list(item.choices or ()), item.group],
+            ensure_ascii=False,
+        )
+        for item in items
+    )
+    return hashlib.sha256("\n".join(records).encode()).hexdigest()[:16]
+
+
 def score_predictions(
     benchmark: str,
     items: Sequence[BenchItem],
@@ -184,12 +202,32 @@ def score_predictions(
             len(unknown),
         )
     rows = spec.score(pairs, judge)
-    summary = spec.summarize(rows)
     judge_failed = [row for row in rows if row.get("judge_failed")]
+    n_scored = sum(1 for row in rows if row.get("score") is not None)
+    reasons = {
+        reason: count
+        for reason, count in (
+            ("no_prediction", len(missing)),
+            ("judge_failed", len(judge_failed)),
+        )
+        if count
+    }
+    if not n_scored:
+        raise NothingScoredError(
+            f"{benchmark}: nothing scored of {len(items)} items ("
+            + (", ".join(f"{k}: {v}" for k, v in reasons.items()) or "no items")
+            + (f", {len(unknown)} prediction ids not in the data" if unknown else "")
+            + "); no result written"
+        )
+    summary = spec.summarize(rows)
     result = {
         "benchmark": benchmark,
-        "n": len(rows),
+        "n": n_scored,
+        "n_expected": len(items),
         "n_data": len(items),
+        "partial": n_scored < len(items),
+        "not_scored": reasons,
+        "data_hash": data_hash(items),
         "primary_metric": spec.primary,
         "metrics": summary["metrics"],
         # Which procedure a headline metric is, where a benchmark has two (MathVista).
@@ -239,6 +277,8 @@ __all__ = [
     "Judge",
     "JudgePrompt",
     "JudgeVerdict",
+    "NothingScoredError",
+    "data_hash",
     "get_spec",
     "read_benchmark",
     "score_predictions",
