@@ -339,10 +339,29 @@ def input_problems(stages: list[PlannedStage]) -> list[str]:
                 benchmarks_read[source] = _benchmark_problem(*source)
             if ok and benchmarks_read[source]:
                 problems.append(f"{where}data: {benchmarks_read[source]}")
+            problems += judge_problems(where, config)
         else:
             for key in INPUT_KEYS:
                 check(where, key, getattr(config, key, None))
         produced.add(Path(config.out).expanduser().resolve())
+    return problems
+
+
+def judge_problems(where: str, config: Any) -> list[str]:
+    """A bench entry's judge checked before the first stage: its key variable is set and its
+    endpoint is an http(s) URL with a host (found now, not when the entry starts hours later)."""
+    import os
+    import urllib.parse
+
+    problems = []
+    key_env = getattr(config, "judge_key_env", None)
+    if key_env and not os.environ.get(key_env):
+        problems.append(f"{where}judge_key_env: environment variable {key_env} is not set")
+    url = getattr(config, "judge_url", None)
+    if url:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            problems.append(f"{where}judge_url: {url!r} is not an http(s) URL with a host")
     return problems
 
 

@@ -126,3 +126,19 @@ def test_key_read_from_named_variable_and_never_written(tmp_path, monkeypatch):
     monkeypatch.delenv("STIC_TEST_JUDGE_KEY")
     with pytest.raises(ValueError, match="STIC_TEST_JUDGE_KEY is not set"):
         JudgeClient(url="http://127.0.0.1:9/v1", model="m", key_env="STIC_TEST_JUDGE_KEY")
+
+
+def test_run_checks_every_judge_key_and_url_before_the_first_stage(monkeypatch):
+    from types import SimpleNamespace
+
+    from stic.pipeline import judge_problems
+
+    monkeypatch.delenv("STIC_TEST_NO_KEY", raising=False)
+    entry = SimpleNamespace(judge_key_env="STIC_TEST_NO_KEY", judge_url="localhost:8000/v1")
+    assert judge_problems("bench[1].", entry) == [
+        "bench[1].judge_key_env: environment variable STIC_TEST_NO_KEY is not set",
+        "bench[1].judge_url: 'localhost:8000/v1' is not an http(s) URL with a host",
+    ]
+    monkeypatch.setenv("STIC_TEST_NO_KEY", "k")
+    entry.judge_url = "http://127.0.0.1:8000/v1"
+    assert judge_problems("bench[1].", entry) == []
