@@ -14,7 +14,7 @@ from transformers import AutoModelForImageTextToText
 
 from stic.config import EvalConfig
 from stic.modeling.models import ModelLoadError, load_adapter, load_model
-from stic.pipeline import load_run_config, write_resolved
+from stic.pipeline import load_run_config, resolved_config
 from stic.runtime.manifests import manifest_path, redact, write_manifest
 
 SECRET = "hf_abcdefghijklmnopqrstuvwxyz0123"
@@ -56,8 +56,7 @@ def test_manifest_and_resolved_config_never_hold_a_token(tmp_path, monkeypatch):
     run = {"model": leaky, "output_dir": str(tmp_path / "run"), "pairs": {"images": str(tmp_path)}}
     (tmp_path / "run.yaml").write_text(yaml.safe_dump(run))
     stages = load_run_config(tmp_path / "run.yaml", check_inputs=False)  # no such model folder
-    resolved = write_resolved(stages, tmp_path / "run")
-    assert SECRET not in resolved.read_text()
+    assert SECRET not in resolved_config(stages)
 
 
 def _pickled_copy(model_dir: Path, dest: Path) -> Path:

@@ -35,9 +35,8 @@ from typing import TYPE_CHECKING, Any
 import yaml
 
 from stic.config import ConfigError, build, normalized
-from stic.runtime.files import atomic_write_text
-from stic.runtime.locks import output_lock
 from stic.runtime.manifests import redact
+from stic.runtime.output import Output
 from stic.stages.registry import STAGES, run_stage
 
 if TYPE_CHECKING:
@@ -396,14 +395,31 @@ def load_run_config(path: str | Path, check_inputs: bool = True) -> list[Planned
     return stages
 
 
-def write_resolved(stages: list[PlannedStage], output_dir: str | Path) -> Path:
-    path = Path(output_dir) / "resolved_config.yaml"
+RESOLVED_CONFIG = "resolved_config.yaml"
+
+
+def resolved_config(stages: list[PlannedStage]) -> str:
+    """Every stage's config as it runs (paths absolute, credentials redacted), as YAML."""
     resolved = {
         f"{s.stage}:{s.name}" if s.stage in ENTRY_STAGES else s.stage: normalized(s.config)
         for s in stages
     }
-    atomic_write_text(path, yaml.safe_dump(redact(resolved), sort_keys=False))
-    return path
+    return yaml.safe_dump(redact(resolved), sort_keys=False)
+
+
+def run_output(config_path: str | Path, output_dir: str | Path) -> Output:
+    """``stic run``'s own output, ``<output_dir>/resolved_config.yaml``: its lock is held for the
+    whole run (one ``stic run`` per output folder at a time); each stage has its own."""
+    return Output(
+        "run",
+        {"config": str(Path(config_path).resolve())},
+        out=Path(output_dir) / RESOLVED_CONFIG,
+        file=True,
+        inputs={"config": str(config_path)},
+        adopt=lambda: [],  # written by a stic before manifests: it is only a record
+        replace=True,
+        command="stic run",
+    )
 
 
 def run_pipeline(
@@ -420,9 +436,9 @@ def run_pipeline(
             for s in stages
         ]
     output_dir = Path(yaml.safe_load(Path(path).read_text(encoding="utf-8"))["output_dir"])
-    # One `stic run` per output folder at a time; each stage also locks its own output.
-    with output_lock(output_dir):
-        write_resolved(stages, output_dir)
+    with run_output(path, output_dir) as output:
+        output.write_text(resolved_config(stages))
+        output.finish({"stages": len(stages)})
         for planned in stages:
             logger.info("stage %s (%s)", planned.stage, planned.name)
             yield planned, run_stage(planned.stage, planned.config)

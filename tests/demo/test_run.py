@@ -212,6 +212,13 @@ def test_results_markdown_one_seed():
 # ----------------------------------------------------------------------------- inputs
 
 
+@pytest.fixture
+def demo_out(tmp_path):
+    """The demo's output object on an empty folder, as run_demo holds it."""
+    with demo.demo_output(tmp_path, SMALL, overwrite=False) as output:
+        yield output
+
+
 def test_chosen_as_instructions_skips_truncated_chosen(tmp_path):
     rows = [
         _pair("a", "A red circle.", "A red square.", "bad_prompt"),
@@ -219,7 +226,9 @@ def test_chosen_as_instructions_skips_truncated_chosen(tmp_path):
         _pair("c", "A white triangle.", "A white cross.", "corrupt_color"),
     ]
     pairs = _write_pairs(tmp_path / "pairs.jsonl", rows)
-    out = chosen_as_instructions(pairs, tmp_path / "sub" / "chosen.json")
+    with demo.demo_output(tmp_path / "demo", SMALL, overwrite=False) as output:
+        out = chosen_as_instructions(pairs, output, "sub/chosen.json")
+    assert out == tmp_path / "demo" / "sub" / "chosen.json"
     records = read_json(out)
     assert [r["id"] for r in records] == ["a.png", "c.png"]
     assert records[0] == {
@@ -234,8 +243,9 @@ def test_chosen_as_instructions_skips_truncated_chosen(tmp_path):
     assert [s.conversations[1].value for s in samples] == ["A red circle.", "A white triangle."]
 
 
-def test_write_unlabeled_writes_only_images(tmp_path):
-    folder = write_unlabeled(tmp_path / "unl", seed=3, settings=SMALL)
+def test_write_unlabeled_writes_only_images(demo_out, tmp_path):
+    folder = write_unlabeled(demo_out, seed=3, settings=SMALL)
+    assert folder == tmp_path / "seed3" / "unlabeled"
     names = sorted(p.name for p in folder.iterdir())
     assert names == sorted(f"{s.id}.png" for s in unlabeled_scenes(3, SMALL))
     assert len(names) == SMALL.unlabeled
@@ -276,8 +286,9 @@ def _truth(item: dict, scene: Scene) -> str:
     return "ABCD"[present[0]]
 
 
-def test_write_eval_split_matches_the_world(tmp_path):
-    files = write_eval_split(tmp_path, SMALL)
+def test_write_eval_split_matches_the_world(demo_out, tmp_path):
+    files = write_eval_split(demo_out, SMALL)
+    assert files["vqa"] == tmp_path / "data" / SMALL.split / "vqa.jsonl"
     scenes = {s.id: s for s in eval_scenes(SMALL)}
     assert len(scenes) == SMALL.eval_scenes
     assert sorted(p.name for p in files["images"].iterdir()) == sorted(
@@ -303,14 +314,14 @@ def test_write_eval_split_matches_the_world(tmp_path):
             assert world.score_description(row["answer"], scene)["exact"]
     # The split is fixed: the same files again.
     before = {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
-    write_eval_split(tmp_path, SMALL)
+    write_eval_split(demo_out, SMALL)
     assert {p.name: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()} == before
 
 
 @pytest.mark.parametrize("ask", [False, True])
-def test_stage2_data_asks_about_absent_companions_as_the_base_recipe_did(tmp_path, ask):
+def test_stage2_data_asks_about_absent_companions_as_the_base_recipe_did(demo_out, ask):
     recipe = BaseModelRecipe(labeled_scenes=80, ask_absent_companions=ask)
-    out = write_stage2_data(tmp_path, 0, dataclasses.replace(SMALL, stage2_scenes=80), recipe)
+    out = write_stage2_data(demo_out, 0, dataclasses.replace(SMALL, stage2_scenes=80), recipe)
     labeled = {s.id: s for s in labeled_scenes(recipe)}
     named = 0
     for sample in read_instruct(out):
@@ -320,16 +331,17 @@ def test_stage2_data_asks_about_absent_companions_as_the_base_recipe_did(tmp_pat
     assert (named > 3) if ask else (named == 0)
 
 
-def test_write_stage2_data_asks_labeled_scenes(tmp_path):
+def test_write_stage2_data_asks_labeled_scenes(demo_out, tmp_path):
     recipe = BaseModelRecipe(labeled_scenes=6)
-    out = write_stage2_data(tmp_path, 0, SMALL, recipe)
+    out = write_stage2_data(demo_out, 0, SMALL, recipe)
+    assert out == tmp_path / "seed0" / "stage2" / "instruct.json"
     samples = read_instruct(out)
     assert len(samples) == SMALL.stage2_scenes
     labeled = {s.id: s for s in labeled_scenes(recipe)}
     for sample in samples:
         scene = labeled[sample.id]
         assert sample.image == f"{scene.id}.png"
-        assert (tmp_path / "images" / sample.image).exists()
+        assert (out.parent / "images" / sample.image).exists()
         turns = sample.conversations
         assert turns[0].value.startswith(IMAGE_TOKEN + "\n")
         assert all(IMAGE_TOKEN not in t.value for t in turns[1:])
@@ -375,7 +387,8 @@ def _kind_of(question: str) -> str:
 
 def _configs(tmp_path):
     settings = dataclasses.replace(SMALL, base=str(tmp_path / "model"))
-    files = write_eval_split(tmp_path / "data", settings)
+    with demo.demo_output(tmp_path, settings, overwrite=False) as output:
+        files = write_eval_split(output, settings)
     stage2 = tmp_path / "seed0" / "stage2" / "instruct.json"
     unlabeled = tmp_path / "seed0" / "unlabeled"
     return settings, files, run_configs(tmp_path, 0, settings, files, stage2, unlabeled)
@@ -456,13 +469,13 @@ def _keep_truncated(mp: pytest.MonkeyPatch) -> None:
         configs["stic"]["dpo"]["filter_truncated"] = False
         return configs
 
-    def chosen_of_truncated(pairs_path, target):
-        stopped = target.parent / "stopped_pairs.jsonl"
+    def chosen_of_truncated(pairs_path, output, name):
+        stopped = output.file(str(Path(name).parent / "stopped_pairs.jsonl"))
         rows = [
             dataclasses.replace(p, chosen_finish="stop").to_dict() for p in read_pairs(pairs_path)
         ]
         _write_pairs(stopped, rows)
-        return chosen_orig(stopped, target)
+        return chosen_orig(stopped, output, name)
 
     mp.setattr(demo, "run_configs", configs_keeping_truncated)
     mp.setattr(demo, "chosen_as_instructions", chosen_of_truncated)
@@ -530,7 +543,9 @@ def test_demo_rerun_reuses_every_output(demo_run, monkeypatch):
         # results.* and report.html hold the run's wall-clock time: rewritten on every run
         if p.is_file()
         and p.suffix not in (".yaml",)
+        and not p.name.endswith(".yaml.manifest.json")  # stic run's record of its config
         and not p.name.startswith(("results.", "report."))
+        and p != out / "stic_manifest.json"  # the demo's own manifest: its time and status
     ]
     stamps = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in trained}
     logs: list[str] = []

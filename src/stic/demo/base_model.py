@@ -45,6 +45,7 @@ from stic.data.prompts import strip_image_placeholder
 from stic.data.schemas import InstructSample
 from stic.demo import world
 from stic.modeling.chat import TrainRow, encode_rows, render_segments
+from stic.runtime.output import Output
 from stic.runtime.rng import item_rng
 
 logger = logging.getLogger(__name__)
@@ -460,11 +461,38 @@ def build_base_model(
         eos_token_id=processor.tokenizer.eos_token_id,
         pad_token_id=processor.tokenizer.pad_token_id,
     )
-    out.mkdir(parents=True, exist_ok=True)
     model.to("cpu")
-    model.save_pretrained(out)
-    processor.save_pretrained(out)
-    weights = (out / "model.safetensors").read_bytes()
+    with model_output(out, recipe, device) as output:
+        folder = output.staging()  # built whole beside OUT, moved in when complete
+        model.save_pretrained(folder)
+        processor.save_pretrained(folder)
+        report = _report(recipe, model, probe, tune, vision_seconds, start, device, folder)
+        (folder / RECIPE_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        output.finish({"weights_sha256": report["weights_sha256"]})
+    return report
+
+
+def model_output(out: Path, recipe: BaseModelRecipe, device: str) -> Output:
+    """``stic demo-model``'s output object: the model folder, made anew each time. A folder that
+    an older stic built (its recipe file is there, no manifest) is replaced too."""
+
+    def adopt() -> list[str]:
+        return [] if (out / RECIPE_FILE).is_file() else ["it holds no stic demo model"]
+
+    return Output(
+        "demo-model",
+        {**asdict(recipe), "device": device},
+        out=out,
+        file=False,
+        inputs={},
+        adopt=adopt,
+        replace=True,
+        command="stic demo-model",
+    )
+
+
+def _report(recipe, model, probe, tune, vision_seconds, start, device, folder: Path) -> dict:
+    weights = (folder / "model.safetensors").read_bytes()
     report = {
         "recipe": asdict(recipe),
         "world": world_fingerprint(),
@@ -478,7 +506,6 @@ def build_base_model(
         "device": device,
         "weights_sha256": hashlib.sha256(weights).hexdigest(),
     }
-    (out / RECIPE_FILE).write_text(json.dumps(report, indent=2) + "\n")
     return report
 
 

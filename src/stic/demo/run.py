@@ -38,7 +38,8 @@ import yaml
 from stic.data.prompts import GOOD_PROMPT, PLAIN_PROMPTS
 from stic.data.schemas import read_pairs
 from stic.demo import world
-from stic.runtime.files import atomic_write_json, atomic_write_text, read_json
+from stic.runtime.files import read_json
+from stic.runtime.output import Output
 from stic.runtime.rng import item_rng
 
 ARMS = ("base", "stage1", "stage2_only", "stic", "stic_dar", "no_negatives")
@@ -86,8 +87,8 @@ class DemoSettings:
 # ----------------------------------------------------------------------------- inputs
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    atomic_write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r) + "\n" for r in rows)
 
 
 def eval_scenes(settings: DemoSettings) -> list[world.Scene]:
@@ -95,11 +96,11 @@ def eval_scenes(settings: DemoSettings) -> list[world.Scene]:
     return world.make_scenes(SPLIT_SEEDS[settings.split], settings.split, settings.eval_scenes)
 
 
-def write_eval_split(root: Path, settings: DemoSettings) -> dict[str, Path]:
-    """Images and question files of the evaluation split under ``root``."""
+def write_eval_split(output: Output, settings: DemoSettings) -> dict[str, Path]:
+    """Images and question files of the evaluation split, in the demo's ``data/<split>``."""
     scenes = eval_scenes(settings)
-    images = root / "images"
-    images.mkdir(parents=True, exist_ok=True)
+    root = f"data/{settings.split}"
+    images = output.subfolder(f"{root}/images")
     vqa, plain, good = [], [], []
     for scene in scenes:
         path = images / f"{scene.id}.png"
@@ -110,11 +111,9 @@ def write_eval_split(root: Path, settings: DemoSettings) -> dict[str, Path]:
         prompt = PLAIN_PROMPTS[item_rng(0, scene.id, "plain").randrange(len(PLAIN_PROMPTS))]
         plain.append({"id": scene.id, "image": path.name, "question": prompt, "answer": truth})
         good.append({"id": scene.id, "image": path.name, "question": GOOD_PROMPT, "answer": truth})
-    files = {"images": images, "vqa": root / "vqa.jsonl"}
-    _write_jsonl(files["vqa"], vqa)
+    files = {"images": images, "vqa": output.write_text(_jsonl(vqa), f"{root}/vqa.jsonl")}
     for name, rows in ((DESCRIBE_PLAIN, plain), (DESCRIBE_GOOD, good)):
-        files[name] = root / f"{name}.jsonl"
-        _write_jsonl(files[name], rows)
+        files[name] = output.write_text(_jsonl(rows), f"{root}/{name}.jsonl")
     return files
 
 
@@ -122,9 +121,9 @@ def unlabeled_scenes(seed: int, settings: DemoSettings) -> list[world.Scene]:
     return world.make_scenes(1000 + seed, "unlabeled", settings.unlabeled)
 
 
-def write_unlabeled(folder: Path, seed: int, settings: DemoSettings) -> Path:
+def write_unlabeled(output: Output, seed: int, settings: DemoSettings) -> Path:
     """Only the pixels: nothing of the scenes' ground truth is written for the stages to read."""
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = output.subfolder(f"seed{seed}/unlabeled")
     for scene in unlabeled_scenes(seed, settings):
         path = folder / f"{scene.id}.png"
         if not path.exists():
@@ -132,7 +131,7 @@ def write_unlabeled(folder: Path, seed: int, settings: DemoSettings) -> Path:
     return folder
 
 
-def write_stage2_data(root: Path, seed: int, settings: DemoSettings, recipe) -> Path:
+def write_stage2_data(output: Output, seed: int, settings: DemoSettings, recipe) -> Path:
     """A small slice of the base model's labeled scenes as VQA conversations (LLaVA format),
     like the paper's 5k-sample slice of LLaVA's instruction data: drawn as the base model's own
     questions were (``recipe.ask_absent_companions``)."""
@@ -141,8 +140,7 @@ def write_stage2_data(root: Path, seed: int, settings: DemoSettings, recipe) -> 
     scenes = labeled_scenes(recipe)
     rng = item_rng(seed, "stage2", "slice")
     picked = sorted(rng.sample(range(len(scenes)), min(settings.stage2_scenes, len(scenes))))
-    images = root / "images"
-    images.mkdir(parents=True, exist_ok=True)
+    images = output.subfolder(f"seed{seed}/stage2/images")
     records = []
     for i in picked:
         scene = scenes[i]
@@ -153,12 +151,10 @@ def write_stage2_data(root: Path, seed: int, settings: DemoSettings, recipe) -> 
             world.render(scene).save(path)
         asked = srng.sample(items, 3)
         records.append(world.vqa_conversation(scene.id, asked, path.name).to_dict())
-    out = root / "instruct.json"
-    atomic_write_json(out, records)
-    return out
+    return output.write_json(records, f"seed{seed}/stage2/instruct.json")
 
 
-def chosen_as_instructions(pairs_path: Path, out: Path) -> Path:
+def chosen_as_instructions(pairs_path: Path, output: Output, name: str) -> Path:
     """The "no negatives" ablation's data: each pair's stored prompt answered with its chosen text."""
     records = [
         {
@@ -172,8 +168,7 @@ def chosen_as_instructions(pairs_path: Path, out: Path) -> Path:
         for pair in read_pairs(pairs_path)
         if pair.chosen_finish == "stop"
     ]
-    atomic_write_json(out, records)
-    return out
+    return output.write_json(records, name)
 
 
 # ----------------------------------------------------------------------------- run configs
@@ -489,10 +484,10 @@ def results_markdown(results: dict) -> str:
 # ----------------------------------------------------------------------------- driver
 
 
-def _run(config: dict, path: Path, log, overwrite: bool = False) -> None:
+def _run(config: dict, output: Output, name: str, log, overwrite: bool = False) -> None:
     from stic.pipeline import run_pipeline
 
-    atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
+    path = output.write_text(yaml.safe_dump(config, sort_keys=False), name)
     for planned, summary in run_pipeline(path, overwrite=overwrite):
         keep = ("accuracy", "n", "pairs", "samples", "train_loss")
         shown = {k: v for k, v in summary.details.items() if k in keep}
@@ -529,39 +524,64 @@ def run_demo(
 
     start = time.time()
     recipe = BaseModelRecipe(**check_world(settings.base))
-    files = write_eval_split(out / "data" / settings.split, settings)
-    scenes = {s.id: s for s in eval_scenes(settings)}
-    items = [json.loads(line) for line in files["vqa"].read_text().splitlines()]
-    log(f"base model: {settings.base}")
-    _run(base_config(out, settings, files), out / "base.yaml", log, overwrite)
-    base = collect_arm(out / "base" / "eval", "base", scenes, items)
-    per_seed = []
-    for seed in seeds:
-        log(f"seed {seed} ({time.time() - start:.0f} s)")
-        root = out / f"seed{seed}"
-        unlabeled = write_unlabeled(root / "unlabeled", seed, settings)
-        stage2 = write_stage2_data(root / "stage2", seed, settings, recipe)
-        configs = run_configs(out, seed, settings, files, stage2, unlabeled)
-        _run(configs["stic"], root / "stic.yaml", log, overwrite)
-        pairs_path = root / "stic" / "pairs" / "pairs.jsonl"
-        chosen_as_instructions(pairs_path, root / "no_negatives" / "chosen.json")
-        _run(configs["no_negatives"], root / "no_negatives.yaml", log, overwrite)
-        _run(configs["stage2_only"], root / "stage2_only.yaml", log, overwrite)
-        arms = seed_arms(out, seed, scenes, items, base)
-        unl = {s.id: s for s in unlabeled_scenes(seed, settings)}
-        per_seed.append({"seed": seed, "arms": arms, "pairs": pair_metrics(pairs_path, unl)})
-    results = {
-        **summarize(per_seed),
-        "seeds": per_seed,
-        "split": settings.split,
-        "eval_scenes": settings.eval_scenes,
-        "settings": asdict(settings),
-        "seconds": time.time() - start,
-    }
-    atomic_write_json(out / "results.json", results)
-    atomic_write_text(out / "results.md", results_markdown(results))
+    with demo_output(out, settings, overwrite) as output:
+        # What an earlier run of these settings wrote stays listed (a later --overwrite deletes it).
+        output.begin(files=(output.recorded or {}).get("files", []))
+        files = write_eval_split(output, settings)
+        scenes = {s.id: s for s in eval_scenes(settings)}
+        items = [json.loads(line) for line in files["vqa"].read_text().splitlines()]
+        log(f"base model: {settings.base}")
+        _run(base_config(out, settings, files), output, "base.yaml", log, overwrite)
+        base = collect_arm(out / "base" / "eval", "base", scenes, items)
+        per_seed = []
+        for seed in seeds:
+            log(f"seed {seed} ({time.time() - start:.0f} s)")
+            root = out / f"seed{seed}"
+            unlabeled = write_unlabeled(output, seed, settings)
+            stage2 = write_stage2_data(output, seed, settings, recipe)
+            configs = run_configs(out, seed, settings, files, stage2, unlabeled)
+            _run(configs["stic"], output, f"seed{seed}/stic.yaml", log, overwrite)
+            pairs_path = root / "stic" / "pairs" / "pairs.jsonl"
+            chosen_as_instructions(pairs_path, output, f"seed{seed}/no_negatives/chosen.json")
+            _run(configs["no_negatives"], output, f"seed{seed}/no_negatives.yaml", log, overwrite)
+            _run(configs["stage2_only"], output, f"seed{seed}/stage2_only.yaml", log, overwrite)
+            arms = seed_arms(out, seed, scenes, items, base)
+            unl = {s.id: s for s in unlabeled_scenes(seed, settings)}
+            per_seed.append({"seed": seed, "arms": arms, "pairs": pair_metrics(pairs_path, unl)})
+        results = {
+            **summarize(per_seed),
+            "seeds": per_seed,
+            "split": settings.split,
+            "eval_scenes": settings.eval_scenes,
+            "settings": asdict(settings),
+            "seconds": time.time() - start,
+        }
+        output.write_json(results, "results.json")
+        output.write_text(results_markdown(results), "results.md")
+        output.finish({"seeds": seeds, "seconds": round(results["seconds"], 1)})
     write_report(out, log)
     return results
+
+
+def demo_output(out: Path, settings: DemoSettings, overwrite: bool) -> Output:
+    """The demo folder's output object: its generated data, run configs and results (each stage
+    inside it has its own). Other settings in a folder the demo made need ``--overwrite``."""
+
+    def adopt() -> list[str]:
+        # A demo folder from a stic that wrote no demo manifest: its stages have their own.
+        if (out / "base.yaml").is_file():
+            return []
+        return ["it holds files that stic demo did not write"]
+
+    return Output(
+        "demo",
+        {**asdict(settings), "overwrite": overwrite},
+        out=out,
+        file=False,
+        inputs={"--base": settings.base},
+        adopt=adopt,
+        command="stic demo",
+    )
 
 
 def write_report(out: Path, log=print) -> Path | None:

@@ -26,8 +26,8 @@ def to_dict(config: Any) -> dict:
 
 
 def runtime_fields(config: Any) -> tuple[str, ...]:
-    """Fields that say how a run goes, not what it makes (none for a tool's mapping)."""
-    return () if isinstance(config, Mapping) else type(config).RUNTIME_FIELDS
+    """Fields that say how a run goes, not what it makes (a tool's mapping: ``overwrite`` only)."""
+    return ("overwrite",) if isinstance(config, Mapping) else type(config).RUNTIME_FIELDS
 
 
 def normalize_path(value: str) -> str:

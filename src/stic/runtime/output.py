@@ -129,6 +129,7 @@ class Output:
         self.recorded: dict | None = None
         self._input_ids: dict | None = None
         self._began = False
+        self._adopted = False
 
     # --- claiming ---------------------------------------------------------------------------
     def __enter__(self) -> Output:
@@ -149,6 +150,8 @@ class Output:
                 inputs=self._input_ids,
             )
             self.recorded = read_manifest(self.path, self.is_file)
+            # Resumed without a manifest: ``adopt`` found the files to be this stage's own.
+            self._adopted = self.status == "resume" and self.recorded is None
         except BaseException:
             release_lock(self._lock)
             raise
@@ -179,16 +182,29 @@ class Output:
 
     def file(self, name: str) -> Path:
         """The path of ``name`` in this output (a folder output's file, or a file beside a file
-        output that it declared in ``also``), recorded in the manifest's files."""
+        output that it declared in ``also``), recorded in the manifest's files.
+
+        In a folder output ``name`` may be a relative path (``data/test/vqa.jsonl``, never
+        absolute or with ``..``); its folders are created.
+        """
         relative = Path(name)
-        if relative.is_absolute() or ".." in relative.parts or len(relative.parts) != 1:
-            raise ValueError(f"{name}: an output's file is named by its name only")
+        if relative.is_absolute() or ".." in relative.parts or not relative.parts:
+            raise ValueError(f"{name}: an output's file is named by a path inside it")
         if self.is_file and name not in {self.path.name, self.partial.name, *self.also}:
             raise ValueError(f"{name}: not one of the files {self.path} declared")
-        self._files.add(name)
+        self._files.add(relative.as_posix())
         if not self.is_file:
-            make_folder(self.path)
-        return self.folder / name
+            make_folder((self.path / relative).parent)
+        return self.folder / relative
+
+    def subfolder(self, name: str) -> Path:
+        """A folder inside a folder output that this command fills whole (rendered images), made
+        and recorded in the manifest: ``--overwrite`` deletes it with everything in it."""
+        if self.is_file:
+            raise ValueError(f"{self.path} is a file output: it has no folders")
+        path = self.file(name)
+        make_folder(path)
+        return path
 
     def _target(self, name: str | None) -> Path:
         if name is None:
@@ -297,7 +313,8 @@ class Output:
 
     def _move_in(self, staging: Path) -> None:
         """The staged folder becomes the output: renamed whole when there is none, else file by
-        file into the folder, beside what is left there that this output does not list."""
+        file into the folder, beside what is left there that this output does not list (an
+        adopted output's files of the same names are replaced: they are this stage's)."""
         manifest = manifest_path(staging, False).name
         names = sorted(p.name for p in staging.iterdir() if p.name != manifest)
         out = self.path
@@ -307,7 +324,7 @@ class Output:
             staging.rename(out)
             return
         foreign = [name for name in names if (out / name).exists()]
-        if foreign:
+        if foreign and not self._adopted:
             raise StageConflict(
                 f"{out} holds {', '.join(foreign[:3])}, which stic did not write there: move "
                 "them away, or choose another output path"
