@@ -2,6 +2,8 @@
 stic.testing.synthetic_run): 640x480 photo-like JPEGs, chosen answers of 120-250 words, rejected
 ones of 40-120, a third of each rejected kind. Prints the file size, what takes the space, the
 build time and, with --browser, how long headless Chromium takes to show the first page of pairs.
+Each timing is taken --repeats times (default 3; build and browser interleaved) and printed as
+its median [min-max], with how busy the machine was meanwhile (benchmarks/measure.py).
 
     python benchmarks/report_size.py --pairs 6000 --out /tmp/report6k --browser
 """
@@ -11,11 +13,20 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import time
 from pathlib import Path
 
-from stic.testing.synthetic_run import write_synthetic_run
-from stic.tools.report import LARGE_THUMBNAILS, ReportSources, sources_from_folder, write_report
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import LoadMonitor, interleaved, spread  # noqa: E402  (benchmarks/measure.py)
+
+from stic.testing.synthetic_run import write_synthetic_run  # noqa: E402
+from stic.tools.report import (  # noqa: E402
+    LARGE_THUMBNAILS,
+    ReportSources,
+    sources_from_folder,
+    write_report,
+)
 
 
 def main() -> None:
@@ -24,6 +35,7 @@ def main() -> None:
     parser.add_argument("--out", default="/tmp/stic_report_size")
     parser.add_argument("--large-thumbnails", type=int, default=LARGE_THUMBNAILS)
     parser.add_argument("--browser", action="store_true", help="time opening it in Chromium")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each timing (default 3)")
     args = parser.parse_args()
     root = Path(args.out)
     start = time.time()
@@ -35,35 +47,57 @@ def main() -> None:
         rejected_words=(40, 120),
     )
     print(f"synthetic run: {args.pairs} pairs in {time.time() - start:.0f} s")
-    start = time.time()
-    out = write_report(
-        sources_from_folder(run, ReportSources()), root / "report.html", args.large_thumbnails
-    )
-    built = time.time() - start
+    out = root / "report.html"
+    sources = sources_from_folder(run, ReportSources())
+
+    def build() -> float:
+        began = time.perf_counter()
+        write_report(sources, out, args.large_thumbnails)
+        return time.perf_counter() - began
+
+    runs = {"build s": build}
+    with LoadMonitor() as load:
+        if args.browser:
+            from stic.testing.browser import headless_chromium
+
+            with headless_chromium() as driver:
+                runs.update(_browser_runs(driver, out))
+                figures = interleaved(runs, args.repeats)
+        else:
+            figures = interleaved(runs, args.repeats)
     text = out.read_text(encoding="utf-8")
     images = sum(len(m) for m in re.findall(r"data:image/jpeg;base64,[A-Za-z0-9+/=]+", text))
     data = re.search(r'<script type="application/json" id="pairs-data">(.*?)</script>', text, re.S)
     rows = json.loads(data.group(1))["rows"]
     words = sum(len(r["c"]) + len(r["r"]) for r in rows)
     print(
-        f"report: {out.stat().st_size / 1e6:.1f} MB for {len(rows)} pairs, built in {built:.0f} s; "
-        f"thumbnails {images / 1e6:.1f} MB ({args.large_thumbnails} pairs at 160 px, the rest "
-        f"64 px), answer texts {words / 1e6:.1f} MB"
+        f"report: {out.stat().st_size / 1e6:.1f} MB for {len(rows)} pairs; thumbnails "
+        f"{images / 1e6:.1f} MB ({args.large_thumbnails} pairs at 160 px, the rest 64 px), "
+        f"answer texts {words / 1e6:.1f} MB"
     )
-    if args.browser:
-        from stic.testing.browser import headless_chromium
+    for name, values in figures.items():
+        print(f"{name:>28}: {spread(values)} (median [min-max] of {len(values)} runs)")
+    print(load.report())
 
-        with headless_chromium() as driver:
-            start = time.time()
-            driver.get(out.resolve().as_uri())
-            cards = driver.execute_script("return document.querySelectorAll('.pair-card').length")
-            print(
-                f"chromium: {time.time() - start:.1f} s to load the page and show {cards} pair cards"
-            )
-            start = time.time()
-            driver.find_element("css selector", "#next").click()
-            driver.execute_script("return document.querySelectorAll('.pair-card').length")
-            print(f"chromium: {time.time() - start:.2f} s to show the next page")
+
+def _browser_runs(driver, out: Path) -> dict:
+    """Seconds Chromium takes to load the page and show its first pair cards, and the next page."""
+
+    def load_page() -> float:
+        began = time.perf_counter()
+        driver.get(out.resolve().as_uri())
+        cards = driver.execute_script("return document.querySelectorAll('.pair-card').length")
+        if not cards:
+            raise RuntimeError("the report showed no pair cards")
+        return time.perf_counter() - began
+
+    def next_page() -> float:
+        began = time.perf_counter()
+        driver.find_element("css selector", "#next").click()
+        driver.execute_script("return document.querySelectorAll('.pair-card').length")
+        return time.perf_counter() - began
+
+    return {"chromium: load, first page s": load_page, "chromium: next page s": next_page}
 
 
 if __name__ == "__main__":
