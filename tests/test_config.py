@@ -494,7 +494,10 @@ def test_preset_loads_with_the_papers_values(preset):
     assert dpo.alpha == 1 / 1024
     assert dpo.nll_normalization == "sum"
     assert dpo.lr == 1e-7
-    assert (dpo.lora_r, dpo.lora_alpha, dpo.lora_dropout) == (128, 256, 0.05)
+    if preset.stem.endswith("-24gb"):  # a smaller LoRA of the same alpha/r (see its comments)
+        assert dpo.lora_alpha == 2 * dpo.lora_r and dpo.lora_dropout == 0.05
+    else:
+        assert (dpo.lora_r, dpo.lora_alpha, dpo.lora_dropout) == (128, 256, 0.05)
     assert set(dpo.lora_targets.split(",")) == {
         "q_proj",
         "k_proj",
@@ -511,12 +514,37 @@ def test_preset_loads_with_the_papers_values(preset):
         assert train.epochs == 1
         assert train.warmup_ratio == 0.03
         assert train.lr_scheduler == "cosine"
-        assert train.max_length >= 2048
+        assert train.max_length >= (1024 if preset.stem.endswith("-24gb") else 2048)
     assert infuse.adapter == dpo.out
     assert sft.adapter == dpo.out
     evals = [s for s in stages if s.stage == "eval"]
     assert evals, "a preset evaluates"
     assert len({s.config.model for s in stages}) == 1
+
+
+# What a 24 GB preset may change of its model's full preset: how much fits at once, never
+# what the method computes per example (learning rates, beta, alpha, prompts, sampling).
+MEMORY_KEYS = {"output_dir", "batch_size", "grad_accum", "lora_r", "lora_alpha", "max_length"}
+
+
+@pytest.mark.parametrize("small", [p for p in PRESETS if p.stem.endswith("-24gb")], ids=str)
+def test_a_24gb_preset_changes_only_what_decides_memory(small):
+    full = small.with_name(small.name.replace("-24gb", ""))
+
+    def flat(data, prefix=""):
+        items = data.items() if isinstance(data, dict) else enumerate(data)
+        out = {}
+        for key, value in items:
+            if isinstance(value, (dict, list)):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    a = flat(yaml.safe_load(full.read_text(encoding="utf-8")))
+    b = flat(yaml.safe_load(small.read_text(encoding="utf-8")))
+    changed = {k.rsplit(".", 1)[-1] for k in set(a) | set(b) if a.get(k) != b.get(k)}
+    assert changed <= MEMORY_KEYS, changed - MEMORY_KEYS
 
 
 def test_presets_cover_the_three_models():
@@ -568,6 +596,7 @@ def test_top_level_help_lists_every_verb(capsys, restore_stic_logging):
         "compare",
         "export",
         "report",
+        "plan",
     }
     for verb in verbs:
         assert f"  {verb} " in out

@@ -49,6 +49,10 @@ TOOLS = {
         "stic.demo.base_model",
         "Rebuild the demo's tiny base LLaVA from nothing (the package ships a copy).",
     ),
+    "plan": (
+        "stic.tools.plan",
+        "Peak GPU memory and time of each stage of a run config, before running it.",
+    ),
     "report": (
         "stic.tools.report",
         "One offline HTML page of a run: pairs with images, length audit, curves, results.",
@@ -142,6 +146,18 @@ def _run(argv: list[str]) -> int:
     return 0
 
 
+def _plan(argv: list[str]) -> int:
+    """``stic plan``: the run config's stages, validated as ``stic run`` does, then planned."""
+    from stic import pipeline
+    from stic.tools import plan
+
+    try:
+        args = plan.parser().parse_args(argv)
+    except SystemExit as e:  # argparse: 0 after --help, 2 on a usage error
+        return int(e.code or 0)
+    return plan.run(args, pipeline.load_run_config(args.config, check_inputs=False))
+
+
 def _write_report(config_path: str) -> None:
     """OUTPUT_DIR/report.html after `stic run`: a view of the run, so it never fails the run."""
     try:
@@ -182,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if verb == "run":
             return _run(rest)
+        if verb == "plan":
+            return _plan(rest)
         if verb in TOOLS:
             return importlib.import_module(TOOLS[verb][0]).main(rest)
         if rest and f"{verb} {rest[0]}" in SUBTOOLS:
