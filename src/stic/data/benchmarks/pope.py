@@ -10,7 +10,8 @@ Formats read:
 Item ids are POPE's ``question_id`` (unique within a split, not across splits).
 
 Scoring follows LLaVA's ``eval_pope.py``: keep the text before the first period, drop commas,
-split on spaces; the answer is "no" if a word is ``no``, ``not`` or ``No``, else "yes". Per
+split on single spaces (the reply is not stripped: ``"No\\n"`` is one word, not ``No``); the
+answer is "no" if a word is ``no``, ``not`` or ``No``, else "yes". Per
 split: accuracy, precision, recall, F1 (positive class: yes) and ``yes_ratio``, the share of
 PREDICTED yes (lmms-eval v0.7.2 reports the ground truth's share under that name).
 """
@@ -96,7 +97,7 @@ def extract_yes_no(prediction: str) -> str:
     "Yes, there is." -> "yes"; "No." -> "no"; "There is not a dog" -> "no"; "NO" -> "yes" (the
     rule looks for the words ``no``, ``No`` and ``not`` only).
     """
-    text = prediction.strip()
+    text = prediction  # not stripped, as officially: "No\n" is the word "No\n", not "No"
     if "." in text:
         text = text.split(".")[0]
     words = text.replace(",", "").split(" ")

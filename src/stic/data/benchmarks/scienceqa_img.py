@@ -12,9 +12,11 @@ Prompt (LLaVA-1.5's ``--single-pred-prompt``): ``Context: {hint}\\n`` when a hin
 question, the options as ``A. text`` lines, then the option-letter instruction.
 
 Score (LLaVA's ``eval_science_qa.py``): the prediction is the letter if it is exactly one of the
-options' letters, or starts with ``X. ``, or contains exactly one ``The answer is X.``; the letter
-must name one of the question's options. Anything else is wrong (LLaVA would draw a random
-option instead; we do not). Accuracy overall and per subject.
+options' letters A-E, or starts with ``X. ``, or contains exactly one match of the pattern
+``The answer is ([A-Z]).`` (its final ``.`` is any character); the letter must name one of the
+question's options. The reply is read as it is, not stripped (``" A"`` and ``"A\\n"`` are no
+letter). Anything else is wrong, as in the official script since LLaVA-1.5 (its random-option
+fallback sits after a ``return -1`` and never runs). Accuracy overall and per subject.
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ def prompt(item: BenchItem) -> str:
 def extract_letter(prediction: str, num_choices: int) -> str | None:
     """The option letter by LLaVA's ScienceQA rule, or None (see the module docstring)."""
     options = CHOICE_LETTERS[:5]
-    text = prediction.strip()
+    text = prediction  # not stripped: the official script reads " A" and "A\n" as no letter
     if text in options:
         letter = text
     elif len(text) >= 3 and text[0] in options and text[1:3] == ". ":
