@@ -108,7 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _score(args: argparse.Namespace, output: Output) -> int:
     try:
         judge = _judge(args)
-        items = read_benchmark(args.benchmark, args.data, args.images)
+        # Scoring reads no pixel: the image files need not exist (paths are still checked).
+        items = read_benchmark(args.benchmark, args.data, args.images, need_images=False)
         predictions = read_jsonl(args.predictions, strict=True)
         result = score_predictions(args.benchmark, items, predictions, judge=judge)
     except NothingScoredError as e:

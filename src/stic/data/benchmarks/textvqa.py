@@ -23,14 +23,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from stic.data.benchmarks.aggregate import mean_score
-from stic.data.benchmarks.records import (
-    BenchItem,
-    BenchmarkDataError,
-    ImageRef,
-    Judge,
-    check_image_files,
+from stic.data.benchmarks.records import BenchItem, BenchmarkDataError, Judge
+from stic.data.benchmarks.tables import (
+    bad_record,
+    checked,
+    find_file,
+    image_file,
+    image_from_cell,
+    read_hub_rows,
+    text_list,
+    unique_ids,
 )
-from stic.data.benchmarks.tables import find_file, image_from_cell, read_hub_rows
 from stic.data.prompts import SHORT_ANSWER_INSTRUCTION
 from stic.runtime.files import read_json
 
@@ -38,6 +41,7 @@ NAME = "textvqa"
 MAX_NEW_TOKENS = 128  # LLaVA-1.5's model_vqa_loader default, used for its TextVQA run
 METRICS = ("accuracy",)
 PRIMARY = "accuracy"
+IMAGES_HINT = "the TextVQA train_images folder (<image_id>.jpg)"
 PROTOCOL = (
     "LLaVA-1.5 short answer with OCR: '{question}\\nReference OCR token: {tokens}\\n"
     + SHORT_ANSWER_INSTRUCTION
@@ -126,51 +130,82 @@ def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
     return total / len(gold)
 
 
+ANSWERS_PER_QUESTION = 10  # the evaluator asserts exactly 10 human answers per question
+
+
+def _answers(where, qid: str, row) -> tuple[str, ...]:
+    answers = text_list(NAME, where, qid, row, "answers")
+    if answers is None:
+        raise bad_record(NAME, where, qid, "lacks 'answers' (the 10 human answers)")
+    if len(answers) != ANSWERS_PER_QUESTION:
+        raise bad_record(
+            NAME, where, qid, f"has {len(answers)} answers, not {ANSWERS_PER_QUESTION}"
+        )
+    return tuple(answers)
+
+
+def _qid(where, number: int, row) -> str:
+    return str(checked(NAME, where, f"#{number}", row, "question_id", (int, str)))
+
+
 def _ocr_by_image(root: Path) -> dict[str, list[str]]:
     found = sorted(root.rglob("TextVQA_Rosetta_OCR_v0.2_val.json"))
     if not found:
         return {}
-    return {
-        str(r["image_id"]): list(r.get("ocr_tokens") or []) for r in read_json(found[0])["data"]
-    }
+    document = read_json(found[0])
+    records = document.get("data") if isinstance(document, dict) else None
+    if not isinstance(records, list):
+        raise BenchmarkDataError(f"{NAME}: {found[0]} lacks the 'data' list of OCR records")
+    tokens = {}
+    for n, record in enumerate(records):
+        image_id = str(checked(NAME, found[0], f"#{n}", record, "image_id", (str, int)))
+        tokens[image_id] = text_list(NAME, found[0], image_id, record, "ocr_tokens") or []
+    return tokens
 
 
 def read(data: str | Path, images: str | Path | None = None) -> list[BenchItem]:
+    """Every record is checked: ``question_id`` (unique), ``question``, ``image_id`` and exactly
+    10 answer strings; OCR tokens a list of strings."""
     data = Path(data)
     rows = read_hub_rows(
         data, NAME, split="validation", columns=("question_id", "question", "image", "answers")
     )
     if rows is not None:
+        ids = [_qid(data, n, row) for n, row in enumerate(rows)]
+        unique_ids(NAME, data, ids)
         return [
             BenchItem(
-                id=str(row["question_id"]),
-                image=image_from_cell(row["image"], None, NAME, str(row["question_id"])),
-                question=row["question"],
-                answers=tuple(row["answers"]),
-                meta={"ocr_tokens": list(row.get("ocr_tokens") or [])},
+                id=qid,
+                image=image_from_cell(row["image"], data, NAME, qid),
+                question=checked(NAME, data, qid, row, "question", (str,)),
+                answers=_answers(data, qid, row),
+                meta={"ocr_tokens": text_list(NAME, data, qid, row, "ocr_tokens") or []},
             )
-            for row in rows
+            for qid, row in zip(ids, rows, strict=True)
         ]
     path = find_file(
         data, ["TextVQA_0.5.1_val.json"], NAME, "give the TextVQA annotation file or its folder"
     )
     document = read_json(path)
-    if not isinstance(document, dict) or "data" not in document:
+    if not isinstance(document, dict) or not isinstance(document.get("data"), list):
         raise BenchmarkDataError(f"{NAME}: {path} lacks the 'data' list of questions")
+    rows = document["data"]
+    ids = [_qid(path, n, row) for n, row in enumerate(rows)]
+    unique_ids(NAME, path, ids)
     ocr = _ocr_by_image(path.parent)
     images = Path(images) if images is not None else path.parent / "train_images"
     items = []
-    for row in document["data"]:
+    for qid, row in zip(ids, rows, strict=True):
+        image_id = str(checked(NAME, path, qid, row, "image_id", (str, int)))
         items.append(
             BenchItem(
-                id=str(row["question_id"]),
-                image=ImageRef(path=str(images / f"{row['image_id']}.jpg")),
-                question=row["question"],
-                answers=tuple(row["answers"]),
-                meta={"ocr_tokens": ocr.get(str(row["image_id"]), [])},
+                id=qid,
+                image=image_file(NAME, path, qid, images, f"{image_id}.jpg"),
+                question=checked(NAME, path, qid, row, "question", (str,)),
+                answers=_answers(path, qid, row),
+                meta={"ocr_tokens": ocr.get(image_id, [])},
             )
         )
-    check_image_files(NAME, items, images, "the TextVQA train_images folder (<image_id>.jpg)")
     return items
 
 
