@@ -171,7 +171,7 @@ def prompt(item: BenchItem) -> str:
 
 def extract_letter(prediction: str, num_choices: int) -> str | None:
     """The option letter by LLaVA's ScienceQA rule, or None (see the module docstring)."""
-    options = CHOICE_LETTERS[:5]
+    options = tuple(CHOICE_LETTERS[:5])  # letters, not a string: "" and "AB" are no option
     text = prediction  # not stripped: the official script reads " A" and "A\n" as no letter
     if text in options:
         letter = text
@@ -180,7 +180,7 @@ def extract_letter(prediction: str, num_choices: int) -> str | None:
     else:
         found = _ANSWER_IS.findall(text)
         letter = found[0] if len(found) == 1 else None
-    return letter if letter is not None and letter in CHOICE_LETTERS[:num_choices] else None
+    return letter if letter is not None and letter in options[:num_choices] else None
 
 
 def score(pairs: Sequence[tuple[BenchItem, str]], judge: Judge | None = None) -> list[dict]:
