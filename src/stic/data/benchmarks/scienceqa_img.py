@@ -21,6 +21,7 @@ fallback sits after a ``return -1`` and never runs). Accuracy overall and per su
 
 from __future__ import annotations
 
+import posixpath
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -154,8 +155,8 @@ def read(data: str | Path, images: str | Path | None = None) -> list[BenchItem]:
             continue
         # --images may name images/test (files at <pid>/<image>) or images (test/<pid>/<image>).
         candidates = [
-            image_file(NAME, problems_path, pid, images, f"{pid}/{image}"),
-            image_file(NAME, problems_path, pid, images, f"test/{pid}/{image}"),
+            image_file(NAME, problems_path, pid, images, posixpath.join(pid, image)),
+            image_file(NAME, problems_path, pid, images, posixpath.join("test", pid, image)),
         ]
         found = existing_file([Path(c.path) for c in candidates])
         items.append(
