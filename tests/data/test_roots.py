@@ -18,7 +18,7 @@ import pytest
 
 from stic.data.benchmarks import BenchmarkDataError, read_benchmark
 from stic.data.schemas import RecordError, read_eval_items, read_instruct
-from stic.runtime.images import image_path_problems, resolve_image_path, scan_images
+from stic.runtime.images import resolve_image_path, scan_images
 from stic.stages.batches import load_batch_images
 from stic.stages.training import require_images
 from tests.data.bench_fixtures import write_json, write_jsonl, write_png
