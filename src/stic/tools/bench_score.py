@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         "original release files (see docs/benchmarks.md)",
     )
     parser.add_argument(
-        "--images", help="image folder of the original format (e.g. COCO val2014 for POPE)"
+        "--images",
+        help="image folder of the original format (e.g. COCO val2014 for POPE); optional: "
+        "scoring reads no pixel, so the files need not exist (paths are still checked)",
     )
     parser.add_argument(
         "--predictions", required=True, help='JSONL of {"id": ..., "prediction": ...}'
