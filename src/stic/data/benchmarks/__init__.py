@@ -71,7 +71,7 @@ class BenchmarkSpec:
     judge: JudgeUse = "none"  # whether scoring needs a judge
     judge_prompt_version: str | None = None
     # The folder to name with --images when image files are missing.
-    images_hint: str = "the benchmark's image folder"
+    images_hint: str = "the image folder the data names"
 
 
 def _spec(name: str, module: ModuleType, **overrides) -> BenchmarkSpec:
@@ -89,7 +89,9 @@ def _spec(name: str, module: ModuleType, **overrides) -> BenchmarkSpec:
         protocol=module.PROTOCOL,
         judge=getattr(module, "JUDGE", "none"),
         judge_prompt_version=getattr(module, "JUDGE_PROMPT_VERSION", None),
-        images_hint=overrides.pop("images_hint", getattr(module, "IMAGES_HINT", "")),
+        images_hint=overrides.pop(
+            "images_hint", getattr(module, "IMAGES_HINT", "the image folder the data names")
+        ),
         **overrides,
     )
 
