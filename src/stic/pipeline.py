@@ -372,6 +372,8 @@ def _benchmark_problem(benchmark: str, data: str, images: str | None) -> str | N
         read_benchmark(benchmark, data, images)
     except (BenchmarkDataError, OSError, ValueError) as e:
         return str(e)
+    except Exception as e:  # a pre-check reports, it never ends in a traceback
+        return f"{benchmark}: {data}: cannot be read ({type(e).__name__}: {str(e)[:120]})"
     return None
 
 

@@ -125,3 +125,42 @@ def test_hub_parquet_selects_the_split(tmp_path):
     assert items[0].image.load().size == (8, 8)
     result = score_predictions("pope_adversarial", items, {k: "Yes, there is." for k in LABELS})
     assert result["metrics"]["accuracy"] == 40.0
+
+
+ROW = {"question_id": 1, "image": "COCO_val2014_1.jpg", "text": "Is there a dog?", "label": "yes"}
+MALFORMED = [
+    ("not an object", ["x"], "record #1: is str"),
+    ("missing label", [{k: v for k, v in ROW.items() if k != "label"}], "record 1: lacks 'label'"),
+    ("label capitalised", [{**ROW, "label": "No"}], "'label' is 'No', not 'yes' or 'no'"),
+    ("label other word", [{**ROW, "label": "maybe"}], "not 'yes' or 'no'"),
+    ("label not text", [{**ROW, "label": 1}], "'label' is int"),
+    ("question not text", [{**ROW, "text": None}], "'text' is NoneType"),
+    ("image not text", [{**ROW, "image": ["a.jpg"]}], "'image' is list"),
+    ("id not a number or text", [{**ROW, "question_id": 1.5}], "'question_id' is float"),
+    ("duplicate ids", [ROW, {**ROW, "label": "no"}], "record 1: its id appears twice"),
+    ("empty file", [], "holds no records"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case, rows, message", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_file_is_one_line_naming_file_record_problem(tmp_path, case, rows, message):
+    path = write_jsonl(tmp_path / "coco_pope_random.json", rows)
+    with pytest.raises(BenchmarkDataError) as error:
+        read_benchmark("pope_random", path, need_images=False)
+    text = str(error.value)
+    assert "\n" not in text and "coco_pope_random.json" in text and message in text
+
+
+def test_malformed_line_named(tmp_path):
+    path = tmp_path / "coco_pope_random.json"
+    path.write_text('{"question_id": 1,\n', encoding="utf-8")
+    with pytest.raises(BenchmarkDataError, match=r"coco_pope_random.json:1: not valid JSON"):
+        read_benchmark("pope_random", path, need_images=False)
+
+
+def test_hub_label_outside_yes_no_refused(tmp_path):
+    rows = [{"question_id": 1, "question": "q?", "answer": "Yes", "image": png_bytes(1),
+             "category": "random"}]  # fmt: skip
+    write_hub_parquet(tmp_path / "hub" / "data" / "test-00000-of-00001.parquet", rows)
+    with pytest.raises(BenchmarkDataError, match="record 1: 'answer' is 'Yes', not 'yes' or 'no'"):
+        read_benchmark("pope_random", tmp_path / "hub")

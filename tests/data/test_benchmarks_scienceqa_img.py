@@ -120,3 +120,40 @@ def test_hub_parquet(tmp_path):
     assert items[1].hint == "Select the best answer." and items[0].hint is None
     result = score_predictions("scienceqa_img", items, {"0": "B. whale", "1": "The answer is B."})
     assert result["metrics"]["accuracy"] == 100.0
+
+
+SEVEN = PROBLEMS["7"]
+MALFORMED = [
+    ("not an object", {**PROBLEMS, "7": "x"}, None, "record 7: is str"),
+    ("missing question", {**PROBLEMS, "7": {k: v for k, v in SEVEN.items() if k != "question"}}, None, "lacks 'question'"),
+    ("choices not a list", {**PROBLEMS, "7": {**SEVEN, "choices": "frog, whale"}}, None, "'choices' is not a list of strings"),
+    ("one choice", {**PROBLEMS, "7": {**SEVEN, "choices": ["frog"], "answer": 0}}, None, "has 1 choices, not 2 to 5"),
+    ("six choices", {**PROBLEMS, "7": {**SEVEN, "choices": list("abcdef")}}, None, "has 6 choices"),
+    ("answer beyond the choices", {**PROBLEMS, "7": {**SEVEN, "answer": 3}}, None, "answer index 3 is not one of its 3 choices"),
+    ("negative answer", {**PROBLEMS, "7": {**SEVEN, "answer": -1}}, None, "answer index -1"),
+    ("answer as text", {**PROBLEMS, "7": {**SEVEN, "answer": "B"}}, None, "'answer' is str"),
+    ("answer as boolean", {**PROBLEMS, "7": {**SEVEN, "answer": True}}, None, "'answer' is bool"),
+    ("hint not text", {**PROBLEMS, "7": {**SEVEN, "hint": ["x"]}}, None, "'hint' is list"),
+    ("image not text", {**PROBLEMS, "7": {**SEVEN, "image": 5}}, None, "'image' is int"),
+    ("test pid unknown", PROBLEMS, {"test": ["7", "99"]}, "record 99: is listed in 'test'"),
+    ("test pid twice", PROBLEMS, {"test": ["7", "9", "7"]}, "record 7: its id appears twice"),
+    ("test not a list", PROBLEMS, {"test": "7"}, "'test' is not a list of pids"),
+    ("problems not an object", ["x"], None, "not a JSON object of pid -> question"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "case, problems, splits, message", MALFORMED, ids=[m[0] for m in MALFORMED]
+)
+def test_malformed_file_is_one_line_naming_file_record_problem(
+    tmp_path, case, problems, splits, message
+):
+    root = _original(tmp_path)
+    write_json(root / "problems.json", problems)
+    if splits is not None:
+        write_json(root / "pid_splits.json", splits)
+    with pytest.raises(BenchmarkDataError) as error:
+        read_benchmark("scienceqa_img", root, need_images=False)
+    text = str(error.value)
+    assert "\n" not in text and message in text
+    assert "pid_splits.json" in text if splits is not None else "problems.json" in text

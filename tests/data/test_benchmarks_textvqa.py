@@ -118,3 +118,38 @@ def test_hub_parquet_validation_split_only(tmp_path):
     assert [i.id for i in items] == ["34602"]
     assert "Reference OCR token: coca\n" in prompt(items[0])
     assert score_predictions("textvqa", items, {"34602": "COKE"})["metrics"]["accuracy"] == 60.0
+
+
+ROW = {"question_id": 1, "question": "what?", "image_id": "abc", "answers": COLA}
+MALFORMED = [
+    ("not an object", {"data": ["x"]}, "record #0: is str"),
+    ("no data list", {"questions": []}, "lacks the 'data' list"),
+    ("data not a list", {"data": {"1": ROW}}, "lacks the 'data' list"),
+    ("missing answers", {"data": [{k: v for k, v in ROW.items() if k != "answers"}]}, "record 1: lacks 'answers'"),
+    ("answers a string", {"data": [{**ROW, "answers": "coke"}]}, "'answers' is not a list of strings"),
+    ("answers hold a number", {"data": [{**ROW, "answers": [1] * 10}]}, "'answers' is not a list of strings"),
+    ("nine answers", {"data": [{**ROW, "answers": COLA[:9]}]}, "has 9 answers, not 10"),
+    ("question not text", {"data": [{**ROW, "question": 3}]}, "'question' is int"),
+    ("image_id missing", {"data": [{k: v for k, v in ROW.items() if k != "image_id"}]}, "lacks 'image_id'"),
+    ("duplicate ids", {"data": [ROW, ROW]}, "record 1: its id appears twice"),
+    ("empty file", {"data": []}, "holds no records"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("case, document, message", MALFORMED, ids=[m[0] for m in MALFORMED])
+def test_malformed_file_is_one_line_naming_file_record_problem(tmp_path, case, document, message):
+    path = write_json(tmp_path / "TextVQA_0.5.1_val.json", document)
+    with pytest.raises(BenchmarkDataError) as error:
+        read_benchmark("textvqa", path, need_images=False)
+    text = str(error.value)
+    assert "\n" not in text and "TextVQA_0.5.1_val.json" in text and message in text
+
+
+def test_malformed_ocr_file_named(tmp_path):
+    path = write_json(tmp_path / "TextVQA_0.5.1_val.json", {"data": [ROW]})
+    write_json(tmp_path / "TextVQA_Rosetta_OCR_v0.2_val.json",
+               {"data": [{"image_id": "abc", "ocr_tokens": "coca cola"}]})  # fmt: skip
+    with pytest.raises(
+        BenchmarkDataError, match="OCR_v0.2_val.json: record abc: 'ocr_tokens' is not"
+    ):
+        read_benchmark("textvqa", path, need_images=False)

@@ -78,7 +78,8 @@ def scan_images(root: str | os.PathLike, limit: int | None = None) -> ImageScan:
     - names that are not valid UTF-8 (an id must be text in the JSON records) or that hold a
       control character such as a newline (a reason must stay on one line); the name is shown
       with the bad bytes escaped, e.g. ``bad\\xff.png``;
-    - symbolic links that loop, are broken, or point at something that is not a file;
+    - symbolic links that loop, are broken, point at something that is not a file, or lead
+      outside ``root`` (as :func:`resolve_image_path` refuses them);
     - symlinked folders: not entered, so a link loop (``sub/up -> ..``) cannot hang the walk;
     - entries that cannot be examined, e.g. a subfolder without read permission.
 
@@ -108,6 +109,7 @@ def scan_images(root: str | os.PathLike, limit: int | None = None) -> ImageScan:
     if not root_path.is_dir():
         raise NotADirectoryError(f"image folder is not a folder: {root_path}")
 
+    real_root = os.path.realpath(root_path)
     found: list[str] = []
     skipped: dict[str, str] = {}
 
@@ -143,6 +145,8 @@ def scan_images(root: str | os.PathLike, limit: int | None = None) -> ImageScan:
                     continue
                 if entry.is_symlink():
                     problem = _symlink_problem(entry, is_image_name)
+                    if problem is None and is_image_name and not _inside(real_root, entry.path):
+                        problem = "symbolic link that leads outside the image folder (not used)"
                     if problem:
                         skip(relative, problem)
                         continue
@@ -219,25 +223,36 @@ def _symlink_problem(entry: os.DirEntry, is_image_name: bool) -> str | None:
     return None
 
 
+def _inside(real_root: str, path: str | os.PathLike) -> bool:
+    """True if ``path``, with every symbolic link followed, lies inside ``real_root`` (resolved)."""
+    return os.path.commonpath([real_root, os.path.realpath(path)]) == real_root
+
+
 def _os_reason(error: OSError) -> str:
     return error.strerror or _one_line(error)
 
 
 def resolve_image_path(root: str | os.PathLike, relative: str) -> pathlib.Path:
-    """Join an image id to its folder, refusing ids that would leave the folder.
+    """Join an image path from a record to its folder, refusing paths that would leave the folder.
 
-    The check is on the text of ``relative`` (ids come from records that could have been
-    edited): absolute paths and paths whose ``..`` parts climb above ``root`` are refused.
+    The one check every reader of user data applies (pairs, instruction data, VQA files and the
+    benchmark readers): records can have been edited, so neither their text nor the files they
+    name may lead outside ``root``. Refused:
+
+    - absolute paths (``/x``, ``C:\\x``) and paths whose ``..`` parts climb above ``root``;
+    - a path that leaves ``root`` once symbolic links are followed: ``root`` and the joined path
+      are both resolved (a link that does not exist yet resolves as far as it exists) and the
+      second must lie inside the first. A link inside ``root`` to another file inside it is fine.
 
     Args:
-        root: the image folder.
-        relative: an image id as listed by :func:`list_images`, e.g. ``"sub/b.png"``.
+        root: the image folder (for hub tables: the data folder).
+        relative: an image path as the record holds it, e.g. ``"sub/b.png"``.
 
     Returns:
-        ``pathlib.Path(root) / relative``.
+        ``pathlib.Path(root) / relative`` (not resolved: messages show the path the user wrote).
 
     Raises:
-        ValueError: ``relative`` is empty, absolute, or escapes ``root``.
+        ValueError: ``relative`` is empty, absolute, or escapes ``root`` (by text or by a link).
     """
     text = relative.replace("\\", "/")  # a Windows separator must not smuggle in a "..\\"
     if text.startswith("/") or pathlib.PureWindowsPath(relative).drive or os.path.isabs(relative):
@@ -247,7 +262,13 @@ def resolve_image_path(root: str | os.PathLike, relative: str) -> pathlib.Path:
         raise ValueError(f"image path {relative!r} escapes the image folder {root}")
     if not text.strip() or normalized == ".":
         raise ValueError(f"image path {relative!r} does not name a file under {root}")
-    return pathlib.Path(root) / relative
+    path = pathlib.Path(root) / relative
+    if not _inside(os.path.realpath(root), path):
+        raise ValueError(
+            f"image path {relative!r} is a symbolic link (or lies under one) that leads outside "
+            f"the image folder {root}"
+        )
+    return path
 
 
 def shape_problem(

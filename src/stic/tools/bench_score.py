@@ -40,7 +40,9 @@ def build_parser() -> argparse.ArgumentParser:
         "original release files (see docs/benchmarks.md)",
     )
     parser.add_argument(
-        "--images", help="image folder of the original format (e.g. COCO val2014 for POPE)"
+        "--images",
+        help="image folder of the original format (e.g. COCO val2014 for POPE); optional: "
+        "scoring reads no pixel, so the files need not exist (paths are still checked)",
     )
     parser.add_argument(
         "--predictions", required=True, help='JSONL of {"id": ..., "prediction": ...}'
@@ -108,7 +110,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _score(args: argparse.Namespace, output: Output) -> int:
     try:
         judge = _judge(args)
-        items = read_benchmark(args.benchmark, args.data, args.images)
+        # Scoring reads no pixel: the image files need not exist (paths are still checked).
+        items = read_benchmark(args.benchmark, args.data, args.images, need_images=False)
         predictions = read_jsonl(args.predictions, strict=True)
         result = score_predictions(args.benchmark, items, predictions, judge=judge)
     except NothingScoredError as e:

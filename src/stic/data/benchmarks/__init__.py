@@ -44,6 +44,7 @@ from stic.data.benchmarks.records import (
     Judge,
     JudgePrompt,
     JudgeVerdict,
+    check_image_files,
 )
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,8 @@ class BenchmarkSpec:
     protocol: str  # one line: which prompt family, as recorded in results
     judge: JudgeUse = "none"  # whether scoring needs a judge
     judge_prompt_version: str | None = None
+    # The folder to name with --images when image files are missing.
+    images_hint: str = "the image folder the data names"
 
 
 def _spec(name: str, module: ModuleType, **overrides) -> BenchmarkSpec:
@@ -86,6 +89,9 @@ def _spec(name: str, module: ModuleType, **overrides) -> BenchmarkSpec:
         protocol=module.PROTOCOL,
         judge=getattr(module, "JUDGE", "none"),
         judge_prompt_version=getattr(module, "JUDGE_PROMPT_VERSION", None),
+        images_hint=overrides.pop(
+            "images_hint", getattr(module, "IMAGES_HINT", "the image folder the data names")
+        ),
         **overrides,
     )
 
@@ -94,7 +100,7 @@ def _spec(name: str, module: ModuleType, **overrides) -> BenchmarkSpec:
 BENCHMARKS: dict[str, BenchmarkSpec] = {
     "scienceqa_img": _spec("scienceqa_img", scienceqa_img),
     "textvqa": _spec("textvqa", textvqa),
-    "chartqa": _spec("chartqa", chartqa),
+    "chartqa": _spec("chartqa", chartqa, images_hint="the ChartQA test/png folder"),
     "mmbench_en_dev": _spec("mmbench_en_dev", mmbench_en_dev),
     "mathvista_testmini": _spec("mathvista_testmini", mathvista_testmini),
     "llava_bench_wild": _spec("llava_bench_wild", llava_bench_wild),
@@ -116,10 +122,23 @@ def get_spec(name: str) -> BenchmarkSpec:
 
 
 def read_benchmark(
-    name: str, data: str | Path, images: str | Path | None = None
+    name: str, data: str | Path, images: str | Path | None = None, *, need_images: bool = True
 ) -> list[BenchItem]:
-    """The items of benchmark ``name`` read from ``data`` (see :class:`BenchmarkSpec`.read)."""
-    items = get_spec(name).read(data, images)
+    """The items of benchmark ``name`` read from ``data`` (see :class:`BenchmarkSpec`.read).
+
+    Every record is validated by its reader (a malformed one ends the read with one line naming
+    file, record and problem) and every image path must stay inside its root. With
+    ``need_images`` the image files must exist too; ``stic bench score`` passes False, since
+    scoring reads no pixel.
+    """
+    spec = get_spec(name)
+    try:
+        items = spec.read(data, images)
+    except (KeyError, TypeError, AttributeError, IndexError) as e:
+        # A shape the reader does not check yet: still one line, never a traceback.
+        raise BenchmarkDataError(
+            f"{name}: {data}: malformed record ({type(e).__name__}: {str(e)[:80]})"
+        ) from e
     seen: set[str] = set()
     for item in items:
         if item.id in seen:
@@ -127,6 +146,8 @@ def read_benchmark(
         seen.add(item.id)
     if not items:
         raise BenchmarkDataError(f"{name}: {data} holds no questions")
+    if need_images:
+        check_image_files(name, items, spec.images_hint)
     return items
 
 

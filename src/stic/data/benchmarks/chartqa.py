@@ -28,9 +28,8 @@ from stic.data.benchmarks.records import (
     BenchmarkDataError,
     ImageRef,
     Judge,
-    check_image_files,
 )
-from stic.data.benchmarks.tables import find_file, image_from_cell, read_hub_rows
+from stic.data.benchmarks.tables import find_file, image_file, image_from_cell, read_hub_rows
 from stic.data.prompts import SHORT_ANSWER_INSTRUCTION
 from stic.runtime.files import read_json
 
@@ -89,7 +88,7 @@ def read(data: str | Path, images: str | Path | None = None) -> list[BenchItem]:
                     counts[kind],
                     row["question"],
                     row["answer"],
-                    image_from_cell(row["image"], None, NAME, str(n)),
+                    image_from_cell(row["image"], data, NAME, str(n)),
                 )
             )
             counts[kind] += 1
@@ -106,10 +105,13 @@ def read(data: str | Path, images: str | Path | None = None) -> list[BenchItem]:
         for k, row in enumerate(read_json(path)):
             items.append(
                 _item(
-                    kind, k, row["query"], row["label"], ImageRef(path=str(images / row["imgname"]))
+                    kind,
+                    k,
+                    row["query"],
+                    row["label"],
+                    image_file(NAME, path, f"{kind}_{k}", images, row["imgname"]),
                 )
             )
-    check_image_files(NAME, items, images, "the ChartQA test/png folder")
     return items
 
 

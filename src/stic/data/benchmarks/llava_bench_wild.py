@@ -34,15 +34,14 @@ from stic.data.benchmarks.aggregate import by_category
 from stic.data.benchmarks.records import (
     BenchItem,
     BenchmarkDataError,
-    ImageRef,
     Judge,
     JudgePrompt,
-    check_image_files,
 )
 from stic.data.benchmarks.tables import (
     bad_record,
     checked,
     find_file,
+    image_file,
     image_from_cell,
     read_hub_rows,
     read_json_lines,
@@ -50,6 +49,7 @@ from stic.data.benchmarks.tables import (
 )
 
 NAME = "llava_bench_wild"
+IMAGES_HINT = "the llava-bench-in-the-wild images folder"
 MAX_NEW_TOKENS = 1024  # LLaVA's model_vqa default for open-ended answers
 METRICS = ("relative_score", "model_score", "reference_score", "relative_score_judged_only")
 PRIMARY = "relative_score"
@@ -117,7 +117,7 @@ def read(data: str | Path, images: str | Path | None = None) -> list[BenchItem]:
                 "question",
                 checked(NAME, data, qid, row, "gpt_answer", (str,)),
                 _caption(data, qid, row),
-                image_from_cell(row["image"], None, NAME, qid),
+                image_from_cell(row["image"], data, NAME, qid),
             )
             for qid, row in zip(ids, rows, strict=True)
         ]
@@ -166,10 +166,9 @@ def read(data: str | Path, images: str | Path | None = None) -> list[BenchItem]:
                 "text",
                 answers[qid],
                 captions[image],
-                ImageRef(path=str(images / image)),
+                image_file(NAME, questions_path, qid, images, image),
             )
         )
-    check_image_files(NAME, items, images, "the llava-bench-in-the-wild images folder")
     return items
 
 

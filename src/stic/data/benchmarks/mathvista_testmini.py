@@ -48,7 +48,6 @@ from stic.data.benchmarks.records import (
     ImageRef,
     Judge,
     JudgePrompt,
-    check_image_files,
     existing_file,
     is_blank,
 )
@@ -56,6 +55,7 @@ from stic.data.benchmarks.tables import (
     bad_record,
     checked,
     find_file,
+    image_file,
     image_from_cell,
     read_hub_rows,
     text_list,
@@ -65,6 +65,7 @@ from stic.data.prompts import CHOICE_INSTRUCTION, CHOICE_LETTERS, SHORT_ANSWER_I
 from stic.runtime.files import read_json
 
 NAME = "mathvista_testmini"
+IMAGES_HINT = "the folder holding MathVista's images/"
 MAX_NEW_TOKENS = 1024  # lmms-eval's MathVista limit
 METRICS = ("accuracy", "accuracy_rules")
 PRIMARY = "accuracy"
@@ -207,11 +208,14 @@ def read(data: str | Path, images: str | Path | None = None) -> list[BenchItem]:
     items = []
     for pid, record in records:
         fields = _validated(path, pid, record)
-        relative = Path(checked(NAME, path, pid, record, "image", (str,)))
-        candidates = [root / relative for root in roots] + [root / relative.name for root in roots]
+        relative = checked(NAME, path, pid, record, "image", (str,))
+        candidates = [
+            Path(image_file(NAME, path, pid, root, name).path)
+            for name in (relative, Path(relative).name)
+            for root in roots
+        ]
         found = existing_file(candidates) or candidates[0]
         items.append(_item(pid, fields, ImageRef(path=str(found))))
-    check_image_files(NAME, items, roots[0], "the folder holding MathVista's images/")
     return items
 
 

@@ -126,7 +126,7 @@ def read(data: str | Path, images: str | Path | None = None) -> list[BenchItem]:
     )
     if rows is not None:
         refs = {
-            str(int(float(r["index"]))): image_from_cell(r["image"], None, NAME, str(r["index"]))
+            str(int(float(r["index"]))): image_from_cell(r["image"], data, NAME, str(r["index"]))
             for r in rows
         }
         return _items(rows, refs, str(data))

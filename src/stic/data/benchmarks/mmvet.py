@@ -35,12 +35,12 @@ from stic.data.benchmarks.records import (
     ImageRef,
     Judge,
     JudgePrompt,
-    check_image_files,
 )
 from stic.data.benchmarks.tables import (
     bad_record,
     checked,
     find_file,
+    image_file,
     image_from_cell,
     read_hub_rows,
     unique_ids,
@@ -48,6 +48,7 @@ from stic.data.benchmarks.tables import (
 from stic.runtime.files import read_json
 
 NAME = "mmvet"
+IMAGES_HINT = "the MM-Vet images folder"
 MAX_NEW_TOKENS = 1024  # LLaVA's model_vqa default for open-ended answers
 METRICS = ("score", "score_judged_only")
 PRIMARY = "score"
@@ -109,7 +110,7 @@ def read(data: str | Path, images: str | Path | None = None) -> list[BenchItem]:
         ]
         unique_ids(NAME, data, ids)
         return [
-            _item(data, key, row, image_from_cell(row["image"], None, NAME, key))
+            _item(data, key, row, image_from_cell(row["image"], data, NAME, key))
             for key, row in zip(ids, rows, strict=True)
         ]
     path = find_file(data, ["mm-vet.json"], NAME, "give the MM-Vet folder")
@@ -123,11 +124,12 @@ def read(data: str | Path, images: str | Path | None = None) -> list[BenchItem]:
             path,
             key,
             record,
-            ImageRef(path=str(images / checked(NAME, path, key, record, "imagename", (str,)))),
+            image_file(
+                NAME, path, key, images, checked(NAME, path, key, record, "imagename", (str,))
+            ),
         )
         for key, record in document.items()
     ]
-    check_image_files(NAME, items, images, "the MM-Vet images folder")
     return items
 
 

@@ -10,7 +10,8 @@ Formats read:
 Item ids are POPE's ``question_id`` (unique within a split, not across splits).
 
 Scoring follows LLaVA's ``eval_pope.py``: keep the text before the first period, drop commas,
-split on spaces; the answer is "no" if a word is ``no``, ``not`` or ``No``, else "yes". Per
+split on single spaces (the reply is not stripped: ``"No\\n"`` is one word, not ``No``); the
+answer is "no" if a word is ``no``, ``not`` or ``No``, else "yes". Per
 split: accuracy, precision, recall, F1 (positive class: yes) and ``yes_ratio``, the share of
 PREDICTED yes (lmms-eval v0.7.2 reports the ground truth's share under that name).
 """
@@ -21,14 +22,17 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from stic.data.benchmarks.aggregate import percent
-from stic.data.benchmarks.records import (
-    BenchItem,
-    BenchmarkDataError,
-    ImageRef,
-    Judge,
-    check_image_files,
+from stic.data.benchmarks.records import BenchItem, BenchmarkDataError, Judge
+from stic.data.benchmarks.tables import (
+    checked,
+    find_file,
+    image_file,
+    image_from_cell,
+    one_of,
+    read_hub_rows,
+    read_json_lines,
+    unique_ids,
 )
-from stic.data.benchmarks.tables import find_file, image_from_cell, read_hub_rows, read_json_lines
 from stic.data.prompts import SHORT_ANSWER_INSTRUCTION
 
 SPLITS = ("adversarial", "popular", "random")
@@ -38,26 +42,45 @@ PRIMARY = "f1"
 PROTOCOL = "LLaVA-1.5 short-answer prompt: '{question}\\n" + SHORT_ANSWER_INSTRUCTION + "'"
 
 
+LABELS = ("yes", "no")
+IMAGES_HINT = "the COCO val2014 image folder"
+
+
+def _qid(name: str, where, number: int, row) -> str:
+    return str(checked(name, where, f"#{number}", row, "question_id", (int, str)))
+
+
 def read(data: str | Path, images: str | Path | None, split: str) -> list[BenchItem]:
-    """The questions of one POPE split, from the hub parquet or the original JSON lines."""
+    """The questions of one POPE split, from the hub parquet or the original JSON lines.
+
+    Every record is checked: ``question_id`` an integer or string, unique in the split; the
+    question and image name strings; the label exactly ``yes`` or ``no`` (LLaVA's script counts
+    any other label as yes, so a ``No`` or ``maybe`` would be scored silently wrong).
+    """
     name = f"pope_{split}"
     data = Path(data)
     rows = read_hub_rows(
         data, name, split="test", columns=("question_id", "question", "answer", "image", "category")
     )
     if rows is not None:
-        kept = [row for row in rows if row["category"] == split]
+        kept = [
+            (n, row)
+            for n, row in enumerate(rows)
+            if checked(name, data, f"row {n}", row, "category", (str,)) == split
+        ]
         if not kept:
             raise BenchmarkDataError(f"{name}: {data} has no rows with category {split!r}")
+        ids = [_qid(name, data, n, row) for n, row in kept]
+        unique_ids(name, data, ids)
         return [
             BenchItem(
-                id=str(row["question_id"]),
-                image=image_from_cell(row["image"], None, name, str(row["question_id"])),
-                question=row["question"],
-                answers=(row["answer"].strip().lower(),),
+                id=qid,
+                image=image_from_cell(row["image"], data, name, qid),
+                question=checked(name, data, qid, row, "question", (str,)),
+                answers=(one_of(name, data, qid, row, "answer", LABELS),),
                 meta={"split": split},
             )
-            for row in kept
+            for qid, (_, row) in zip(ids, kept, strict=True)
         ]
     path = find_file(
         data,
@@ -65,25 +88,22 @@ def read(data: str | Path, images: str | Path | None, split: str) -> list[BenchI
         name,
         "give the POPE question file or its folder",
     )
-    if images is None:
-        images = path.parent / "val2014"
-    images = Path(images)
-    items = []
-    for row in read_json_lines(path, name):
-        for key in ("question_id", "image", "text", "label"):
-            if key not in row:
-                raise BenchmarkDataError(f"{name}: {path}: a line lacks {key!r}: {row}")
-        items.append(
-            BenchItem(
-                id=str(row["question_id"]),
-                image=ImageRef(path=str(images / row["image"])),
-                question=row["text"],
-                answers=(row["label"].strip().lower(),),
-                meta={"split": split},
-            )
+    images = Path(images) if images is not None else path.parent / "val2014"
+    rows = read_json_lines(path, name)
+    ids = [_qid(name, path, n, row) for n, row in enumerate(rows, start=1)]
+    unique_ids(name, path, ids)
+    return [
+        BenchItem(
+            id=qid,
+            image=image_file(
+                name, path, qid, images, checked(name, path, qid, row, "image", (str,))
+            ),
+            question=checked(name, path, qid, row, "text", (str,)),
+            answers=(one_of(name, path, qid, row, "label", LABELS),),
+            meta={"split": split},
         )
-    check_image_files(name, items, images, "the COCO val2014 image folder")
-    return items
+        for qid, row in zip(ids, rows, strict=True)
+    ]
 
 
 def prompt(item: BenchItem) -> str:
@@ -96,7 +116,7 @@ def extract_yes_no(prediction: str) -> str:
     "Yes, there is." -> "yes"; "No." -> "no"; "There is not a dog" -> "no"; "NO" -> "yes" (the
     rule looks for the words ``no``, ``No`` and ``not`` only).
     """
-    text = prediction.strip()
+    text = prediction  # not stripped, as officially: "No\n" is the word "No\n", not "No"
     if "." in text:
         text = text.split(".")[0]
     words = text.replace(",", "").split(" ")

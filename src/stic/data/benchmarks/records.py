@@ -141,9 +141,7 @@ def existing_file(candidates: Sequence[Path]) -> Path | None:
     return None
 
 
-def check_image_files(
-    name: str, items: Sequence[BenchItem], images_root: str | os.PathLike, what: str
-) -> None:
+def check_image_files(name: str, items: Sequence[BenchItem], what: str) -> None:
     """Raise :class:`BenchmarkDataError` if any item's image file is missing; ``what`` names the
     folder the user should pass with ``--images``."""
     missing = [
@@ -152,8 +150,7 @@ def check_image_files(
         if item.image.path is not None and not os.path.isfile(item.image.path)
     ]
     if missing:
-        first = os.path.relpath(missing[0], images_root)
         raise BenchmarkDataError(
-            f"{name}: {len(missing)} of {len(items)} images not found under {images_root} "
-            f"(first: {first}); pass --images with {what}"
+            f"{name}: {len(missing)} of {len(items)} images not found (first: {missing[0]}); "
+            f"pass --images with {what}"
         )

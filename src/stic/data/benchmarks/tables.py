@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from stic.data.benchmarks.records import BenchmarkDataError, ImageRef
+from stic.runtime.images import resolve_image_path
 
 
 def _shards(root: Path, split: str, config: str | None) -> list[Path]:
@@ -90,9 +91,11 @@ def read_hub_rows(
     return rows
 
 
-def image_from_cell(cell: Any, base: Path | None, name: str, row_id: str) -> ImageRef:
+def image_from_cell(cell: Any, data: Path, name: str, row_id: str) -> ImageRef:
     """An :class:`ImageRef` from a hub image cell: ``{"bytes", "path"}`` (embedded bytes win),
-    raw bytes, or a file path relative to ``base``."""
+    raw bytes, or a file path. A path is taken relative to the data folder (``data`` itself, or
+    the folder of a single parquet file), never the current directory, and must stay inside it
+    (:func:`image_file`)."""
     if isinstance(cell, dict):
         if cell.get("bytes"):
             return ImageRef(data=cell["bytes"])
@@ -100,9 +103,23 @@ def image_from_cell(cell: Any, base: Path | None, name: str, row_id: str) -> Ima
     if isinstance(cell, bytes | bytearray):
         return ImageRef(data=bytes(cell))
     if isinstance(cell, str) and cell:
-        path = Path(cell)
-        return ImageRef(path=str(path if path.is_absolute() or base is None else base / path))
+        data = Path(data)
+        return image_file(name, data, row_id, data if data.is_dir() else data.parent, cell)
     raise BenchmarkDataError(f"{name}: row {row_id} has no image (cell {type(cell).__name__})")
+
+
+def image_file(name: str, where: Any, record: Any, root: str | Path, relative: str) -> ImageRef:
+    """The image ``relative`` (as a record names it) under its declared ``root``.
+
+    Absolute paths, ``..`` that climbs out and symbolic links that lead out of ``root`` are
+    refused with :func:`bad_record` naming the record (see
+    :func:`stic.runtime.images.resolve_image_path`). Whether the file exists is not checked
+    here: :func:`stic.data.benchmarks.read_benchmark` does that when images are needed.
+    """
+    try:
+        return ImageRef(path=str(resolve_image_path(root, relative)))
+    except ValueError as e:
+        raise bad_record(name, where, record, str(e)) from None
 
 
 def read_json_lines(path: Path, name: str) -> list[dict]:
@@ -192,6 +209,15 @@ def text_list(name: str, where: Any, record: Any, row: dict, key: str) -> list[s
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
         raise bad_record(name, where, record, f"{key!r} is not a list of strings: {value!r:.60}")
     return list(value)
+
+
+def one_of(name: str, where: Any, record: Any, row: dict, key: str, allowed: Sequence[str]) -> str:
+    """``row[key]`` if it is exactly one of the strings ``allowed``; else raise naming it."""
+    value = checked(name, where, record, row, key, (str,))
+    if value not in allowed:
+        wanted = " or ".join(repr(a) for a in allowed)
+        raise bad_record(name, where, record, f"{key!r} is {value[:40]!r}, not {wanted}")
+    return value
 
 
 def unique_ids(name: str, where: Any, ids: Sequence[str]) -> None:
