@@ -21,7 +21,7 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 import stic.demo  # noqa: E402
-from stic.demo.run import DemoSettings, write_eval_split, write_unlabeled  # noqa: E402
+from stic.demo.run import DemoSettings, demo_output, write_eval_split, write_unlabeled  # noqa: E402
 
 DEMO_MODEL = str(Path(stic.demo.__file__).parent / "tiny_llava")
 
@@ -52,13 +52,17 @@ def hf_model(demo_model):
 @pytest.fixture(scope="session")
 def eval_files(tmp_path_factory) -> dict[str, Path]:
     """The demo's evaluation files for 12 scenes (84 questions, images, description prompts)."""
-    return write_eval_split(tmp_path_factory.mktemp("eval"), DemoSettings(eval_scenes=12))
+    settings = DemoSettings(eval_scenes=12)
+    with demo_output(tmp_path_factory.mktemp("eval"), settings, overwrite=False) as output:
+        return write_eval_split(output, settings)
 
 
 @pytest.fixture(scope="session")
 def unlabeled(tmp_path_factory) -> Path:
     """Eight unlabeled demo scenes (pixels only)."""
-    return write_unlabeled(tmp_path_factory.mktemp("unlabeled"), 0, DemoSettings(unlabeled=8))
+    settings = DemoSettings(unlabeled=8)
+    with demo_output(tmp_path_factory.mktemp("unlabeled"), settings, overwrite=False) as output:
+        return write_unlabeled(output, 0, settings)
 
 
 @pytest.fixture(scope="session")
