@@ -59,6 +59,7 @@ def test_relaxed_accuracy_equals_official(result):
     assert result["metrics"]["relaxed_accuracy"] == pytest.approx(
         FIXTURE["relaxed_overall"], abs=5e-5
     )
+    assert result["headline"]["relaxed_accuracy"].startswith("official")
     json.dumps(result, allow_nan=False)  # inf / nan / 1e999 predictions leave valid JSON
 
 

@@ -72,6 +72,7 @@ def test_circular_score_equals_official(result):
     assert result["metrics"]["single_pass"] == pytest.approx(
         100 * sum(c["official"]["vanilla_hit"] for c in first) / len(first), abs=5e-5
     )
+    assert result["headline"]["circular"].startswith("official rules, no judge")
     json.dumps(result, allow_nan=False)
 
 

@@ -72,6 +72,7 @@ METRICS = ("circular", "single_pass", "unresolved", "circular_lenient")
 PRIMARY = "circular"
 PROTOCOL = "LLaVA-1.5 multiple choice: '{hint}\\n' if any, question, 'A. ...' options, option-letter instruction"
 ROTATION = 1_000_000
+HEADLINE = "official rules, no judge: VLMEvalKit can_infer + circular evaluation (exact_matching)"
 WRONG = "Z"  # VLMEvalKit's letter for a reply read as no option
 
 _OPTION_COLUMNS = ("A", "B", "C", "D", "E")
@@ -346,4 +347,11 @@ def metrics_of(rows: Sequence[dict]) -> dict:
 
 
 def summarize(rows: Sequence[dict]) -> dict:
-    return {"metrics": metrics_of(rows), "categories": by_category(rows, metrics_of)}
+    return {
+        "metrics": metrics_of(rows),
+        "categories": by_category(rows, metrics_of),
+        "headline": {
+            "circular": HEADLINE,
+            "circular_lenient": "stic: unread replies read by stic's earlier rules",
+        },
+    }
