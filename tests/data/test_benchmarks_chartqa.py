@@ -8,7 +8,13 @@ import pytest
 
 from stic.data.benchmarks import BenchmarkDataError, read_benchmark, score_predictions
 from stic.data.benchmarks.chartqa import relaxed_correct
-from tests.data.bench_fixtures import png_bytes, write_hub_parquet, write_json, write_png
+from tests.data.bench_fixtures import (
+    png_bytes,
+    write_hub_parquet,
+    write_json,
+    write_jsonl,
+    write_png,
+)
 
 
 @pytest.mark.parametrize(
@@ -172,3 +178,22 @@ def test_non_finite_answers_and_predictions_score_and_stay_json(tmp_path):
     result = score_predictions("chartqa", items, predictions)
     assert [r["score"] for r in result["items"]] == [0.0] * 5
     json.dumps(result, allow_nan=False)
+
+
+def test_bench_score_non_finite_replies_write_valid_json(tmp_path):
+    from stic.tools.bench_score import main
+
+    root = _original(tmp_path)
+    predictions = write_jsonl(
+        tmp_path / "pred.jsonl",
+        [
+            {"id": "human_0", "prediction": "nan"},
+            {"id": "human_1", "prediction": "1e999"},
+            {"id": "augmented_0", "prediction": "-inf%"},
+        ],
+    )
+    out = tmp_path / "out" / "chartqa.json"
+    args = ["--benchmark", "chartqa", "--data", str(root), "--predictions", str(predictions)]
+    assert main([*args, "--out", str(out)]) == 0
+    result = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert result["metrics"]["relaxed_accuracy"] == 0.0 and result["n"] == 3

@@ -10,7 +10,7 @@ import pytest
 
 from stic.data.benchmarks import BenchmarkDataError, read_benchmark, score_predictions
 from stic.data.benchmarks.mmbench_en_dev import extract_letter, prompt
-from tests.data.bench_fixtures import png_bytes, write_hub_parquet
+from tests.data.bench_fixtures import png_bytes, write_hub_parquet, write_jsonl
 
 # Question 0 (3 options, rotated twice) and question 1 (2 options, rotated once). The rotation
 # k shifts the options left by k, so the answer letter moves.
@@ -296,3 +296,37 @@ def test_non_finite_numbers_as_options_and_replies_score_and_stay_json(tmp_path)
     # 1e999 is read by its option text (C, right); nan and the long number are read as nothing
     assert [r["extracted"] for r in result["items"]] == ["C", None, None]
     assert result["metrics"]["circular"] == 0.0 and result["metrics"]["n_needs_judge"] == 1
+
+
+def _bench_score(tmp_path, data, predictions):
+    from stic.tools.bench_score import main
+
+    path = write_jsonl(tmp_path / "pred.jsonl", predictions)
+    out = tmp_path / "out" / "mmbench_en_dev.json"
+    code = main(
+        ["--benchmark", "mmbench_en_dev", "--data", str(data), "--predictions", str(path)]
+        + ["--out", str(out)]
+    )
+    return code, out
+
+
+def test_bench_score_malformed_tsv_is_one_line_error(tmp_path, capsys):
+    path = _tsv(tmp_path, [_row(), _row(index=1000001, answer="E")]) / "mmbench_dev_20230712.tsv"
+    code, out = _bench_score(tmp_path, path, [{"id": "1", "prediction": "A"}])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and not out.exists()
+    assert err.endswith(f"{path}: record 1000001: answer 'E' names none of its 2 options")
+    assert "\n" not in err
+
+
+def test_bench_score_non_finite_replies_write_valid_json(tmp_path):
+    data = _tsv(tmp_path)
+    replies = ["nan", "inf", "1e999", "-1e999", "1" * 400]
+    predictions = [
+        {"id": str(row["index"]), "prediction": reply}
+        for row, reply in zip(ROWS, replies, strict=True)
+    ]
+    code, out = _bench_score(tmp_path, data, predictions)
+    assert code == 0
+    result = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert result["metrics"]["circular"] == 0.0 and result["n"] == 5
