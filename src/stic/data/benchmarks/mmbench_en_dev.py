@@ -85,6 +85,7 @@ _REFUSALS = (
 )
 _SEPARATORS = re.compile(r"[.()\[\],:;!*#{}]")
 _ANSWER_IS = re.compile(r"(?:correct\s+)?answer\s+is\s+\**([ABCD])\**", re.IGNORECASE)
+_DIGITS = re.compile(r"^[0-9]{1,18}$")  # an index as the TSV writes it (int64 range)
 _LAST_WORDS = 4  # an option letter counts only among the reply's last four words
 _LONE = re.compile(r"^\(?([A-Za-z])\)?[.:)]?$")
 _LEADING = re.compile(r"^(?:\(([A-Za-z])\)|([A-Za-z])[.:)])\s")
@@ -140,7 +141,7 @@ def lenient_letter(prediction: str, choices: Sequence[str]) -> str | None:
 
 def _index(where: str, n: int, row: dict) -> int:
     value = checked(NAME, where, f"#{n}", row, "index", (str, int, float))
-    if isinstance(value, str) and value.strip().isdigit():
+    if isinstance(value, str) and _DIGITS.match(value.strip()):
         return int(value.strip())
     if isinstance(value, int) and value >= 0:
         return value
@@ -181,7 +182,7 @@ def _items(rows: list[dict], images: dict[str, Any], where: str) -> list[BenchIt
         question = checked(NAME, where, key, row, "question", (str,))
         choices = _choices(where, key, row)
         answer = checked(NAME, where, key, row, "answer", (str,)).strip()
-        if answer not in CHOICE_LETTERS[: len(choices)]:
+        if answer not in tuple(CHOICE_LETTERS[: len(choices)]):
             raise bad_record(
                 NAME, where, key, f"answer {answer!r:.20} names none of its {len(choices)} options"
             )
