@@ -29,11 +29,12 @@ Answer matching: VLMEvalKit's rule stage (``can_infer``), reproduced from what i
 
 Quirks kept, because the official rule has them: a lowercase letter is no letter (``b`` is
 left unread), ``The answer is a cat`` reads as ``A``, and a long reply naming an option's text
-is left unread (VLMEvalKit's debugging mode ``VERBOSE``, which refuses a reply with a word
-``A`` and more than three words, is not reproduced). What these rules leave unread, VLMEvalKit gives to a judge model; without one
-(its ``exact_matching`` policy, what stic does) the reply is wrong. ``unresolved`` is the share
-of rows so left, and ``n_needs_judge`` counts the questions whose circular verdict a judge
-would decide (no rotation read wrong, one left unread).
+is left unread. (VLMEvalKit's debugging mode ``VERBOSE``, which also refuses a reply with the
+word ``A`` and more than three words, is not reproduced.) What these rules leave unread,
+VLMEvalKit gives to a judge model; without one (its ``exact_matching`` policy, what stic does)
+the reply is wrong. ``unresolved`` is the share of rows so left, and ``n_needs_judge`` counts
+the questions whose circular verdict a judge would decide (no rotation read wrong, one left
+unread).
 
 Metrics: ``circular`` (a question counts only if every rotation is right; questions with a
 rotation lacking a prediction are left out) and ``single_pass`` (accuracy on the rotation-0 rows,
