@@ -93,7 +93,8 @@ def _item(kind: str, k: int, question: str, answer: str, image: ImageRef) -> Ben
 
 
 def _text(where: object, record: str, row: object, key: str) -> str:
-    """``row[key]`` as a non-empty string, else one line naming file, record and problem."""
+    """``row[key]`` as a non-empty string, else one line naming file, record and problem.
+    (Questions and answers need only be strings: an empty answer is scored as officially.)"""
     value = checked(NAME, where, record, row, key, (str,))
     if not value.strip():
         raise bad_record(NAME, where, record, f"{key!r} is empty")
@@ -112,8 +113,8 @@ def _hub_items(data: Path, rows: list[dict]) -> list[BenchItem]:
             raise bad_record(
                 NAME, data, record, f"type {row['type']!r} is not human_test or augmented_test"
             )
-        question = _text(data, record, row, "question")
-        answer = _text(data, record, row, "answer")
+        question = checked(NAME, data, record, row, "question", (str,))
+        answer = checked(NAME, data, record, row, "answer", (str,))
         try:
             image = image_from_cell(row["image"], None, NAME, record)
         except BenchmarkDataError:
@@ -153,8 +154,8 @@ def read(data: str | Path, images: str | Path | None = None) -> list[BenchItem]:
     for kind, path in (("human", human), ("augmented", augmented)):
         for k, row in enumerate(_original_rows(path)):
             record = f"#{k}"
-            question = _text(path, record, row, "query")
-            answer = _text(path, record, row, "label")
+            question = checked(NAME, path, record, row, "query", (str,))
+            answer = checked(NAME, path, record, row, "label", (str,))
             image = ImageRef(path=str(images / _text(path, record, row, "imgname")))
             items.append(_item(kind, k, question, answer, image))
     check_image_files(NAME, items, images, "the ChartQA test/png folder")
