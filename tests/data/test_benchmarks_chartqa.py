@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from stic.data.benchmarks import BenchmarkDataError, read_benchmark, score_predictions
 from stic.data.benchmarks.chartqa import relaxed_correct
-from tests.data.bench_fixtures import png_bytes, write_hub_parquet, write_json, write_png
+from tests.data.bench_fixtures import (
+    png_bytes,
+    write_hub_parquet,
+    write_json,
+    write_jsonl,
+    write_png,
+)
 
 
 @pytest.mark.parametrize(
@@ -23,7 +31,12 @@ from tests.data.bench_fixtures import png_bytes, write_hub_parquet, write_json, 
         ("0.0", "0", False),
         ("Yes", "yes", True),  # text: case-insensitive exact match
         ("yes.", "yes", False),
-        (" 12 ", "12", True),
+        (" 12 ", "12", True),  # float() reads the spaces
+        (" yes", "yes", False),  # text is compared unstripped, as officially
+        ("45%%", "45%", True),  # every trailing % sign is dropped before float()
+        ("nan", "nan", False),  # non-finite numbers are never within 5%, and never raise
+        ("inf", "inf", False),
+        ("1e999", "100", False),
     ],
 )
 def test_relaxed_accuracy_rule(prediction, answer, right):
@@ -57,7 +70,12 @@ def test_original_format_human_and_augmented(tmp_path):
     result = score_predictions("chartqa", items, predictions)
     # human: 104.9 is 4.9% off and 2020 is 0.05% off 2019 (a number, so relaxed): 2 of 2;
     # augmented: 0.44 vs 0.45 is 2.2% off
-    assert result["metrics"] == {"relaxed_accuracy": 100.0, "human": 100.0, "augmented": 100.0}
+    assert result["metrics"] == {
+        "relaxed_accuracy": 100.0,
+        "human": 100.0,
+        "augmented": 100.0,
+        "relaxed_accuracy_stripped": 100.0,
+    }
     result = score_predictions(
         "chartqa", items, {"human_0": "105.1", "human_1": "2019", "augmented_0": "44"}
     )
@@ -96,3 +114,85 @@ def test_hub_parquet(tmp_path):
         "chartqa", items, {"human_0": "100", "augmented_0": "45%", "human_1": "x"}
     )
     assert result["metrics"]["human"] == 50.0 and result["metrics"]["augmented"] == 100.0
+
+
+def _hub_row(**overrides):
+    row = {"type": "human_test", "question": "Q?", "answer": "1", "image": png_bytes(0)}
+    return {**row, **overrides}
+
+
+@pytest.mark.parametrize(
+    "row, problem",
+    [
+        (_hub_row(type="validation"), "record #0: type 'validation' is not human_test"),
+        (_hub_row(type=3), "record #0: 'type' is int"),
+        (_hub_row(question=None), "record #0: 'question' is NoneType"),
+        (_hub_row(answer=7.5), "record #0: 'answer' is float"),
+        (_hub_row(image=None), "record #0: has no image"),
+    ],
+)
+def test_hub_malformed_record_named(tmp_path, row, problem):
+    path = tmp_path / "test-00000-of-00001.parquet"
+    write_hub_parquet(path, [row])
+    with pytest.raises(BenchmarkDataError, match=problem.replace("(", r"\(")) as e:
+        read_benchmark("chartqa", path)
+    assert str(e.value).startswith(f"chartqa: {path}: record #0: ")
+    assert "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "content, problem",
+    [
+        ("[{", "not valid JSON"),
+        ("{}", "is a JSON dict, not a list of questions"),
+        ("[]", "holds no records"),
+        (json.dumps([["a.png", "Q?", "1"]]), "record #0: is list, not a JSON object"),
+        (json.dumps([{"imgname": "a.png", "query": "Q?"}]), "record #0: lacks 'label'"),
+        (
+            json.dumps([{"imgname": "a.png", "query": "Q?", "label": 3}]),
+            "'label' is int '3', not a string",
+        ),
+        (json.dumps([{"imgname": "a.png", "query": ["Q?"], "label": "3"}]), "'query' is list"),
+        (json.dumps([{"imgname": None, "query": "Q?", "label": "3"}]), "'imgname' is NoneType"),
+        (json.dumps([{"imgname": " ", "query": "Q?", "label": "3"}]), "'imgname' is empty"),
+    ],
+)
+def test_original_malformed_file_named(tmp_path, content, problem):
+    root = _original(tmp_path)
+    path = root / "test" / "test_augmented.json"
+    path.write_text(content, encoding="utf-8")
+    with pytest.raises(BenchmarkDataError, match=problem) as e:
+        read_benchmark("chartqa", root)
+    assert str(e.value).startswith(f"chartqa: {path}")
+    assert "\n" not in str(e.value)
+
+
+def test_non_finite_answers_and_predictions_score_and_stay_json(tmp_path):
+    rows = [_hub_row(answer=a) for a in ("nan", "inf", "1e999", "100", "1" * 400)]
+    write_hub_parquet(tmp_path / "test-00000-of-00001.parquet", rows)
+    items = read_benchmark("chartqa", tmp_path / "test-00000-of-00001.parquet")
+    predictions = dict(
+        zip([i.id for i in items], ["nan", "inf", "1e999", "-1e999", "1" * 400], strict=True)
+    )
+    result = score_predictions("chartqa", items, predictions)
+    assert [r["score"] for r in result["items"]] == [0.0] * 5
+    json.dumps(result, allow_nan=False)
+
+
+def test_bench_score_non_finite_replies_write_valid_json(tmp_path):
+    from stic.tools.bench_score import main
+
+    root = _original(tmp_path)
+    predictions = write_jsonl(
+        tmp_path / "pred.jsonl",
+        [
+            {"id": "human_0", "prediction": "nan"},
+            {"id": "human_1", "prediction": "1e999"},
+            {"id": "augmented_0", "prediction": "-inf%"},
+        ],
+    )
+    out = tmp_path / "out" / "chartqa.json"
+    args = ["--benchmark", "chartqa", "--data", str(root), "--predictions", str(predictions)]
+    assert main([*args, "--out", str(out)]) == 0
+    result = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert result["metrics"]["relaxed_accuracy"] == 0.0 and result["n"] == 3

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import base64
 import csv
+import json
 
 import pytest
 
 from stic.data.benchmarks import BenchmarkDataError, read_benchmark, score_predictions
 from stic.data.benchmarks.mmbench_en_dev import extract_letter, prompt
-from tests.data.bench_fixtures import png_bytes, write_hub_parquet
+from tests.data.bench_fixtures import png_bytes, write_hub_parquet, write_jsonl
 
 # Question 0 (3 options, rotated twice) and question 1 (2 options, rotated once). The rotation
 # k shifts the options left by k, so the answer letter moves.
@@ -77,7 +78,7 @@ ROWS = [
 ]
 
 
-def _tsv(tmp_path):
+def _tsv(tmp_path, rows=ROWS):
     path = tmp_path / "mmbench" / "mmbench_dev_20230712.tsv"
     path.parent.mkdir(parents=True)
     columns = [
@@ -97,12 +98,15 @@ def _tsv(tmp_path):
     with open(path, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, columns, delimiter="\t")
         writer.writeheader()
-        for row in ROWS:
-            group = row["index"] % 1_000_000
+        for row in rows:
+            if "image" in row:
+                writer.writerow({"split": "dev", **row})
+                continue
+            group = int(row["index"]) % 1_000_000
             # rotation copies point at their question's row, as the published TSV does
             image = (
                 base64.b64encode(png_bytes(group)).decode()
-                if row["index"] < 1_000_000
+                if int(row["index"]) < 1_000_000
                 else str(group)
             )
             writer.writerow({**row, "split": "dev", "image": image})
@@ -122,6 +126,11 @@ def _tsv(tmp_path):
         ("black or white", None),  # two option texts: unresolved
         ("E", None),  # not an option of this question
         ("I cannot tell", None),
+        ("b", None),  # lowercase is no letter to VLMEvalKit: left to its judge
+        ("Answer: C", "C"),  # a letter among the last four words
+        ("The answer is a black cat", "A"),  # VLMEvalKit's 'answer is X' reads the article
+        ("B and C", None),  # two letters
+        ("Cannot determine the answer", "Z"),  # a refusal VLMEvalKit reads as no option
     ],
 )
 def test_letter_rules(text, expected):
@@ -196,3 +205,132 @@ def test_hub_parquet(tmp_path):
     assert items[0].categories["l2-category"] == ("finegrained_perception",)
     result = score_predictions("mmbench_en_dev", items, {i.id: i.answers[0] for i in items})
     assert result["metrics"]["circular"] == 100.0
+
+
+IMAGE = base64.b64encode(png_bytes(1)).decode()
+
+
+def _row(**overrides):
+    return {**ROWS[3], **overrides}
+
+
+@pytest.mark.parametrize(
+    "rows, problem",
+    [
+        ([_row(index="x", image=IMAGE)], "record #0: index 'x' is not a non-negative integer"),
+        ([_row(index="1.5", image=IMAGE)], "record #0: index '1.5' is not a non-negative integer"),
+        (
+            [_row(index="1e400", image=IMAGE)],
+            "record #0: index '1e400' is not a non-negative integer",
+        ),
+        ([_row(), _row()], "record 1: its id appears twice"),
+        ([_row(A="")], "record 1: needs options A and B"),
+        ([_row(C="", D="maybe")], "record 1: has an empty option before a filled one"),
+        ([_row(answer="C")], "record 1: answer 'C' names none of its 2 options"),
+        ([_row(answer="7")], "record 1: answer '7' names none"),
+        ([_row(answer="")], "record 1: answer '' names none"),
+        ([_row(answer="AB")], "record 1: answer 'AB' names none"),
+        ([_row(index="9" * 5000, image=IMAGE)], "record #0: index '9999"),
+        ([_row(index="²", image=IMAGE)], "record #0: index '²' is not"),
+        ([_row(category="")], "record 1: 'category' is empty"),
+        ([_row(image="not base64!")], "record 1: image is not base64"),
+        ([_row(image="42")], "record 1: image refers to missing row 42"),
+        ([_row(image="")], "record 1: has no image"),
+        ([], "holds no records"),
+    ],
+)
+def test_tsv_malformed_record_named(tmp_path, rows, problem):
+    path = _tsv(tmp_path, rows) / "mmbench_dev_20230712.tsv"
+    with pytest.raises(BenchmarkDataError, match=problem.replace("(", r"\\(")) as e:
+        read_benchmark("mmbench_en_dev", path)
+    assert str(e.value).startswith(f"mmbench_en_dev: {path}: ")
+    assert "\\n" not in str(e.value)
+
+
+def _hub(**overrides):
+    row = {
+        "index": 1,
+        "question": "Is it day?",
+        "hint": None,
+        "A": "yes",
+        "B": "no",
+        "C": None,
+        "D": None,
+        "answer": "A",
+        "category": "scene",
+        "L2-category": "coarse_perception",
+        "image": png_bytes(1),
+    }
+    return {**row, **overrides}
+
+
+@pytest.mark.parametrize(
+    "row, problem",
+    [
+        (_hub(index=-1), "record #0: index -1 is not a non-negative integer"),
+        (_hub(question=None), "record 1: 'question' is NoneType"),
+        (_hub(question=3), "record 1: 'question' is int"),
+        (_hub(answer=None), "record 1: 'answer' is NoneType"),
+        (_hub(answer="B", B=None), "record 1: needs options A and B"),
+        (_hub(A=3, B=4), "record 1: option A is int, not text"),
+        (_hub(hint=5), "record 1: 'hint' is int, not text"),
+        (_hub(image=None), "record 1: has no image"),
+    ],
+)
+def test_hub_malformed_record_named(tmp_path, row, problem):
+    path = tmp_path / "en" / "dev-00000-of-00001.parquet"
+    write_hub_parquet(path, [row])
+    with pytest.raises(BenchmarkDataError, match=problem) as e:
+        read_benchmark("mmbench_en_dev", tmp_path)
+    assert str(e.value).startswith(f"mmbench_en_dev: {tmp_path}: ")
+
+
+def test_non_finite_numbers_as_options_and_replies_score_and_stay_json(tmp_path):
+    rows = [
+        _row(A="inf", B="-inf", C="1e999", answer="C"),
+        _row(index=1000001, A="-inf", B="1e999", C="inf", answer="B"),
+        _row(index=2000001, A="1e999", B="inf", C="-inf", answer="A"),
+    ]
+    path = _tsv(tmp_path, rows) / "mmbench_dev_20230712.tsv"
+    items = read_benchmark("mmbench_en_dev", path)
+    assert items[0].choices == ("inf", "-inf", "1e999")  # option texts, never numbers
+    predictions = {"1": "1e999", "1000001": "nan", "2000001": "1" * 400}
+    result = score_predictions("mmbench_en_dev", items, predictions)
+    json.dumps(result, allow_nan=False)
+    # 1e999 is read by its option text (C, right); nan and the long number are read as nothing
+    assert [r["extracted"] for r in result["items"]] == ["C", None, None]
+    assert result["metrics"]["circular"] == 0.0 and result["metrics"]["n_needs_judge"] == 1
+
+
+def _bench_score(tmp_path, data, predictions):
+    from stic.tools.bench_score import main
+
+    path = write_jsonl(tmp_path / "pred.jsonl", predictions)
+    out = tmp_path / "out" / "mmbench_en_dev.json"
+    code = main(
+        ["--benchmark", "mmbench_en_dev", "--data", str(data), "--predictions", str(path)]
+        + ["--out", str(out)]
+    )
+    return code, out
+
+
+def test_bench_score_malformed_tsv_is_one_line_error(tmp_path, capsys):
+    path = _tsv(tmp_path, [_row(), _row(index=1000001, answer="E")]) / "mmbench_dev_20230712.tsv"
+    code, out = _bench_score(tmp_path, path, [{"id": "1", "prediction": "A"}])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and not out.exists()
+    assert err.endswith(f"{path}: record 1000001: answer 'E' names none of its 2 options")
+    assert "\n" not in err
+
+
+def test_bench_score_non_finite_replies_write_valid_json(tmp_path):
+    data = _tsv(tmp_path)
+    replies = ["nan", "inf", "1e999", "-1e999", "1" * 400]
+    predictions = [
+        {"id": str(row["index"]), "prediction": reply}
+        for row, reply in zip(ROWS, replies, strict=True)
+    ]
+    code, out = _bench_score(tmp_path, data, predictions)
+    assert code == 0
+    result = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert result["metrics"]["circular"] == 0.0 and result["n"] == 5
