@@ -255,3 +255,38 @@ def test_weights_listed_and_same_weights_flagged(tmp_path):
     b = _with_weights(result, "run/dpo", "stic:2")
     table = compare([("a", {"scienceqa_img": a}), ("b", {"scienceqa_img": b})], resamples=10)
     assert "same_weights" not in table["deltas"]["b"]["scienceqa_img"]
+
+
+def _mmbench_result(scores: dict[str, list[float]]) -> dict:
+    """MMBench rows: question ``g`` has rotations ids g, 1000000 + g, ... with these scores."""
+    rows = [
+        {
+            "id": str(k * 1_000_000 + int(group)),
+            "group": group,
+            "rotations": 2,
+            "extracted": "A",
+            "score": score,
+            "categories": {},
+        }
+        for group, by_rotation in scores.items()
+        for k, score in enumerate(by_rotation)
+    ]
+    return {
+        "benchmark": "mmbench_en_dev",
+        "n": len(rows),
+        "data_hash": "h",
+        "items": rows,
+        "metrics": {"circular": 0.0},
+    }
+
+
+def test_mmbench_question_short_of_a_rotation_is_not_a_common_unit():
+    """Question 3 lost a rotation in b: it is not circular-scored there, so the delta is over
+    questions 0-2, each resampled with all its rotations."""
+    base = _mmbench_result({"0": [1, 0], "1": [1, 0], "2": [1, 1], "3": [1, 1]})
+    other = _mmbench_result({"0": [1, 1], "1": [1, 1], "2": [1, 1], "3": [0]})
+    table = compare([("a", {"mmbench_en_dev": base}), ("b", {"mmbench_en_dev": other})], 50)
+    entry = table["deltas"]["b"]["mmbench_en_dev"]
+    assert entry["n_common"] == 3 and entry["n_each"] == {"a": 4, "b": 3}
+    # circular over questions 0-2: base 1/3, other 3/3
+    assert entry["delta"] == pytest.approx(200 / 3, abs=0.01)
