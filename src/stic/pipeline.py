@@ -15,9 +15,12 @@ The YAML's keys mirror the command-line flags (underscores or dashes)::
 
 A stage runs when its section is present. The pipeline wires outputs to inputs (pairs -> dpo ->
 infuse -> sft -> eval, bench) under ``output_dir``; those keys cannot be set by hand. Each eval
-and bench entry may say ``at: base | stage1 | final`` (default: the last adapter trained); eval
-entries write ``eval/<name>.json``, bench entries ``bench/<name>.json`` (name default: the
-benchmark, plus ``_<at>`` and ``_dar`` where given), so ``stic compare`` can read each arm. A stage whose output is
+and bench entry may say ``at: base | stage1 | final`` (default: the last adapter trained); an
+``at`` that no stage of the config trains is an error before anything runs (final with no dpo or
+sft would be the base model filed as final), unless the entry names its weights with
+``adapter: PATH`` instead of ``at``. Eval entries write ``eval/<name>.json``, bench entries
+``bench/<name>.json`` (name default: ``<at>[_dar]/<benchmark>``, ``adapter_<folder name>`` in
+place of ``<at>`` for an ``adapter:``), so ``stic compare`` can read each arm. A stage whose output is
 complete for the same config is skipped, so a rerun after a crash picks up where it stopped.
 Relative paths are taken from the current directory.
 """
@@ -133,7 +136,8 @@ def plan(data: Any) -> list[PlannedStage]:
         if "dpo" in sections:
             wired["sft"]["adapter"] = adapters["stage1"]
         adapters["final"] = wired["sft"]["out"]
-    adapters.setdefault("final", adapters.get("stage1"))
+    if "stage1" in adapters:  # final = the last adapter trained; none trained: no final
+        adapters.setdefault("final", adapters["stage1"])
 
     planned = []
     for stage, section in sections.items():
@@ -180,28 +184,41 @@ def _plan_entries(
     for i, entry in enumerate(entries):
         where = f"{kind}[{i}]."
         entry = _normalize_keys(entry, where, errors)
+        # The weights: `at` (default final), or an `adapter:` the user names instead.
+        given = entry.pop("adapter", None) if "at" not in entry else None
         at = entry.pop("at", "final")
-        name = entry.pop("name", None) or _default_name(kind, i, entry, at)
+        label = at if given is None else f"adapter_{Path(str(given)).name or 'adapter'}"
+        name = entry.pop("name", None) or _default_name(kind, i, entry, label)
         if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts:
             errors.append(f"{where}name: {name!r} must be a relative name without '..'")
             continue
-        if at not in EVAL_AT:
+        if given is None and at not in EVAL_AT:
             errors.append(f"{where}at: {at!r} is not one of {', '.join(EVAL_AT)}")
             continue
-        if at != "base" and at not in adapters:
-            errors.append(f"{where}at: {at!r} needs the stage that trains it in this config")
-            continue
+        if given is None and at not in adapters:
+            # Without this, `at: final` with no training stage would evaluate the base model and
+            # file it as final: a base compared with itself.
+            trains = {"stage1": "dpo", "final": "dpo or sft"}[at]
+            errors.append(
+                f"{where}at: {at!r}{' (the default)' if at == 'final' else ''} needs the stage "
+                f"that trains it in this config ({trains}); use at: base for the base model, "
+                "or name the weights with adapter: PATH"
+            )
+            # (the entry's other keys are still checked, below, with the base as a stand-in)
         if name in names:
             errors.append(f"{where}name: {name!r} is used twice")
         names.add(name)
         for key in ("out", "adapter"):
             if key in entry:
-                errors.append(f"{where}{key}: set by the pipeline (use 'at' to pick the adapter)")
+                errors.append(
+                    f"{where}{key}: set by the pipeline (use 'at' to pick the adapter"
+                    + (", or adapter: PATH without at)" if key == "adapter" else ")")
+                )
         merged = {
             **shared,
             **entry,
             "out": str(root / kind / f"{name}.json"),
-            "adapter": adapters[at],
+            "adapter": adapters.get(at) if given is None else given,
         }
         try:
             config = build(STAGES[kind].config, merged, where)

@@ -309,14 +309,20 @@ def test_run_config_bench_inputs_checked_up_front(tmp_path, benchmarks):
             "model": "m",
             "output_dir": str(tmp_path / "run"),
             "bench": [
-                {"benchmark": "pope_random", "data": str(pope_data), "images": str(pope_images)},
-                {"benchmark": "textvqa", "data": str(wrong)},
-                {"benchmark": "chartqa", "data": str(tmp_path / "missing")},
+                {
+                    "benchmark": "pope_random",
+                    "data": str(pope_data),
+                    "images": str(pope_images),
+                    "at": "base",
+                },
+                {"benchmark": "textvqa", "data": str(wrong), "at": "base"},
+                {"benchmark": "chartqa", "data": str(tmp_path / "missing"), "at": "base"},
                 {
                     "benchmark": "pope_random",
                     "data": str(pope_data),
                     "images": str(wrong),
                     "name": "x",
+                    "at": "base",
                 },
             ],
         }

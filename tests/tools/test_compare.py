@@ -68,7 +68,13 @@ def test_identical_runs_have_zero_width_intervals(tmp_path):
     base = _write_run(tmp_path / "a", 25, 25)
     same = _write_run(tmp_path / "b", 25, 25)
     table = compare([load_run(str(base)), load_run(str(same))], resamples=100)
-    assert table["deltas"]["b"]["pope_random"] == {"delta": 0.0, "n_common": 40, "ci95": [0.0, 0.0]}
+    assert table["deltas"]["b"]["pope_random"] == {
+        "delta": 0.0,
+        "n_common": 40,
+        "n_each": {"a": 40, "b": 40},
+        "same_items": True,
+        "ci95": [0.0, 0.0],
+    }
 
 
 def test_cli_writes_markdown_and_json(tmp_path, capsys):
@@ -79,7 +85,7 @@ def test_cli_writes_markdown_and_json(tmp_path, capsys):
     assert main([str(base), f"stic+dar={files}", "--out", str(out), "--resamples", "50"]) == 0
     markdown = out.read_text()
     assert "| Benchmark (metric) | base | stic+dar | Δ stic+dar vs base [95% CI] |" in markdown
-    assert "| scienceqa_img (accuracy) | 50.0 | 25.0 | -25.0 [" in markdown
+    assert "| scienceqa_img (accuracy) | 50.0 (n=40) | 25.0 (n=40) | -25.0 [" in markdown
     assert "| Average (2 benchmarks) |" in markdown
     table = json.loads(out.with_suffix(".json").read_text())
     assert table["baseline"] == "base"

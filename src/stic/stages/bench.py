@@ -239,7 +239,8 @@ def about(config: BenchConfig) -> dict:
     spec = get_spec(config.benchmark)
     return {
         "model": config.model,
-        "adapter": config.adapter,
+        "adapter": config.adapter,  # None: the base model answered
+        "weights": "base model" if config.adapter is None else "adapter",
         "dar": config.dar,
         "max_new_tokens": config.max_new_tokens or spec.max_new_tokens,
         "dar_max_new_tokens": config.dar_max_new_tokens if config.dar else None,
@@ -268,6 +269,9 @@ def write_result(
         else None,
     }
     result.update(about(config))
+    # What the adapter folder held when it answered (a retrained adapter at the same path is
+    # other weights): stic compare tells a base compared with itself from an adapter by this.
+    result["adapter_identity"] = None if config.adapter is None else input_identity(config.adapter)
     result["sources"] = {"data": config.data, "images": config.images}
     output.write_json(result)
     return result
