@@ -442,6 +442,16 @@ class BenchConfig(GenerationOptions):
     )
     judge_concurrency: int = _help("Judge requests in flight.", default=4)
     judge_timeout: float = _help("Seconds to wait for one judge reply.", default=120.0)
+    judge_retry_after_max: float = _help(
+        "Longest Retry-After (seconds) the judge client waits out before a retry; a judge that "
+        "asks for longer fails that request at once, saying so (rerun later: failures are not "
+        "cached).",
+        default=60.0,
+    )
+    judge_max_reply_bytes: int = _help(
+        "Largest judge reply body read; a larger one is a judge failure with that reason.",
+        default=1 << 20,
+    )
 
     # The judge's address, key and cache and the description cache change where things come
     # from, never the result; the judge model is part of the result.
@@ -453,6 +463,8 @@ class BenchConfig(GenerationOptions):
         "judge_cache",
         "judge_concurrency",
         "judge_timeout",
+        "judge_retry_after_max",
+        "judge_max_reply_bytes",
     )
 
 
@@ -528,6 +540,7 @@ def value_errors(config: Any, where: str = "", cls: type | None = None) -> list[
         "logging_steps",
         "lowres_short_side",
         "judge_concurrency",
+        "judge_max_reply_bytes",
     ):
         if getattr(config, name, None) is not None:  # max_new_tokens None: the protocol's
             check(name, getattr(config, name) >= 1, "must be >= 1")
@@ -560,6 +573,7 @@ def value_errors(config: Any, where: str = "", cls: type | None = None) -> list[
             check(name, 0 <= getattr(config, name) <= 1, "must be in [0, 1]")
     # transformers reads a warm-up value >= 1 as a number of steps: 1.0 would mean ONE step.
     check("judge_timeout", getattr(config, "judge_timeout", 1) > 0, "must be > 0")
+    check("judge_retry_after_max", getattr(config, "judge_retry_after_max", 0) >= 0, "must be >= 0")
     if bool(getattr(config, "judge_url", None)) != bool(getattr(config, "judge_model", None)):
         errors.append(f"{where}judge_url, judge_model: give both or neither")
     ratio = getattr(config, "warmup_ratio", 0)
