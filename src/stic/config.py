@@ -99,7 +99,7 @@ class GenerationOptions(ModelOptions):
         "Process at most this many items (the first ones in id order).", default=None
     )
     # Ray (pip install 'stic[ray]'): the same batches made by a pool of workers, each holding
-    # the model; only the driver writes. What is computed does not change, so these four are
+    # the model; only the driver writes. What is computed does not change, so these are
     # runtime fields: a run may be resumed with or without Ray, or with another pool.
     ray: str | None = field(
         default=None,
@@ -129,6 +129,11 @@ class GenerationOptions(ModelOptions):
     worker_cpus: float = _help(
         "With --ray: CPU cores per worker (Ray gives its torch that many threads).", default=1.0
     )
+    ray_timeout: float = _help(
+        "With --ray ADDRESS: seconds to wait for the cluster's head to answer before stopping "
+        "with an error (Ray itself would retry for minutes).",
+        default=30.0,
+    )
 
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = (
         "overwrite",
@@ -139,6 +144,7 @@ class GenerationOptions(ModelOptions):
         "workers",
         "worker_gpus",
         "worker_cpus",
+        "ray_timeout",
     )
 
 
@@ -550,6 +556,7 @@ def value_errors(config: Any, where: str = "", cls: type | None = None) -> list[
     gpus = getattr(config, "worker_gpus", None)
     check("worker_gpus", gpus is None or gpus >= 0, "must be >= 0 or null")
     check("worker_cpus", getattr(config, "worker_cpus", 1) > 0, "must be > 0")
+    check("ray_timeout", getattr(config, "ray_timeout", 1) > 0, "must be > 0")
     for name in (
         "temperature",
         "lr",
