@@ -95,6 +95,13 @@ class GenerationOptions(ModelOptions):
         default="hf",
     )
     batch_size: int = _help("Images per generate() call (left-padded batch).", default=8)
+    vllm_gpu_memory: float = _help(
+        "With --backend vllm on GPUs: the share of each GPU's memory vLLM takes for weights, "
+        "activations and KV cache (vLLM's gpu_memory_utilization); lower it when another process "
+        "shares the GPU. On CPU stic sizes vLLM's KV cache from batch_size and the model (set "
+        "VLLM_CPU_KVCACHE_SPACE, in GiB, to choose it yourself).",
+        default=0.9,
+    )
     limit: int | None = _help(
         "Process at most this many items (the first ones in id order).", default=None
     )
@@ -139,6 +146,7 @@ class GenerationOptions(ModelOptions):
         "overwrite",
         "device",
         "batch_size",
+        "vllm_gpu_memory",
         "limit",
         "ray",
         "workers",
@@ -557,6 +565,8 @@ def value_errors(config: Any, where: str = "", cls: type | None = None) -> list[
     check("worker_gpus", gpus is None or gpus >= 0, "must be >= 0 or null")
     check("worker_cpus", getattr(config, "worker_cpus", 1) > 0, "must be > 0")
     check("ray_timeout", getattr(config, "ray_timeout", 1) > 0, "must be > 0")
+    share = getattr(config, "vllm_gpu_memory", 0.9)
+    check("vllm_gpu_memory", 0 < share <= 1, "must be in (0, 1]")
     for name in (
         "temperature",
         "lr",
