@@ -327,13 +327,15 @@ def modules_outside_language_model(adapter: str | Path) -> list[str]:
         names = [
             re.sub(r"\.(lora_\w+|weight|bias)(\.\w+)*$", "", k) for k in _safetensors_keys(weights)
         ]
-    else:
+    elif (folder / "adapter_config.json").exists():  # else adapter_rank says what is missing
         config = json.loads((folder / "adapter_config.json").read_text())
         targets = config.get("target_modules") or []
         names = [
             *([] if isinstance(targets, str) else targets),
             *(config.get("modules_to_save") or []),
         ]
+    else:
+        names = []
     return sorted({n for n in names if NON_LANGUAGE_PARTS & set(n.split("."))})
 
 
@@ -525,6 +527,7 @@ def open_vllm_engine(
     from stic.modeling.models import load_processor
 
     processor = load_processor(model, trust_remote_code)
+    memory = _memory_options(model, _vllm_dtype(dtype), batch_size, gpu_memory, engine_kwargs)
     folder, cleanup = vllm_model_folder(model)
     options: dict[str, Any] = dict(
         model=str(folder),
@@ -540,26 +543,7 @@ def open_vllm_engine(
         options.update(enable_lora=True, max_loras=1, max_lora_rank=vllm_lora_rank(rank))
     if _on_cpu():
         options.update(enforce_eager=True)  # no graph capture or compilation to wait for on CPU
-        if (
-            not os.environ.get("VLLM_CPU_KVCACHE_SPACE")
-            and "kv_cache_memory_bytes" not in engine_kwargs
-        ):
-            geometry = kv_geometry(json.loads((Path(model) / "config.json").read_text()))
-            dtype_bytes = _DTYPE_BYTES.get(options["dtype"], 4)
-            options["kv_cache_memory_bytes"] = cpu_kv_cache_bytes(
-                geometry,
-                max_len=engine_kwargs.get("max_model_len") or geometry.max_positions,
-                batch=batch_size,
-                dtype_bytes=dtype_bytes,
-                available=available_memory(),
-                weights=weight_count(model) * dtype_bytes,
-            )
-            logger.info(
-                "vLLM on CPU: KV cache of %.2f GiB (set VLLM_CPU_KVCACHE_SPACE to choose)",
-                options["kv_cache_memory_bytes"] / 2**30,
-            )
-    else:
-        options.update(gpu_memory_utilization=gpu_memory)
+    options.update(memory)
     options.update(engine_kwargs)
     try:
         llm = LLM(**options)
@@ -570,6 +554,41 @@ def open_vllm_engine(
     backend = VLLMBackend(llm, processor, eos_ids(folder, tokenizer))
     backend._cleanup.append(cleanup)
     return backend.with_adapter(adapter) if adapter else backend
+
+
+def _memory_options(
+    model: str, dtype: str, batch_size: int, gpu_memory: float, engine_kwargs: dict
+) -> dict[str, Any]:
+    """vLLM's memory options: the GPU share, or on CPU the KV cache size
+    (:func:`cpu_kv_cache_bytes`) where neither ``VLLM_CPU_KVCACHE_SPACE`` nor the caller set one."""
+    if not _on_cpu():
+        return {"gpu_memory_utilization": gpu_memory}
+    if os.environ.get("VLLM_CPU_KVCACHE_SPACE") or "kv_cache_memory_bytes" in engine_kwargs:
+        return {}
+    try:
+        geometry = kv_geometry(json.loads((Path(model) / "config.json").read_text()))
+    except (KeyError, TypeError, ZeroDivisionError) as e:
+        logger.warning(
+            "vLLM on CPU: cannot read the KV cache's shape from %s (%s); vLLM sizes it itself "
+            "(set VLLM_CPU_KVCACHE_SPACE, in GiB, if it does not start)",
+            model,
+            e,
+        )
+        return {}
+    dtype_bytes = _DTYPE_BYTES.get(dtype, 4)
+    size = cpu_kv_cache_bytes(
+        geometry,
+        max_len=engine_kwargs.get("max_model_len") or geometry.max_positions,
+        batch=batch_size,
+        dtype_bytes=dtype_bytes,
+        available=available_memory(),
+        weights=weight_count(model) * dtype_bytes,
+    )
+    logger.info(
+        "vLLM on CPU: KV cache of %.2f GiB (set VLLM_CPU_KVCACHE_SPACE, in GiB, to choose)",
+        size / 2**30,
+    )
+    return {"kv_cache_memory_bytes": size}
 
 
 def _vllm_dtype(name: str) -> str:
