@@ -179,14 +179,15 @@ def test_pairs_defaults_are_the_papers():
 
 def test_config_hash_ignores_runtime_fields():
     base = build(PairsConfig, PAIRS_REQUIRED)
-    ray = {"ray", "workers", "worker_gpus", "worker_cpus"}  # where it runs, not what it makes
-    assert set(PairsConfig.RUNTIME_FIELDS) == {"overwrite", "device", "batch_size", "limit", *ray}
+    ray = {"ray", "workers", "worker_gpus", "worker_cpus", "ray_timeout"}  # where, not what
+    speed = {"overwrite", "device", "batch_size", "vllm_gpu_memory", "limit"}
+    assert set(PairsConfig.RUNTIME_FIELDS) == {*speed, *ray}
     runtime = build(
         PairsConfig,
         {**PAIRS_REQUIRED, "batch_size": 64, "limit": 10, "device": "cpu", "overwrite": True},
     )
     assert config_hash(runtime) == config_hash(base)
-    on_ray = {"ray": "local", "workers": 4, "worker_gpus": 0.5, "worker_cpus": 2}
+    on_ray = {"ray": "local", "workers": 4, "worker_gpus": 0.5, "worker_cpus": 2, "ray_timeout": 5}
     runtime = build(PairsConfig, {**PAIRS_REQUIRED, **on_ray})
     assert config_hash(runtime) == config_hash(base)
     assert len(config_hash(base)) == 16

@@ -95,11 +95,18 @@ class GenerationOptions(ModelOptions):
         default="hf",
     )
     batch_size: int = _help("Images per generate() call (left-padded batch).", default=8)
+    vllm_gpu_memory: float = _help(
+        "With --backend vllm on GPUs: the share of each GPU's memory vLLM takes for weights, "
+        "activations and KV cache (vLLM's gpu_memory_utilization); lower it when another process "
+        "shares the GPU. On CPU stic sizes vLLM's KV cache from batch_size and the model (set "
+        "VLLM_CPU_KVCACHE_SPACE, in GiB, to choose it yourself).",
+        default=0.9,
+    )
     limit: int | None = _help(
         "Process at most this many items (the first ones in id order).", default=None
     )
     # Ray (pip install 'stic[ray]'): the same batches made by a pool of workers, each holding
-    # the model; only the driver writes. What is computed does not change, so these four are
+    # the model; only the driver writes. What is computed does not change, so these are
     # runtime fields: a run may be resumed with or without Ray, or with another pool.
     ray: str | None = field(
         default=None,
@@ -129,16 +136,23 @@ class GenerationOptions(ModelOptions):
     worker_cpus: float = _help(
         "With --ray: CPU cores per worker (Ray gives its torch that many threads).", default=1.0
     )
+    ray_timeout: float = _help(
+        "With --ray ADDRESS: seconds to wait for the cluster's head to answer before stopping "
+        "with an error (Ray itself would retry for minutes).",
+        default=30.0,
+    )
 
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = (
         "overwrite",
         "device",
         "batch_size",
+        "vllm_gpu_memory",
         "limit",
         "ray",
         "workers",
         "worker_gpus",
         "worker_cpus",
+        "ray_timeout",
     )
 
 
@@ -442,6 +456,16 @@ class BenchConfig(GenerationOptions):
     )
     judge_concurrency: int = _help("Judge requests in flight.", default=4)
     judge_timeout: float = _help("Seconds to wait for one judge reply.", default=120.0)
+    judge_retry_after_max: float = _help(
+        "Longest Retry-After (seconds) the judge client waits out before a retry; a judge that "
+        "asks for longer fails that request at once, saying so (rerun later: failures are not "
+        "cached).",
+        default=60.0,
+    )
+    judge_max_reply_bytes: int = _help(
+        "Largest judge reply body read; a larger one is a judge failure with that reason.",
+        default=1 << 20,
+    )
 
     # The judge's address, key and cache and the description cache change where things come
     # from, never the result; the judge model is part of the result.
@@ -453,6 +477,8 @@ class BenchConfig(GenerationOptions):
         "judge_cache",
         "judge_concurrency",
         "judge_timeout",
+        "judge_retry_after_max",
+        "judge_max_reply_bytes",
     )
 
 
@@ -528,6 +554,7 @@ def value_errors(config: Any, where: str = "", cls: type | None = None) -> list[
         "logging_steps",
         "lowres_short_side",
         "judge_concurrency",
+        "judge_max_reply_bytes",
     ):
         if getattr(config, name, None) is not None:  # max_new_tokens None: the protocol's
             check(name, getattr(config, name) >= 1, "must be >= 1")
@@ -537,6 +564,9 @@ def value_errors(config: Any, where: str = "", cls: type | None = None) -> list[
     gpus = getattr(config, "worker_gpus", None)
     check("worker_gpus", gpus is None or gpus >= 0, "must be >= 0 or null")
     check("worker_cpus", getattr(config, "worker_cpus", 1) > 0, "must be > 0")
+    check("ray_timeout", getattr(config, "ray_timeout", 1) > 0, "must be > 0")
+    share = getattr(config, "vllm_gpu_memory", 0.9)
+    check("vllm_gpu_memory", 0 < share <= 1, "must be in (0, 1]")
     for name in (
         "temperature",
         "lr",
@@ -560,6 +590,7 @@ def value_errors(config: Any, where: str = "", cls: type | None = None) -> list[
             check(name, 0 <= getattr(config, name) <= 1, "must be in [0, 1]")
     # transformers reads a warm-up value >= 1 as a number of steps: 1.0 would mean ONE step.
     check("judge_timeout", getattr(config, "judge_timeout", 1) > 0, "must be > 0")
+    check("judge_retry_after_max", getattr(config, "judge_retry_after_max", 0) >= 0, "must be >= 0")
     if bool(getattr(config, "judge_url", None)) != bool(getattr(config, "judge_model", None)):
         errors.append(f"{where}judge_url, judge_model: give both or neither")
     ratio = getattr(config, "warmup_ratio", 0)

@@ -4,7 +4,11 @@ The user message picks the behaviour through markers:
 ``[reply:TEXT]`` answer TEXT; ``[fail500:N]`` answer HTTP 500 to the first N requests of this
 prompt; ``[slow:S]`` sleep S seconds before the first answer to this prompt; ``[garbage]`` always
 answer "I would rather not grade this."; ``[badjson]`` answer a 200 whose body is not JSON;
-``[401]`` answer HTTP 401. Without a marker the reply is ``default``.
+``[401]`` answer HTTP 401; ``[429:VALUE]`` answer the first request of this prompt HTTP 429 with
+``Retry-After: VALUE``; ``[huge:N]`` answer a reply whose content is N bytes (``[stream:N]``: the
+same without Content-Length). Without a marker
+the reply is ``replier(user)`` when set (it may block, to hold requests in flight), else
+``default``. ``arrivals`` holds (user message, time.monotonic()) of each request.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ class ScriptedJudge:
         self.default = default
         self.hits: Counter[str] = Counter()  # user message -> requests received
         self.requests: list[dict] = []  # bodies received, with the Authorization header
+        self.arrivals: list[tuple[str, float]] = []
         self.lock = threading.Lock()
         self.replier = None  # optional callable(user) -> reply text, before markers
         judge = self
@@ -35,6 +40,7 @@ class ScriptedJudge:
                 user = body["messages"][-1]["content"]
                 with judge.lock:
                     judge.hits[user] += 1
+                    judge.arrivals.append((user, time.monotonic()))
                     count = judge.hits[user]
                     judge.requests.append(
                         {**body, "authorization": self.headers.get("Authorization")}
@@ -44,10 +50,15 @@ class ScriptedJudge:
                 except (BrokenPipeError, ConnectionResetError):
                     pass  # the client gave up (timeout): nothing to do
 
-            def _send(self, code: int, payload: bytes) -> None:
+            def _send(
+                self, code: int, payload: bytes, headers: dict | None = None, length: bool = True
+            ) -> None:
                 self.send_response(code)
                 self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(payload)))
+                for name, value in (headers or {}).items():
+                    self.send_header(name, value)
+                if length:  # without it the body ends where the connection closes
+                    self.send_header("Content-Length", str(len(payload)))
                 self.end_headers()
                 self.wfile.write(payload)
 
@@ -55,6 +66,8 @@ class ScriptedJudge:
                 if m := re.search(r"\[fail500:(\d+)\]", user):
                     if count <= int(m.group(1)):
                         return self._send(500, b'{"error": "overloaded"}')
+                if (m := re.search(r"\[429:(.*?)\]", user)) and count == 1:
+                    return self._send(429, b'{"error": "slow down"}', {"Retry-After": m.group(1)})
                 if "[401]" in user:
                     return self._send(401, b'{"error": "bad key"}')
                 if "[badjson]" in user:
@@ -63,6 +76,8 @@ class ScriptedJudge:
                     time.sleep(float(m.group(1)))
                 if "[garbage]" in user:
                     text = "I would rather not grade this."
+                elif m := re.search(r"\[(huge|stream):(\d+)\]", user):
+                    text = "x" * int(m.group(2))
                 elif m := re.search(r"\[reply:(.*?)\]", user, re.S):
                     text = m.group(1)
                 elif judge.replier is not None:
@@ -70,7 +85,7 @@ class ScriptedJudge:
                 else:
                     text = judge.default
                 payload = {"choices": [{"message": {"role": "assistant", "content": text}}]}
-                self._send(200, json.dumps(payload).encode())
+                self._send(200, json.dumps(payload).encode(), length="[stream:" not in user)
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True

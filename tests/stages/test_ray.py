@@ -227,3 +227,95 @@ def test_ray_flag_alone_means_auto(tmp_path):
         "pairs", [*base, "--ray", "local", "--workers", "4", "--worker-gpus", "1"]
     )
     assert (parsed.ray, parsed.workers, parsed.worker_gpus) == ("local", 4, 1.0)
+
+
+def test_head_endpoint_forms(monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert ray_pool.head_endpoint("10.0.0.5:6379") == ("10.0.0.5", 6379)
+    assert ray_pool.head_endpoint("ray://head.example:10001") == ("head.example", 10001)
+    assert ray_pool.head_endpoint("[::1]:6379") == ("::1", 6379)
+    for found_by_ray in ("local", "auto", "head-without-port"):
+        assert ray_pool.head_endpoint(found_by_ray) is None
+    monkeypatch.setenv("RAY_ADDRESS", "10.0.0.6:6380")
+    assert ray_pool.head_endpoint("auto") == ("10.0.0.6", 6380)
+
+
+def _unused_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_unreachable_names_refused_silent_and_foreign_servers():
+    import socket
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    port = _unused_port()
+    assert ray_pool.unreachable(f"127.0.0.1:{port}", 5) == (
+        f"no Ray cluster at 127.0.0.1:{port} (Connection refused)"
+    )
+    with socket.socket() as silent:  # accepts, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()
+        where = f"127.0.0.1:{silent.getsockname()[1]}"
+        assert ray_pool.unreachable(where, 0.5) == (
+            f"nothing answered at {where} within 0.5 s (ray_timeout)"
+        )
+
+    class Quiet(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    web = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)  # e.g. the dashboard's port by mistake
+    threading.Thread(target=web.serve_forever, daemon=True).start()
+    try:
+        where = f"127.0.0.1:{web.server_address[1]}"
+        assert (
+            ray_pool.unreachable(where, 5)
+            == f"what answers at {where} is not a Ray head (no gRPC reply)"
+        )
+    finally:
+        web.shutdown()
+        web.server_close()
+
+
+@pytest.mark.slow
+def test_a_real_head_is_reachable(cluster):
+    assert ray_pool.unreachable(cluster, 5) is None
+
+
+@pytest.mark.slow
+def test_ray_address_with_nothing_listening_is_one_error_line(tmp_path):
+    make_images(tmp_path / "images", 2)
+    (tmp_path / "model").mkdir()  # never loaded: the driver stops at the address
+    port = _unused_port()
+    out = tmp_path / "pairs.jsonl"
+    done = subprocess.run(
+        [
+            str(BIN / "stic"),
+            "pairs",
+            "--model",
+            str(tmp_path / "model"),
+            "--images",
+            str(tmp_path / "images"),
+            "--out",
+            str(out),
+            "--ray",
+            f"127.0.0.1:{port}",
+            "--ray-timeout",
+            "5",
+        ],  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(stic.stages.pairs.__file__).parents[2])},
+    )
+    assert done.returncode == 1
+    assert done.stderr.splitlines() == [
+        f"stic pairs: error: --ray 127.0.0.1:{port}: no Ray cluster at 127.0.0.1:{port} "
+        "(Connection refused); start one (`ray start --head` on one machine, `ray start "
+        "--address HEAD:6379` on the others) or use --ray local"
+    ]
+    assert not out.exists()

@@ -27,7 +27,9 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -46,6 +48,26 @@ VLLM_INSTALL = (
 )
 # vLLM accepts only these LoRA ranks (max_lora_rank); an adapter's rank is rounded up to one.
 VLLM_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
+# On CPU, the share of the memory left after the weights that the KV cache may take: the rest
+# holds activations, the vision tower's work, images and the Python processes (vLLM on CPU does
+# not measure them before sizing the cache).
+CPU_KV_SHARE = 0.5
+# vLLM allocates the KV cache in blocks of up to this many tokens (CPU backends use 16 to 256).
+KV_BLOCK_TOKENS = 256
+# Module names of a vision-language model's parts outside its language model (HF's names in
+# transformers 4 and 5 and vLLM's): vLLM applies LoRA to the language model only.
+NON_LANGUAGE_PARTS = frozenset(
+    {
+        "vision_tower",
+        "vision_model",
+        "visual",
+        "multi_modal_projector",
+        "mm_projector",
+        "vision_resampler",
+        "image_newline",
+        "vision_embed_tokens",
+    }
+)
 
 
 class BackendError(RuntimeError):
@@ -267,6 +289,7 @@ def vllm_refusal(model_folder: str | Path, with_adapter: bool) -> str | None:
 
 def check_vllm_adapter(adapter: str, lora_config) -> None:
     rank = adapter_rank(adapter)
+    refuse_non_language_adapter(adapter)
     if lora_config is None:
         raise BackendError("this vLLM engine was opened without LoRA; it cannot apply an adapter")
     if rank > lora_config.max_lora_rank:
@@ -291,6 +314,126 @@ def vllm_lora_rank(rank: int) -> int:
         if rank <= allowed:
             return allowed
     raise BackendError(f"LoRA rank {rank} is above vLLM's largest ({VLLM_LORA_RANKS[-1]})")
+
+
+def modules_outside_language_model(adapter: str | Path) -> list[str]:
+    """The modules an adapter changes outside the language model (vision tower, projector):
+    from its safetensors weights' names, or, for pickle weights, its config's ``target_modules``
+    and ``modules_to_save`` where they are full names. Sorted; empty for a language-model-only
+    adapter (every stic adapter)."""
+    folder = Path(adapter)
+    weights = folder / "adapter_model.safetensors"
+    if weights.exists():
+        names = [
+            re.sub(r"\.(lora_\w+|weight|bias)(\.\w+)*$", "", k) for k in _safetensors_keys(weights)
+        ]
+    elif (folder / "adapter_config.json").exists():  # else adapter_rank says what is missing
+        config = json.loads((folder / "adapter_config.json").read_text())
+        targets = config.get("target_modules") or []
+        names = [
+            *([] if isinstance(targets, str) else targets),
+            *(config.get("modules_to_save") or []),
+        ]
+    else:
+        names = []
+    return sorted({n for n in names if NON_LANGUAGE_PARTS & set(n.split("."))})
+
+
+def refuse_non_language_adapter(adapter: str) -> None:
+    """:class:`BackendError` (one line) for an adapter that changes more than the language model."""
+    outside = modules_outside_language_model(adapter)
+    if outside:
+        raise BackendError(
+            f"--backend vllm cannot apply adapter {adapter!r}: it changes {len(outside)} modules "
+            f"outside the language model (e.g. {outside[0]}), which vLLM would silently leave "
+            "as they are (it applies LoRA to the language model only); use --backend hf"
+        )
+
+
+@dataclass(frozen=True)
+class KVGeometry:
+    """What one token of context costs in a model's KV cache, and its longest context."""
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+    max_positions: int
+
+    def token_bytes(self, dtype_bytes: int) -> int:
+        return 2 * self.layers * self.kv_heads * self.head_dim * dtype_bytes  # K and V
+
+
+def kv_geometry(config: dict) -> KVGeometry:
+    """The language model's :class:`KVGeometry` from a model's ``config.json`` (a VLM's
+    ``text_config``, else the top level)."""
+    text = config.get("text_config") or config
+    heads = text["num_attention_heads"]
+    return KVGeometry(
+        layers=text["num_hidden_layers"],
+        kv_heads=text.get("num_key_value_heads") or heads,
+        head_dim=text.get("head_dim") or text["hidden_size"] // heads,
+        max_positions=text.get("max_position_embeddings", 4096),
+    )
+
+
+def cpu_kv_cache_bytes(
+    geometry: KVGeometry,
+    *,
+    max_len: int,
+    batch: int,
+    dtype_bytes: int,
+    available: int,
+    weights: int,
+) -> int:
+    """Bytes of KV cache for vLLM on CPU: what ``batch`` sequences of ``max_len`` tokens need
+    (``max_len`` rounded up to whole blocks), capped at :data:`CPU_KV_SHARE` of the memory left
+    after the weights, and never less than one full sequence (vLLM refuses to start with less).
+    Rounded up to a MiB. :class:`BackendError` when even one sequence does not fit."""
+    per_sequence = (
+        -(-max_len // KV_BLOCK_TOKENS) * KV_BLOCK_TOKENS * geometry.token_bytes(dtype_bytes)
+    )
+    room = int((available - weights) * CPU_KV_SHARE)
+    if room < per_sequence:
+        raise BackendError(
+            f"vLLM on CPU: the KV cache of one {max_len}-token sequence needs "
+            f"{_gib(per_sequence)} GiB, but {_gib(available)} GiB of memory are available and "
+            f"the weights take {_gib(weights)} GiB; free memory, pass a smaller max_model_len, or "
+            "set VLLM_CPU_KVCACHE_SPACE (GiB) yourself"
+        )
+    size = max(per_sequence, min(per_sequence * max(1, batch), room))
+    return -(-size // 2**20) * 2**20
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2**30:.2f}"
+
+
+def available_memory() -> int:
+    """Bytes this process may still take: MemAvailable, or less where a cgroup limit says so."""
+    available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                available = int(line.split()[1]) * 1024
+    with contextlib.suppress(OSError, ValueError):
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit != "max":
+            used = int(Path("/sys/fs/cgroup/memory.current").read_text())
+            available = min(available, int(limit) - used)
+    return available
+
+
+def weight_count(model_folder: str | Path) -> int:
+    """Parameters in a model folder's safetensors files (from their headers; no tensor read)."""
+    count = 0
+    for path in Path(model_folder).glob("*.safetensors"):
+        with open(path, "rb") as f:
+            header = json.loads(f.read(int.from_bytes(f.read(8), "little")))
+        count += sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+    return count
+
+
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2, "half": 2, "float": 4}
 
 
 def vllm_model_folder(model_folder: str | Path) -> tuple[Path, Callable[[], None]]:
@@ -354,13 +497,20 @@ def open_vllm_engine(
     lora: bool | None = None,
     max_lora_rank: int | None = None,
     trust_remote_code: bool = False,
+    batch_size: int = 1,
+    gpu_memory: float = 0.9,
     **engine_kwargs: Any,
 ) -> VLLMBackend:
     """Start a vLLM engine on ``model`` (a local folder) and return its backend.
 
     ``lora``: open the engine with LoRA support (default: when ``adapter`` is given);
     ``max_lora_rank``: the largest adapter rank it takes (default: the adapter's, rounded up to
-    a rank vLLM accepts). ``engine_kwargs`` go to ``vllm.LLM`` as they are.
+    a rank vLLM accepts). Memory: on a GPU, vLLM takes ``gpu_memory`` of it
+    (``gpu_memory_utilization``); on CPU, where vLLM would otherwise reserve 92% of the
+    machine's memory and fail when anything else holds some, the KV cache is sized for
+    ``batch_size`` sequences of the engine's longest context (:func:`cpu_kv_cache_bytes`),
+    unless ``VLLM_CPU_KVCACHE_SPACE`` or ``kv_cache_memory_bytes`` says otherwise.
+    ``engine_kwargs`` go to ``vllm.LLM`` as they are (and win).
     Raises :class:`BackendError` for a model or adapter vLLM cannot serve, naming the reason.
     """
     import_vllm()
@@ -370,11 +520,14 @@ def open_vllm_engine(
     why = vllm_refusal(model, with_adapter=lora)
     if why is not None:
         raise BackendError(f"--backend vllm cannot be used for {model}: {why}; use --backend hf")
+    if adapter is not None:
+        refuse_non_language_adapter(adapter)  # before the minutes an engine takes to start
     from vllm import LLM
 
     from stic.modeling.models import load_processor
 
     processor = load_processor(model, trust_remote_code)
+    memory = _memory_options(model, _vllm_dtype(dtype), batch_size, gpu_memory, engine_kwargs)
     folder, cleanup = vllm_model_folder(model)
     options: dict[str, Any] = dict(
         model=str(folder),
@@ -390,6 +543,7 @@ def open_vllm_engine(
         options.update(enable_lora=True, max_loras=1, max_lora_rank=vllm_lora_rank(rank))
     if _on_cpu():
         options.update(enforce_eager=True)  # no graph capture or compilation to wait for on CPU
+    options.update(memory)
     options.update(engine_kwargs)
     try:
         llm = LLM(**options)
@@ -400,6 +554,41 @@ def open_vllm_engine(
     backend = VLLMBackend(llm, processor, eos_ids(folder, tokenizer))
     backend._cleanup.append(cleanup)
     return backend.with_adapter(adapter) if adapter else backend
+
+
+def _memory_options(
+    model: str, dtype: str, batch_size: int, gpu_memory: float, engine_kwargs: dict
+) -> dict[str, Any]:
+    """vLLM's memory options: the GPU share, or on CPU the KV cache size
+    (:func:`cpu_kv_cache_bytes`) where neither ``VLLM_CPU_KVCACHE_SPACE`` nor the caller set one."""
+    if not _on_cpu():
+        return {"gpu_memory_utilization": gpu_memory}
+    if os.environ.get("VLLM_CPU_KVCACHE_SPACE") or "kv_cache_memory_bytes" in engine_kwargs:
+        return {}
+    try:
+        geometry = kv_geometry(json.loads((Path(model) / "config.json").read_text()))
+    except (KeyError, TypeError, ZeroDivisionError) as e:
+        logger.warning(
+            "vLLM on CPU: cannot read the KV cache's shape from %s (%s); vLLM sizes it itself "
+            "(set VLLM_CPU_KVCACHE_SPACE, in GiB, if it does not start)",
+            model,
+            e,
+        )
+        return {}
+    dtype_bytes = _DTYPE_BYTES.get(dtype, 4)
+    size = cpu_kv_cache_bytes(
+        geometry,
+        max_len=engine_kwargs.get("max_model_len") or geometry.max_positions,
+        batch=batch_size,
+        dtype_bytes=dtype_bytes,
+        available=available_memory(),
+        weights=weight_count(model) * dtype_bytes,
+    )
+    logger.info(
+        "vLLM on CPU: KV cache of %.2f GiB (set VLLM_CPU_KVCACHE_SPACE, in GiB, to choose)",
+        size / 2**30,
+    )
+    return {"kv_cache_memory_bytes": size}
 
 
 def _vllm_dtype(name: str) -> str:
@@ -444,6 +633,8 @@ def _open_vllm(config, adapter: str | None, model=None, processor=None) -> VLLMB
         seed=config.seed,
         adapter=adapter,
         trust_remote_code=config.trust_remote_code,
+        batch_size=config.batch_size,
+        gpu_memory=config.vllm_gpu_memory,
     )
 
 

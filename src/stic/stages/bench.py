@@ -222,6 +222,8 @@ def make_judge(config: BenchConfig):
         cache_path=config.judge_cache or out.with_name(out.stem + ".judge_cache.jsonl"),
         concurrency=config.judge_concurrency,
         timeout_s=config.judge_timeout,
+        retry_after_max_s=config.judge_retry_after_max,
+        max_reply_bytes=config.judge_max_reply_bytes,
     )
 
 

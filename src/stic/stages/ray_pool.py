@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import pickle
+import socket
 import time
 import warnings
 from collections.abc import Callable, Sequence
@@ -142,7 +143,7 @@ def generate_on_ray(
     ray = import_ray()
     batch_size = config.batch_size
     batches = [todo[start : start + batch_size] for start in range(0, len(todo), batch_size)]
-    started_here = _connect(ray, config.ray)
+    started_here = _connect(ray, config.ray, config.ray_timeout)
     try:
         workers, gpus = pool_size(ray, config)
         logger.info(
@@ -166,21 +167,71 @@ def generate_on_ray(
             ray.shutdown()
 
 
-def _connect(ray, address: str) -> bool:
+def _connect(ray, address: str, timeout_s: float = 30.0) -> bool:
     """Join (or start, for ``local``) the cluster; ``True`` if this call started the connection.
 
-    A process already connected (a test's cluster, a notebook) keeps its connection.
+    A process already connected (a test's cluster, a notebook) keeps its connection. An address
+    where nothing answers within ``timeout_s`` is refused before Ray is asked: Ray 2.60 retries
+    an unreachable head for minutes without a word.
     """
     if ray.is_initialized():
         return False
+    why = unreachable(address, timeout_s)
+    if why is not None:
+        raise RayError(f"--ray {address}: {why}; {_START_HINT}")
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=True)
     except ConnectionError as e:
-        raise RayError(
-            f"--ray {address}: no Ray cluster there ({e}); start one (`ray start --head` on one "
-            "machine, `ray start --address HEAD:6379` on the others) or use --ray local"
-        ) from None
+        raise RayError(f"--ray {address}: no Ray cluster there ({e}); {_START_HINT}") from None
     return True
+
+
+_START_HINT = (
+    "start one (`ray start --head` on one machine, `ray start --address HEAD:6379` on the others) "
+    "or use --ray local"
+)
+
+
+def head_endpoint(address: str) -> tuple[str, int] | None:
+    """``(host, port)`` that ``address`` names (``HOST:PORT``, ``ray://HOST:PORT``, ``[IPv6]:PORT``;
+    ``auto`` reads ``RAY_ADDRESS``), or ``None`` where Ray finds the cluster itself (``local``,
+    ``auto`` without ``RAY_ADDRESS``, an address without a port)."""
+    if address == "auto":
+        address = os.environ.get("RAY_ADDRESS", "")
+    address = address.removeprefix("ray://")
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+# The HTTP/2 client preface and an empty SETTINGS frame: a gRPC server (Ray's head, its client
+# server) answers with its own SETTINGS frame.
+_H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + bytes([0, 0, 0, 4, 0, 0, 0, 0, 0])
+_H2_SETTINGS = 4
+
+
+def unreachable(address: str, timeout_s: float) -> str | None:
+    """Why no Ray head answers at ``address`` within ``timeout_s``, or ``None``: a gRPC server
+    (as Ray's head is) answers there, or Ray finds the cluster itself (see
+    :func:`head_endpoint`). Anything else (refused, no route, silence, another protocol) is
+    named, so that Ray's own minutes of retries are never entered."""
+    endpoint = head_endpoint(address)
+    if endpoint is None:
+        return None
+    where = f"{endpoint[0]}:{endpoint[1]}"
+    try:
+        with socket.create_connection(endpoint, timeout=timeout_s) as connection:
+            connection.settimeout(timeout_s)
+            connection.sendall(_H2_PREFACE)
+            frame = connection.recv(9)
+    except TimeoutError:
+        return f"nothing answered at {where} within {timeout_s:g} s (ray_timeout)"
+    except OSError as e:  # refused, no route, unknown host, reset
+        return f"no Ray cluster at {where} ({e.strerror or e})"
+    if len(frame) < 4 or frame[3] != _H2_SETTINGS:
+        return f"what answers at {where} is not a Ray head (no gRPC reply)"
+    return None
 
 
 def pool_size(ray, config: Any) -> tuple[int, float]:

@@ -62,6 +62,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     judge.add_argument("--judge-concurrency", type=int, default=4, help="requests in flight")
     judge.add_argument("--judge-timeout", type=float, default=120.0, help="seconds per request")
+    judge.add_argument(
+        "--judge-retry-after-max",
+        type=float,
+        default=60.0,
+        help="longest Retry-After (s) waited out; a judge asking for longer fails the request",
+    )
+    judge.add_argument(
+        "--judge-max-reply-bytes",
+        type=int,
+        default=1 << 20,
+        help="largest reply body read; a larger one is a judge failure",
+    )
     return parser
 
 
@@ -79,6 +91,8 @@ def _judge(args: argparse.Namespace) -> JudgeClient | None:
         cache_path=cache,
         concurrency=args.judge_concurrency,
         timeout_s=args.judge_timeout,
+        retry_after_max_s=args.judge_retry_after_max,
+        max_reply_bytes=args.judge_max_reply_bytes,
     )
 
 
