@@ -369,9 +369,9 @@ def test_run_precheck_validates_records_in_one_line_each(tmp_path):
             "model": "m",
             "output_dir": str(tmp_path / "run"),
             "bench": [
-                {"benchmark": "pope_random", "data": str(pope)},
-                {"benchmark": "chartqa", "data": str(chartqa)},
-                {"benchmark": "pope_random", "data": str(escape), "name": "esc"},
+                {"benchmark": "pope_random", "data": str(pope), "at": "base"},
+                {"benchmark": "chartqa", "data": str(chartqa), "at": "base"},
+                {"benchmark": "pope_random", "data": str(escape), "name": "esc", "at": "base"},
             ],
         }
     )

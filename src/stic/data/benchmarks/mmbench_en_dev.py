@@ -334,7 +334,7 @@ def metrics_of(rows: Sequence[dict]) -> dict:
     needs_judge = [
         g
         for g in complete
-        if any(r["needs_judge"] for r in g)
+        if any(r.get("needs_judge") for r in g)
         and not any(r["extracted"] is not None and r["score"] != 1.0 for r in g)
     ]
     return {
@@ -344,7 +344,9 @@ def metrics_of(rows: Sequence[dict]) -> dict:
         "single_pass": percent(sum(r["score"] for r in first), len(first)),
         "unresolved": percent(sum(r["extracted"] is None for r in rows), len(rows)),
         "circular_lenient": percent(
-            sum(all(r["score_lenient"] == 1.0 for r in g) for g in complete), len(complete)
+            # Rows of a result written before the lenient reading was kept: theirs was it.
+            sum(all(r.get("score_lenient", r["score"]) == 1.0 for r in g) for g in complete),
+            len(complete),
         ),
         "n_circular": len(complete),
         "n_needs_judge": len(needs_judge),
