@@ -6,6 +6,7 @@ writes none for such a tokenizer is a warning naming those clients; twice or mis
 from __future__ import annotations
 
 import pytest
+import torch
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 import stic.modeling.chat
@@ -86,3 +87,78 @@ def test_bos_missing_fails(tiny_model_factory, monkeypatch):
     monkeypatch.setattr(stic.modeling.chat, "process", without_bos)
     row = preflight.check_bos(probe)
     assert row.status == FAIL and "no '<s>'" in row.detail, row
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "idefics3"])
+def test_vllm_generate_is_fed_the_sequence_stic_trains_on(tiny_model_factory, family):
+    # LLM.generate tokenizes a text prompt with special tokens (add_special_tokens=True).
+    from stic.modeling.backends import vllm_prompt_text
+    from stic.modeling.chat import process, render_prompt
+
+    processor = AutoProcessor.from_pretrained(tiny_model_factory(family))
+    for template in (processor.chat_template, "{{ bos_token }}" + processor.chat_template):
+        processor.chat_template = template
+        text = render_prompt(processor, "What is it?", with_image=False)
+        ours = process(processor, [text], [None])["input_ids"][0].tolist()
+        vllm = processor.tokenizer(vllm_prompt_text(processor, text))["input_ids"]
+        assert vllm == ours, (family, template[:20])
+
+
+def test_shipped_demo_template_writes_the_bos_and_trains_on_the_same_tokens():
+    # The shipped weights were trained with llava-hf's template (no BOS written, the tokenizer
+    # adds it). With the BOS written by the template every training batch is the same, token for
+    # token, so the shipped weights are what `stic demo-model` builds now (no rebuild needed).
+    from PIL import Image
+
+    from stic.data.prompts import strip_image_placeholder
+    from stic.demo.base_model import (
+        BaseModelRecipe,
+        check_world,
+        demo_chat_template,
+        labeled_samples,
+        shipped_base_path,
+    )
+    from stic.modeling.chat import TrainRow, encode_rows, render_segments
+    from stic.testing import LLAVA_CHAT_TEMPLATE
+
+    shipped = shipped_base_path()
+    assert (shipped / "chat_template.jinja").read_text() == demo_chat_template()
+    new = AutoProcessor.from_pretrained(shipped)
+    old = AutoProcessor.from_pretrained(shipped)
+    old.chat_template = LLAVA_CHAT_TEMPLATE
+    assert (
+        new.chat_template.startswith("{{ bos_token }}") and old.chat_template != new.chat_template
+    )
+    recipe = BaseModelRecipe(**check_world(shipped))
+    samples = labeled_samples(recipe)[::97]  # every prompt kind and conversation length
+    image = Image.new("RGB", (recipe.image_size, recipe.image_size), (90, 120, 150))
+
+    def batch(processor):
+        rows = [
+            TrainRow(
+                render_segments(
+                    processor, [(strip_image_placeholder(q), a) for q, a in s.exchanges()], True
+                ),
+                image,
+            )
+            for s in samples
+        ]
+        return encode_rows(processor, rows, recipe.max_length)
+
+    ours, before = batch(new), batch(old)
+    bos = new.tokenizer.bos_token_id
+    assert len(samples) > 40 and (ours["input_ids"][:, 0] == bos).all()
+    assert not (ours["input_ids"][:, 1] == bos).any()
+    for key in ("input_ids", "attention_mask", "labels"):
+        assert torch.equal(ours[key], before[key]), key
+    # vLLM's chat path and TRL (no special tokens added) now see the same start.
+    text = "".join(t for t, _ in render_segments(new, [("Hi", "Yes.")], True))
+    assert new.tokenizer(text, add_special_tokens=False)["input_ids"][:1] == [bos]
+
+
+@pytest.mark.slow
+def test_preflight_bos_passes_on_the_shipped_demo_model():
+    from stic.demo.base_model import shipped_base_path
+
+    row = preflight.check_bos(_probe(shipped_base_path()))
+    assert row.status == PASS and "written by the template" in row.detail, row

@@ -4,7 +4,8 @@ Built the way real LVLMs are, in miniature, by ``stic demo-model`` (about the re
 ``minutes`` on two CPU cores; the result ships in the package as ``stic/demo/tiny_llava``):
 
 1. A tokenizer trained with ``tokenizers`` on the world's texts and STIC's prompts, with a
-   LLaVA-1.5 chat template (``USER: <image>\\n... ASSISTANT: ...</s>``).
+   LLaVA-1.5 chat template (``<s>USER: <image>\\n... ASSISTANT: ...</s>``) that writes the BOS
+   token itself (:func:`demo_chat_template`).
 2. A CLIP vision tower pre-trained on abundant synthetic images (the stand-in for CLIP's web-scale
    pre-training, free here): per grid cell it must tell the object (colour and shape, or none)
    and its size, plus the background. Then frozen, as LLaVA freezes CLIP.
@@ -201,6 +202,21 @@ def vision_targets(scene: world.Scene) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------- model
 
 
+def demo_chat_template() -> str:
+    """LLaVA-1.5's chat template, starting with the BOS token.
+
+    llava-hf's template writes no BOS and leaves it to the tokenizer, which adds one: stic and
+    transformers' processor then feed ``<s>USER: ...``, while vLLM's chat path and TRL's
+    DPOTrainer, which tokenize the rendered text without special tokens, feed ``USER: ...``
+    (TRL's chosen log-prob -2.57 where stic's is -0.96 on one pair). Written by the template,
+    the BOS is there once in every client; stic adds none to a text that starts with it, so the
+    sequences the model is trained on are the same token for token as with llava-hf's template.
+    """
+    from stic.testing import LLAVA_CHAT_TEMPLATE
+
+    return "{{ bos_token }}" + LLAVA_CHAT_TEMPLATE
+
+
 def build_untrained(recipe: BaseModelRecipe):
     """A random LlavaForConditionalGeneration and its processor, from the recipe."""
     from transformers import (
@@ -212,7 +228,7 @@ def build_untrained(recipe: BaseModelRecipe):
         LlavaProcessor,
     )
 
-    from stic.testing import LLAVA_CHAT_TEMPLATE, build_tokenizer
+    from stic.testing import build_tokenizer
 
     tokenizer = build_tokenizer("llava", world_corpus(), vocab_size=recipe.vocab_size)
     patches = (recipe.image_size // recipe.patch_size) ** 2
@@ -257,7 +273,7 @@ def build_untrained(recipe: BaseModelRecipe):
         patch_size=recipe.patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
-        chat_template=LLAVA_CHAT_TEMPLATE,
+        chat_template=demo_chat_template(),
     )
     return model, processor
 
