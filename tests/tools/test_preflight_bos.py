@@ -105,10 +105,12 @@ def test_vllm_generate_is_fed_the_sequence_stic_trains_on(tiny_model_factory, fa
 
 
 def test_shipped_demo_template_writes_the_bos_and_trains_on_the_same_tokens():
-    # The shipped weights were trained with llava-hf's template (no BOS written, the tokenizer
-    # adds it). With the BOS written by the template every training batch is the same, token for
-    # token, so the shipped weights are what `stic demo-model` builds now (no rebuild needed).
+    # The shipped weights were trained with llava-hf's pair (the template writes no BOS, the
+    # tokenizer adds it). With the BOS written by the template and none added by the tokenizer
+    # every training batch is the same, token for token, so the shipped weights are what
+    # `stic demo-model` builds now (no rebuild needed).
     from PIL import Image
+    from tokenizers.processors import TemplateProcessing
 
     from stic.data.prompts import strip_image_placeholder
     from stic.demo.base_model import (
@@ -126,6 +128,11 @@ def test_shipped_demo_template_writes_the_bos_and_trains_on_the_same_tokens():
     new = AutoProcessor.from_pretrained(shipped)
     old = AutoProcessor.from_pretrained(shipped)
     old.chat_template = LLAVA_CHAT_TEMPLATE
+    old.tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", new.tokenizer.bos_token_id)]
+    )
+    assert old.tokenizer("a")["input_ids"][0] == new.tokenizer.bos_token_id  # as trained
+    assert new.tokenizer("a")["input_ids"][0] != new.tokenizer.bos_token_id  # as shipped now
     assert (
         new.chat_template.startswith("{{ bos_token }}") and old.chat_template != new.chat_template
     )
@@ -151,9 +158,20 @@ def test_shipped_demo_template_writes_the_bos_and_trains_on_the_same_tokens():
     assert not (ours["input_ids"][:, 1] == bos).any()
     for key in ("input_ids", "attention_mask", "labels"):
         assert torch.equal(ours[key], before[key]), key
-    # vLLM's chat path and TRL (no special tokens added) now see the same start.
-    text = "".join(t for t, _ in render_segments(new, [("Hi", "Yes.")], True))
-    assert new.tokenizer(text, add_special_tokens=False)["input_ids"][:1] == [bos]
+    # Every client feeds that one BOS: vLLM's chat path and TRL (no special tokens added),
+    # lmms-eval's llava_hf and vLLM's LLM.generate (special tokens added), the processor.
+    text = "".join(t for t, _ in render_segments(new, [("Hi", "Yes.")], False))
+    for add in (False, True):
+        assert new.tokenizer(text, add_special_tokens=add)["input_ids"][:2] == [
+            bos,
+            ours_second(new, text),
+        ]
+    assert new(text=text)["input_ids"][0][:2] == [bos, ours_second(new, text)]
+
+
+def ours_second(processor, text: str) -> int:
+    """The token after the BOS in the text's own tokenization."""
+    return processor.tokenizer(text, add_special_tokens=False)["input_ids"][1]
 
 
 @pytest.mark.slow
@@ -161,4 +179,4 @@ def test_preflight_bos_passes_on_the_shipped_demo_model():
     from stic.demo.base_model import shipped_base_path
 
     row = preflight.check_bos(_probe(shipped_base_path()))
-    assert row.status == PASS and "written by the template" in row.detail, row
+    assert row.status == PASS and "(the tokenizer adds none)" in row.detail, row

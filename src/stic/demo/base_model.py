@@ -5,7 +5,7 @@ Built the way real LVLMs are, in miniature, by ``stic demo-model`` (about the re
 
 1. A tokenizer trained with ``tokenizers`` on the world's texts and STIC's prompts, with a
    LLaVA-1.5 chat template (``<s>USER: <image>\\n... ASSISTANT: ...</s>``) that writes the BOS
-   token itself (:func:`demo_chat_template`).
+   token itself, which the tokenizer does not add (:func:`demo_chat_template`).
 2. A CLIP vision tower pre-trained on abundant synthetic images (the stand-in for CLIP's web-scale
    pre-training, free here): per grid cell it must tell the object (colour and shape, or none)
    and its size, plus the background. Then frozen, as LLaVA freezes CLIP.
@@ -203,18 +203,28 @@ def vision_targets(scene: world.Scene) -> dict[str, torch.Tensor]:
 
 
 def demo_chat_template() -> str:
-    """LLaVA-1.5's chat template, starting with the BOS token.
+    """LLaVA-1.5's chat template, starting with the BOS token (the tokenizer adds none).
 
     llava-hf's template writes no BOS and leaves it to the tokenizer, which adds one: stic and
     transformers' processor then feed ``<s>USER: ...``, while vLLM's chat path and TRL's
     DPOTrainer, which tokenize the rendered text without special tokens, feed ``USER: ...``
-    (TRL's chosen log-prob -2.57 where stic's is -0.96 on one pair). Written by the template,
-    the BOS is there once in every client; stic adds none to a text that starts with it, so the
-    sequences the model is trained on are the same token for token as with llava-hf's template.
+    (TRL's chosen log-prob -2.57 where stic's was -0.96 on one pair). A template that writes the
+    BOS for a tokenizer that adds one too gives two to the clients that tokenize the rendered
+    text with special tokens (lmms-eval's ``llava_hf``, vLLM's ``LLM.generate`` on text). With
+    the BOS in the template and none added by the tokenizer (:func:`no_added_bos`), every client
+    feeds it once, and stic trains on the same tokens as with llava-hf's pair.
     """
     from stic.testing import LLAVA_CHAT_TEMPLATE
 
     return "{{ bos_token }}" + LLAVA_CHAT_TEMPLATE
+
+
+def no_added_bos(tokenizer) -> None:
+    """Make ``tokenizer`` add no special tokens to a text (:func:`demo_chat_template` writes the
+    BOS); it is saved so in ``tokenizer.json``."""
+    from tokenizers.processors import TemplateProcessing
+
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(single="$A", pair="$A $B:1")
 
 
 def build_untrained(recipe: BaseModelRecipe):
@@ -231,6 +241,7 @@ def build_untrained(recipe: BaseModelRecipe):
     from stic.testing import build_tokenizer
 
     tokenizer = build_tokenizer("llava", world_corpus(), vocab_size=recipe.vocab_size)
+    no_added_bos(tokenizer)  # the template writes it
     patches = (recipe.image_size // recipe.patch_size) ** 2
     vision = CLIPVisionConfig(
         hidden_size=recipe.vision_hidden,

@@ -179,7 +179,9 @@ def check_bos(probe: Probe) -> Row:
     text starts with it. vLLM's chat path (``/v1/chat/completions``, ``LLM.chat``) and TRL's
     DPOTrainer tokenize the rendered text with ``add_special_tokens=False``: they get a BOS only
     if the template writes it. A template that writes none for a tokenizer that adds one is
-    sound for stic, transformers and lmms-eval, and gives those two clients other sequences.
+    sound for stic, transformers and lmms-eval, and gives those two clients other sequences
+    (a warning). Tools that tokenize the rendered text with special tokens (lmms-eval's
+    ``llava_hf``) add one to a template's BOS unless the tokenizer adds none.
     """
     from stic.modeling.chat import encode_rows
 
@@ -227,7 +229,15 @@ def check_bos(probe: Probe) -> Row:
         )
     if bos is None or ours == 0:
         return Row(PASS, check, "no BOS token: stic's sequence starts as the template's text")
-    return Row(PASS, check, f"one {name!r}, written by the template: every client feeds it once")
+    if not adds:
+        return Row(PASS, check, f"one {name!r}, written by the template (the tokenizer adds none)")
+    return Row(
+        PASS,
+        check,
+        f"one {name!r}, written by the template, as vLLM's chat path and TRL feed it (tools "
+        "that tokenize the rendered text with special tokens, such as lmms-eval's llava_hf, add "
+        "a second)",
+    )
 
 
 def check_image_tokens(probe: Probe) -> Row:
