@@ -77,3 +77,35 @@ def test_convert_to_llamafactory_names_the_template(
     assert said in out and "dataset_info.json" in out
     if family == "qwen2_vl":
         assert "a 'qwen2_vl' model" in out
+
+
+@pytest.mark.parametrize("model", ["demo", "tiny_llava"])
+def test_trl_trains_the_demo_model_on_stic_s_own_sequence(
+    model, tmp_path, image_dir, tiny_model_factory
+):
+    # The gap (TRL's chosen log-prob -2.57 vs stic's -0.96) came from TRL feeding the
+    # chosen sequence without the BOS stic trains with; the demo model's pair now gives TRL
+    # stic's sequence token for token. llava-hf's pair still differs by exactly that BOS.
+    trl_dpo = pytest.importorskip("trl.trainer.dpo_trainer")
+    import datasets
+    from PIL import Image
+    from transformers import AutoProcessor
+
+    from stic.demo.base_model import shipped_base_path
+    from stic.modeling.chat import TrainRow, encode_rows, render_segments
+
+    folder = shipped_base_path() if model == "demo" else tiny_model_factory("llava")
+    processor = AutoProcessor.from_pretrained(folder)
+    pair = native_pairs()[0]
+    write_pairs_as([pair], tmp_path / "trl_pairs", "trl", image_dir)
+    dataset = datasets.load_from_disk(str(tmp_path / "trl_pairs"))
+    batch = trl_dpo.DataCollatorForVisionPreference(processor)([dict(dataset[0])])
+    theirs = batch["input_ids"][0][batch["attention_mask"][0].bool()].tolist()  # the chosen row
+    image = Image.open(image_dir / pair.image).convert("RGB")
+    row = TrainRow(render_segments(processor, [(pair.prompt, pair.chosen)], True), image)
+    ours = encode_rows(processor, [row], 4096)["input_ids"][0].tolist()
+    bos = processor.tokenizer.bos_token_id
+    if model == "demo":
+        assert theirs == ours
+    else:
+        assert ours[0] == bos and theirs == ours[1:]
