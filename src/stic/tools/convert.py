@@ -196,12 +196,12 @@ def main(argv: list[str]) -> int:
         out = Path(args.output)
         entry = llamafactory_dataset_info(args.name or out.stem, out.name)
         paths = "absolute image paths" if args.images else "image paths relative to media_dir"
+        print(llamafactory_template_note(args.model))
         print(
             f"Put {out.name} in LLaMA-Factory's dataset_dir ({paths}) and add to its "
             "dataset_info.json:"
         )
         print(json.dumps(entry, indent=2)[1:-1].strip("\n"))
-        print(llamafactory_template_note(args.model))
     if args.target == TRL:
         print(TRL_NOTE)
     return 0
