@@ -1,12 +1,13 @@
 """``stic doctor --model M --preflight``: a few seconds on the user's model and two images that
 catch the silent bugs before hours of GPU time: a template whose prefixes do not render as
-prefixes, truncation that drops image tokens, processor tensors the model never receives,
+prefixes, a BOS token twice or missing (or one that other clients would not feed: a warning),
+truncation that drops image tokens, processor tensors the model never receives,
 batched generation that differs from one at a time, labels off the answer, generation that
 never stops, and a LoRA step that moves more than the adapter.
 
 Each check is a function of one :class:`Probe` (model, processor, two images, the settings) that
-returns a :class:`Row`: ``pass``, ``FAIL`` (what is wrong and what to do) or ``skip`` (does not
-apply to this model). :func:`run_preflight` loads the model and runs them all in order; the last
+returns a :class:`Row`: ``pass``, ``FAIL`` (what is wrong and what to do), ``warn`` (sound for
+stic, other clients differ: what to change) or ``skip`` (does not apply to this model). :func:`run_preflight` loads the model and runs them all in order; the last
 one wraps the model in a LoRA adapter, so it runs last. Nothing here prints.
 """
 
