@@ -120,9 +120,9 @@ def test_chat_template_renders_user_turn_with_image(tiny_base):
 
     processor = AutoProcessor.from_pretrained(tiny_base)
     text = render_prompt(processor, "What is it?", with_image=True)
-    assert text == f"USER: {prompts.IMAGE_TOKEN}\nWhat is it? ASSISTANT:"
+    assert text == f"<s>USER: {prompts.IMAGE_TOKEN}\nWhat is it? ASSISTANT:"  # the BOS: written
     assert render_prompt(processor, "What is it?", with_image=False) == (
-        "USER: What is it? ASSISTANT:"
+        "<s>USER: What is it? ASSISTANT:"
     )
 
 

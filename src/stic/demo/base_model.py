@@ -4,7 +4,8 @@ Built the way real LVLMs are, in miniature, by ``stic demo-model`` (about the re
 ``minutes`` on two CPU cores; the result ships in the package as ``stic/demo/tiny_llava``):
 
 1. A tokenizer trained with ``tokenizers`` on the world's texts and STIC's prompts, with a
-   LLaVA-1.5 chat template (``USER: <image>\\n... ASSISTANT: ...</s>``).
+   LLaVA-1.5 chat template (``<s>USER: <image>\\n... ASSISTANT: ...</s>``) that writes the BOS
+   token itself, which the tokenizer does not add (:func:`demo_chat_template`).
 2. A CLIP vision tower pre-trained on abundant synthetic images (the stand-in for CLIP's web-scale
    pre-training, free here): per grid cell it must tell the object (colour and shape, or none)
    and its size, plus the background. Then frozen, as LLaVA freezes CLIP.
@@ -202,6 +203,31 @@ def vision_targets(scene: world.Scene) -> dict[str, torch.Tensor]:
 # ----------------------------------------------------------------------------- model
 
 
+def demo_chat_template() -> str:
+    """LLaVA-1.5's chat template, starting with the BOS token (the tokenizer adds none).
+
+    llava-hf's template writes no BOS and leaves it to the tokenizer, which adds one: stic and
+    transformers' processor then feed ``<s>USER: ...``, while vLLM's chat path and TRL's
+    DPOTrainer, which tokenize the rendered text without special tokens, feed ``USER: ...``
+    (TRL's chosen log-prob -2.57 where stic's was -0.96 on one pair). A template that writes the
+    BOS for a tokenizer that adds one too gives two to the clients that tokenize the rendered
+    text with special tokens (lmms-eval's ``llava_hf``, vLLM's ``LLM.generate`` on text). With
+    the BOS in the template and none added by the tokenizer (:func:`no_added_bos`), every client
+    feeds it once, and stic trains on the same tokens as with llava-hf's pair.
+    """
+    from stic.testing import LLAVA_CHAT_TEMPLATE
+
+    return "{{ bos_token }}" + LLAVA_CHAT_TEMPLATE
+
+
+def no_added_bos(tokenizer) -> None:
+    """Make ``tokenizer`` add no special tokens to a text (:func:`demo_chat_template` writes the
+    BOS); it is saved so in ``tokenizer.json``."""
+    from tokenizers.processors import TemplateProcessing
+
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(single="$A", pair="$A $B:1")
+
+
 def build_untrained(recipe: BaseModelRecipe):
     """A random LlavaForConditionalGeneration and its processor, from the recipe."""
     from transformers import (
@@ -213,9 +239,10 @@ def build_untrained(recipe: BaseModelRecipe):
         LlavaProcessor,
     )
 
-    from stic.testing import LLAVA_CHAT_TEMPLATE, build_tokenizer
+    from stic.testing import build_tokenizer
 
     tokenizer = build_tokenizer("llava", world_corpus(), vocab_size=recipe.vocab_size)
+    no_added_bos(tokenizer)  # the template writes it
     patches = (recipe.image_size // recipe.patch_size) ** 2
     vision = CLIPVisionConfig(
         hidden_size=recipe.vision_hidden,
@@ -258,7 +285,7 @@ def build_untrained(recipe: BaseModelRecipe):
         patch_size=recipe.patch_size,
         vision_feature_select_strategy="default",
         num_additional_image_tokens=1,
-        chat_template=LLAVA_CHAT_TEMPLATE,
+        chat_template=demo_chat_template(),
     )
     return model, processor
 

@@ -74,6 +74,20 @@ class BackendError(RuntimeError):
     """A backend that cannot be used for this model or adapter; the message says why."""
 
 
+def vllm_prompt_text(processor, text: str) -> str:
+    """``text`` as ``LLM.generate`` should get it to feed the tokens the HF backend feeds.
+
+    ``LLM.generate`` tokenizes a text prompt with the tokenizer's special tokens, so a template
+    that writes the BOS itself would get a second one; the HF backend adds none then
+    (:func:`stic.modeling.chat.process`). Such a text is passed without its BOS, which vLLM adds.
+    """
+    tokenizer = processor.tokenizer
+    bos = tokenizer.bos_token
+    if bos and text.startswith(bos) and tokenizer("a")["input_ids"][:1] == [tokenizer.bos_token_id]:
+        return text[len(bos) :]
+    return text
+
+
 @dataclass
 class HFBackend:
     """Hugging Face ``generate`` on a loaded model, ``batch_size`` requests per forward batch.
@@ -187,9 +201,8 @@ class VLLMBackend:
         """vLLM prompts: the rendered chat-template text (as the HF backend renders it) and the image."""
         prompts = []
         for request in requests:
-            prompt: dict[str, Any] = {
-                "prompt": render_prompt(self.processor, request.prompt, request.image is not None)
-            }
+            text = render_prompt(self.processor, request.prompt, request.image is not None)
+            prompt: dict[str, Any] = {"prompt": vllm_prompt_text(self.processor, text)}
             if request.image is not None:
                 prompt["multi_modal_data"] = {"image": request.image}
             prompts.append(prompt)

@@ -40,6 +40,25 @@ def created_folder_mode() -> int:
     return 0o777 & ~current_umask()
 
 
+def give_user_modes(path: str | os.PathLike) -> None:
+    """Give ``path`` (a file, or a folder and everything in it) the mode a file or folder the
+    user creates gets, as if made under the user's umask.
+
+    For what libraries write into an output with modes of their own: safetensors writes its
+    files through a 0600 temporary file (so ``save_pretrained`` weights are 0600 whatever the
+    umask), which a server run as another user could not read. Symlinks are left alone.
+    """
+    path = Path(path)
+    if path.is_symlink() or not path.exists():
+        return
+    if path.is_dir():
+        os.chmod(path, created_folder_mode())
+        for child in path.iterdir():
+            give_user_modes(child)
+    else:
+        os.chmod(path, created_file_mode())
+
+
 def make_folder(path: str | os.PathLike) -> Path:
     """``mkdir -p``: folders created with the user's umask, as ``mkdir`` makes them."""
     path = Path(path)

@@ -36,6 +36,7 @@ from stic.runtime.files import (
     atomic_write_json,
     atomic_write_text,
     created_folder_mode,
+    give_user_modes,
     make_folder,
 )
 from stic.runtime.identity import PATH_FIELDS, ConfigIdentity
@@ -272,13 +273,19 @@ class Output:
         self.manifest_file.unlink(missing_ok=True)
 
     def finish(self, summary: dict | None = None, files: Iterable[str] = ()) -> None:
-        """Complete the output: move a staged folder in, then write the complete manifest."""
+        """Complete the output: move a staged folder in, then write the complete manifest.
+
+        Every file it lists gets the user's umask, whoever wrote it (see :func:`give_user_modes`).
+        """
         self._files.update(files)
         if self._staging is None:
+            for name in self._files_listed():
+                give_user_modes(self.folder / name)
             self._write("complete", summary)
             return
         staging, self._staging = self._staging, None
         self._files.update(p.name for p in staging.iterdir())
+        give_user_modes(staging)
         # The manifest travels inside the staged folder and is moved in last: a folder that
         # appears is complete, and a kill midway leaves files that the manifest will list.
         write_manifest(

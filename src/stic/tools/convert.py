@@ -30,9 +30,34 @@ examples:
   # stic pairs -> a TRL data set with the images embedded (folder, or a .parquet file)
   stic convert --to trl pairs.jsonl trl_pairs --images coco/train2014
   stic convert --to trl pairs.jsonl trl_pairs.parquet --images coco/train2014
-  # stic pairs -> LLaMA-Factory (absolute image paths); prints the dataset_info.json entry
-  stic convert --to llamafactory pairs.jsonl LLaMA-Factory/data/stic_pairs.json --images coco/train2014
+  # stic pairs -> LLaMA-Factory (absolute image paths); prints the dataset_info.json entry and,
+  # with --model, the LLaMA-Factory template to name
+  stic convert --to llamafactory pairs.jsonl LLaMA-Factory/data/stic_pairs.json --images coco/train2014 \
+      --model llava-hf/llava-1.5-7b-hf
 """
+
+# model_type -> the LLaMA-Factory template (its src/llamafactory/data/template.py) for it.
+LLAMAFACTORY_TEMPLATES = {
+    "llava": "llava",  # LLaVA-1.5 (and stic's demo model)
+    "llava_next": "llava_next",  # vicuna-based; llava_next_mistral for llava-v1.6-mistral
+    "qwen2_vl": "qwen2_vl",
+    "qwen2_5_vl": "qwen2_vl",
+    "qwen3_vl": "qwen3_vl",
+    "mllama": "mllama",
+    "glm4v": "glm4v",
+    "internvl": "intern_vl",
+    "lfm2_vl": "lfm2_vl",
+    "mistral3": "mistral_small",
+}
+
+# What TRL's DPOTrainer (1.x, its vision collator) does with a model's chat template.
+TRL_NOTE = (
+    "TRL's DPOTrainer renders these conversations with the processor's chat template and "
+    "tokenizes them without special tokens: it feeds a BOS token only where the template "
+    "writes one. llava-hf's templates write none (stic, like transformers' processor, trains "
+    "with the tokenizer's BOS), stic's demo model's does; `stic doctor --model M --preflight` "
+    "says which (row 'BOS once', and how to make them agree)."
+)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,6 +97,12 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="Replace an existing OUT (a file, or for --to trl a folder holding a saved data set "
         "and nothing else). Without it an existing OUT is refused.",
+    )
+    parser.add_argument(
+        "--model",
+        default=None,
+        help="For --to llamafactory: the model folder or Hub id the pairs will train, to name "
+        "its LLaMA-Factory template.",
     )
     parser.add_argument(
         "--name",
@@ -165,9 +196,30 @@ def main(argv: list[str]) -> int:
         out = Path(args.output)
         entry = llamafactory_dataset_info(args.name or out.stem, out.name)
         paths = "absolute image paths" if args.images else "image paths relative to media_dir"
+        print(llamafactory_template_note(args.model))
         print(
             f"Put {out.name} in LLaMA-Factory's dataset_dir ({paths}) and add to its "
             "dataset_info.json:"
         )
         print(json.dumps(entry, indent=2)[1:-1].strip("\n"))
+    if args.target == TRL:
+        print(TRL_NOTE)
     return 0
+
+
+def llamafactory_template_note(model: str | None) -> str:
+    """Which ``template:`` to put in LLaMA-Factory's training YAML for ``model``."""
+    from stic.tools.export import model_type_of
+
+    known = ", ".join(f"{t} ({m})" for m, t in LLAMAFACTORY_TEMPLATES.items())
+    where = (
+        "LLaMA-Factory formats the turns with its own template, not the model's chat template "
+        "(its llava template adds LLaVA's system prompt and writes no BOS)"
+    )
+    kind = model_type_of(model) if model else None
+    if model is None:
+        return f"Set `template:` in the training YAML to the model's: {known}; {where}."
+    if kind in LLAMAFACTORY_TEMPLATES:
+        return f"Set `template: {LLAMAFACTORY_TEMPLATES[kind]}` in the training YAML ({model} is a {kind!r} model); {where}."
+    what = f"a {kind!r} model" if kind else "a model whose config cannot be read here"
+    return f"stic knows no LLaMA-Factory template for {model} ({what}); the known ones: {known}."

@@ -1,12 +1,13 @@
 """``stic doctor --model M --preflight``: a few seconds on the user's model and two images that
 catch the silent bugs before hours of GPU time: a template whose prefixes do not render as
-prefixes, truncation that drops image tokens, processor tensors the model never receives,
+prefixes, a BOS token twice or missing (or one that other clients would not feed: a warning),
+truncation that drops image tokens, processor tensors the model never receives,
 batched generation that differs from one at a time, labels off the answer, generation that
 never stops, and a LoRA step that moves more than the adapter.
 
 Each check is a function of one :class:`Probe` (model, processor, two images, the settings) that
-returns a :class:`Row`: ``pass``, ``FAIL`` (what is wrong and what to do) or ``skip`` (does not
-apply to this model). :func:`run_preflight` loads the model and runs them all in order; the last
+returns a :class:`Row`: ``pass``, ``FAIL`` (what is wrong and what to do), ``warn`` (sound for
+stic, other clients differ: what to change) or ``skip`` (does not apply to this model). :func:`run_preflight` loads the model and runs them all in order; the last
 one wraps the model in a LoRA adapter, so it runs last. Nothing here prints.
 """
 
@@ -22,6 +23,9 @@ import torch
 from PIL import Image
 
 PASS, FAIL, SKIP = "pass", "FAIL", "skip"
+# Sound for stic, but another client of the same model feeds other sequences (the advice says
+# what to change); ``stic doctor`` still exits 0.
+WARN = "warn"
 
 # Two exchanges: the first (with the image) as in every stage, the second as in SFT data.
 QUESTION = "Detail the composition and subjects within the frame."
@@ -157,6 +161,84 @@ def image_feature_count(model, batch: dict) -> int | None:
     if isinstance(features, torch.Tensor):
         features = [features]
     return sum(f.shape[0] if f.dim() <= 2 else f.shape[0] * f.shape[1] for f in features)
+
+
+def _leading(ids: list[int], token: int | None) -> int:
+    """How many times ``ids`` starts with ``token``."""
+    count = 0
+    while token is not None and count < len(ids) and ids[count] == token:
+        count += 1
+    return count
+
+
+def check_bos(probe: Probe) -> Row:
+    """(a2) The sequence stic trains on starts as the template's own tokenization does elsewhere:
+    the BOS token once, not twice, not missing.
+
+    stic tokenizes a rendered conversation as transformers' processor does
+    (``apply_chat_template(tokenize=True)``): the tokenizer adds its BOS unless the rendered
+    text starts with it. vLLM's chat path (``/v1/chat/completions``, ``LLM.chat``) and TRL's
+    DPOTrainer tokenize the rendered text with ``add_special_tokens=False``: they get a BOS only
+    if the template writes it. A template that writes none for a tokenizer that adds one is
+    sound for stic, transformers and lmms-eval, and gives those two clients other sequences
+    (a warning). Tools that tokenize the rendered text with special tokens (lmms-eval's
+    ``llava_hf``) add one to a template's BOS unless the tokenizer adds none.
+    """
+    from stic.modeling.chat import encode_rows
+
+    tokenizer = probe.processor.tokenizer
+    row = _rows(probe)[0]
+    ids = encode_rows(probe.processor, [row], probe.max_length)["input_ids"][0].tolist()
+    rendered = "".join(text for text, _ in row.segments)
+    theirs = tokenizer(rendered, add_special_tokens=False)["input_ids"]
+    bos, name = tokenizer.bos_token_id, tokenizer.bos_token
+    adds = bos is not None and tokenizer("a")["input_ids"][:1] == [bos]
+    ours, written = _leading(ids, bos), _leading(theirs, bos)
+    check = "BOS once"
+    if ours > 1:
+        return Row(
+            FAIL,
+            check,
+            f"stic's sequence starts with {name!r} {ours} times",
+            "the template writes the BOS token and something adds it again: write it once, "
+            "at the template's start ({{ bos_token }}), and report it with your model's name",
+        )
+    if adds and ours == 0:
+        return Row(
+            FAIL,
+            check,
+            f"stic's sequence has no {name!r}, which this tokenizer puts first in every text",
+            "report it with your model's name: the model would be trained without its BOS",
+        )
+    if ours == 1 and written == 0:
+        return Row(
+            WARN,
+            check,
+            f"stic trains on one {name!r} first, as transformers' processor tokenizes; the "
+            "template writes none, so vLLM's chat path and TRL's DPOTrainer feed none",
+            "to serve or train the exported model there on the sequences stic trains on, add "
+            "{{ bos_token }} at the start of the chat template (chat_template.jinja); stic then "
+            "adds none. Or send vLLM chat requests with add_special_tokens=true",
+        )
+    if ids[ours : ours + 1] != theirs[written : written + 1]:
+        return Row(
+            FAIL,
+            check,
+            f"stic's sequence starts with token {ids[ours : ours + 1]} after its BOS tokens, "
+            f"the template's own tokenization with {theirs[written : written + 1]}",
+            "report it with your model's name",
+        )
+    if bos is None or ours == 0:
+        return Row(PASS, check, "no BOS token: stic's sequence starts as the template's text")
+    if not adds:
+        return Row(PASS, check, f"one {name!r}, written by the template (the tokenizer adds none)")
+    return Row(
+        PASS,
+        check,
+        f"one {name!r}, written by the template, as vLLM's chat path and TRL feed it (tools "
+        "that tokenize the rendered text with special tokens, such as lmms-eval's llava_hf, add "
+        "a second)",
+    )
 
 
 def check_image_tokens(probe: Probe) -> Row:
@@ -433,6 +515,7 @@ def check_lora_step(probe: Probe) -> Row:
 
 CHECKS: tuple[Callable[[Probe], Row], ...] = (
     check_template_prefixes,
+    check_bos,
     check_image_tokens,
     check_inputs_reach_forward,
     check_labels,
