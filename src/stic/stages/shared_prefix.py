@@ -37,21 +37,31 @@ from PIL import Image
 from stic.data.prompts import strip_image_placeholder
 from stic.data.schemas import PairRecord
 from stic.modeling.chat import IGNORE_INDEX, TrainRow, encode_rows, process, render_segments
-from stic.modeling.losses import answer_logps
+from stic.modeling.losses import answer_logps, at_least_float32
 from stic.stages.training import load_training_image
 
 logger = logging.getLogger(__name__)
 
-# Families whose shared form equals the two-sequence form (tested per family, fp32, eager and sdpa).
+# Model types whose shared form equals the two-sequence form (every family of
+# stic.testing's builders, tested in fp32 with eager and sdpa attention), and the ones where it
+# cannot hold, with why.
 EXACT_FAMILIES = frozenset(
     {
+        "aya_vision",
+        "glm4v",
+        "idefics3",
+        "internvl",
         "llava",
         "llava_next",
-        "qwen2_vl",
+        "llava_onevision",
+        "mistral3",
+        "mllama",
         "qwen2_5_vl",
+        "qwen2_vl",
+        "qwen3_vl",
+        "smolvlm",
     }
 )
-# Families where it cannot hold, and why.
 INEXACT_FAMILIES = {
     "lfm2_vl": "its language model's short convolutions mix tokens outside the attention mask",
 }
@@ -131,7 +141,9 @@ def encode_pairs(processor, rows: list[PairRow], max_length: int) -> dict[str, t
         prompt_len = int(mask[i].sum())
         if prompt_len >= max_length:
             # encode_rows says why, with the image tokens counted, in the shared wording.
-            encode_rows(processor, [TrainRow([(row.prompt, False), *row.chosen], row.image)], max_length)
+            encode_rows(
+                processor, [TrainRow([(row.prompt, False), *row.chosen], row.image)], max_length
+            )
         keep = max_length - prompt_len
         chosen_ids, chosen_labels = _answer(tokenizer, row.chosen, keep)
         rejected_ids, rejected_labels = _answer(tokenizer, row.rejected, keep)
@@ -146,14 +158,21 @@ def encode_pairs(processor, rows: list[PairRow], max_length: int) -> dict[str, t
                 tail = prompt[-1:].expand(len(appended), *prompt.shape[1:])
             packed[k].append(torch.cat([prompt, tail]))
     width = max(len(lab) for lab in labels)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    pad_id = (
+        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    )
     out: dict[str, torch.Tensor] = {}
     for k in token_keys:
         fill = pad_id if k == "input_ids" else 0
         out[k] = torch.stack(
-            [torch.cat([r, r.new_full((width - r.shape[0], *r.shape[1:]), fill)]) for r in packed[k]]
+            [
+                torch.cat([r, r.new_full((width - r.shape[0], *r.shape[1:]), fill)])
+                for r in packed[k]
+            ]
         )
-    out["attention_mask"] = torch.tensor([[1] * len(lab) + [0] * (width - len(lab)) for lab in labels])
+    out["attention_mask"] = torch.tensor(
+        [[1] * len(lab) + [0] * (width - len(lab)) for lab in labels]
+    )
     out["labels"] = torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for lab in labels])
     out["pair_spans"] = torch.tensor(spans)
     for k, v in batch.items():
@@ -212,7 +231,7 @@ def _rope_index(model):
     for module in model.modules():
         method = getattr(type(module), "get_rope_index", None)
         if callable(method):
-            return getattr(module, "get_rope_index")
+            return module.get_rope_index
     return None
 
 
@@ -254,7 +273,8 @@ def shared_answer_logps(
 
     An answer token is predicted by the position before it in its own answer; each answer's
     first token by the prefix's last position (for the rejected answer, not the chosen answer's
-    last token, which comes before it in the row). Only answer positions reach float32.
+    last token, which comes before it in the row). Only answer positions reach float32 (float64
+    logits stay float64).
     """
     sums: list[list[torch.Tensor]] = [[], []]
     counts: list[list[torch.Tensor]] = [[], []]
@@ -267,10 +287,11 @@ def shared_answer_logps(
         targets = (torch.arange(prefix, start), torch.arange(start, start + rejected))
         for side in range(2):
             if targets[side].numel() == 0:
-                sums[side].append(logits.new_zeros((), dtype=torch.float32))
+                sums[side].append(logits.new_zeros((), dtype=at_least_float32(logits.dtype)))
                 counts[side].append(torch.zeros((), dtype=torch.long, device=logits.device))
                 continue
-            scores = logits[row, sources[side].to(logits.device)].float()
+            scores = logits[row, sources[side].to(logits.device)]
+            scores = scores.to(at_least_float32(logits.dtype))
             wanted = labels[row, targets[side].to(labels.device)]
             mask = wanted != IGNORE_INDEX
             picked = scores.gather(-1, wanted.masked_fill(~mask, 0)[:, None]).squeeze(-1)
