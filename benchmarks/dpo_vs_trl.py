@@ -78,6 +78,9 @@ def shaped_model(family: str, folder: Path) -> Path:
     shape = SHAPES[family]
     config = json.loads((folder / "config.json").read_text())
     config["text_config"].update(TEXT)
+    if "layer_types" in config["text_config"]:
+        kinds = config["text_config"]["layer_types"]
+        config["text_config"]["layer_types"] = kinds[:1] * TEXT["num_hidden_layers"]
     processor = json.loads((folder / "processor_config.json").read_text())
     if "patch" in shape:
         config["vision_config"]["patch_size"] = shape["patch"]
@@ -263,6 +266,34 @@ def prefix_share(folder: Path, pairs, images: Path) -> tuple[float, float]:
     return spans[:, 0].mean().item(), spans[:, 1:].sum(-1).mean().item()
 
 
+def activation_mib(folder: Path, pairs, images: Path, batch: int) -> dict[str, float]:
+    """MiB per pair that autograd keeps for the backward pass (each storage once), both forms.
+
+    Counted with ``torch.autograd.graph.saved_tensors_hooks`` over one policy forward of a
+    batch: what a step holds between its forward and its backward, on any device.
+    """
+    from stic.stages.dpo import PairCollator
+    from stic.stages.shared_prefix import SharedPairCollator, pair_logps
+
+    model, processor = load(folder)
+    model.train()
+    figures = {}
+    for name, make in (("two sequences", PairCollator), ("shared prefix", SharedPairCollator)):
+        seen: dict[tuple[int, int], int] = {}
+
+        def keep(tensor, seen=seen):
+            storage = tensor.untyped_storage()
+            seen[(storage.data_ptr(), storage.nbytes())] = storage.nbytes()
+            return tensor
+
+        batch_inputs = make(processor, str(images), 4096)(pairs[:batch])
+        with torch.autograd.graph.saved_tensors_hooks(keep, lambda t: t):
+            logps, _ = pair_logps(model, batch_inputs)
+        logps.sum().backward()
+        figures[name] = sum(seen.values()) / 2**20 / batch
+    return figures
+
+
 CONFIGS = (
     "TRL DPOTrainer",
     "stic, two sequences",
@@ -276,6 +307,7 @@ def bench_family(family: str, root: Path, args) -> dict:
     images = root / family / "images"
     pairs = make_pairs(args.batch * args.steps, SHAPES[family]["image"], images)
     prefix, answers = prefix_share(folder, pairs, images)
+    memory = activation_mib(folder, pairs, images, args.batch)
     count = len(pairs)
     runs = {
         CONFIGS[0]: lambda out: run_trl(folder, pairs, images, args.batch, args.steps, out),
@@ -306,6 +338,7 @@ def bench_family(family: str, root: Path, args) -> dict:
         "vs_trl": {name: ratios(figures, name, CONFIGS[0]) for name in CONFIGS[1:]},
         "shared_vs_two": ratios(figures, CONFIGS[2], CONFIGS[1]),
         "first_loss": {name: results[name][0]["first_loss"] for name in runs},
+        "activation_mib_per_pair": memory,
     }
 
 
@@ -323,6 +356,11 @@ def print_family(result: dict, args) -> None:
         )
     print(f"{'  + its one-time reference pass':30} {str(result['precomputed_with_pass']):>22}")
     print(f"shared prefix vs two sequences: {result['shared_vs_two']}x")
+    memory = result["activation_mib_per_pair"]
+    print(
+        "activations kept for backward, MiB per pair: "
+        + ", ".join(f"{name} {value:.1f}" for name, value in memory.items())
+    )
 
 
 def main() -> None:
