@@ -2,8 +2,9 @@
 shared prefix, and stic with the shared prefix and the precomputed reference.
 
 The same job for every trainer: the same tiny model (built offline, random weights), the same
-pairs (one image each; the chosen answer the same text for every pair so that TRL's token-mean
-"sft" term and stic's per-pair mean NLL are the same number), LoRA r=8 on every linear layer of
+pairs (one image file each, all the same picture; the chosen answer the same text for every pair
+so that TRL's token-mean "sft" term and stic's per-pair mean NLL are the same number, whichever
+pairs each sampler draws first), LoRA r=8 on every linear layer of
 the language model (dropout 0), beta, NLL weight, batch, steps, learning rate and optimizer.
 TRL gets ``loss_type=["sigmoid", "sft"]`` with ``loss_weights=[1, alpha]``; stic
 ``nll_normalization="mean"`` with ``alpha``. Their step-0 losses are printed side by side: equal
@@ -115,7 +116,10 @@ def make_pairs(count: int, side: int, images: Path) -> list:
     images.mkdir(parents=True, exist_ok=True)
     pairs = []
     for i in range(count):
-        image = Image.new("RGB", (side, side), (40 * i % 255, 120, 200))
+        # The same picture in every file: whichever pairs a trainer's sampler puts first, its
+        # step-0 loss is the same number (the DPO term is log 2 there, the NLL term the chosen
+        # answer's, the same text for every pair).
+        image = Image.new("RGB", (side, side), (40, 120, 200))
         ImageDraw.Draw(image).ellipse(
             (side // 8, side // 8, side // 2, side // 2), fill=(200, 30, 30)
         )

@@ -289,7 +289,8 @@ class DPOConfig(TrainOptions):
     )
     lr: float = _help("Peak learning rate (reference: 1e-7).", default=1e-7)
     batch_size: int = _help(
-        "Pairs per device per forward pass (each pair is two sequences).", default=1
+        "Pairs per device per forward pass (each pair one packed sequence, or two: --share-prefix).",
+        default=1,
     )
     precompute_reference: Literal["auto", "on", "off"] = _help(
         "Reference log-probs: on = computed once before training (one no-grad pass over the pairs "

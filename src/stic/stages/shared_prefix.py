@@ -235,6 +235,14 @@ def _rope_index(model):
     return None
 
 
+def _embedding_dtype(model) -> torch.dtype:
+    """The dtype of the model's hidden states, through DDP/DeepSpeed wrappers (``.module``)."""
+    for module in model.modules():
+        if callable(getattr(type(module), "get_input_embeddings", None)):
+            return module.get_input_embeddings().weight.dtype
+    raise TypeError(f"{type(model).__name__} has no input embeddings")
+
+
 ROPE_INPUTS = ("mm_token_type_ids", "image_grid_thw", "video_grid_thw", "second_per_grid_ts")
 
 
@@ -260,7 +268,7 @@ def shared_model_inputs(model, inputs: dict[str, torch.Tensor]) -> dict[str, tor
     inputs = dict(inputs)
     positions = pair_positions(model, inputs)
     spans = inputs.pop("pair_spans")
-    dtype = model.get_input_embeddings().weight.dtype
+    dtype = _embedding_dtype(model)
     inputs["attention_mask"] = pair_attention_mask(spans, inputs["input_ids"].shape[1], dtype)
     inputs["position_ids"] = positions
     return inputs
