@@ -303,7 +303,8 @@ class DPOConfig(TrainOptions):
     )
     lr: float = _help("Peak learning rate (reference: 1e-7).", default=1e-7)
     batch_size: int = _help(
-        "Pairs per device per forward pass (each pair is two sequences).", default=1
+        "Pairs per device per forward pass (each pair one packed sequence, or two: --share-prefix).",
+        default=1,
     )
     precompute_reference: Literal["auto", "on", "off"] = _help(
         "Reference log-probs: on = computed once before training (one no-grad pass over the pairs "
@@ -315,6 +316,19 @@ class DPOConfig(TrainOptions):
         "set 0); with such dropout, auto computes per step.",
         default="auto",
     )
+    share_prefix: Literal["auto", "on", "off"] = _help(
+        "One sequence per pair: the image and prompt once, then the chosen and the rejected "
+        "answer, each attending to the prompt and itself only (a 4-D mask; positions restart), "
+        "so the vision tower and the prompt run once instead of twice. Same log-probs as two "
+        "sequences up to float rounding. auto = on for the families tested exact (LLaVA, "
+        "LLaVA-NeXT, Qwen2-VL, Qwen2.5-VL, ...; see stic.stages.shared_prefix) with eager or "
+        "sdpa attention, else two sequences (logged); on = also for untested families (refused "
+        "where known inexact: flash-attention, LFM2-VL); off = two sequences, as TRL does.",
+        default="auto",
+    )
+
+    # share_prefix changes how the same numbers are computed, not what is computed.
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = (*TrainOptions.RUNTIME_FIELDS, "share_prefix")
 
 
 @dataclass(kw_only=True)

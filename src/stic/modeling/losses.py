@@ -16,11 +16,16 @@ import torch.nn.functional as F
 from stic.modeling.chat import IGNORE_INDEX
 
 
+def at_least_float32(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
+
+
 def answer_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Summed log-prob of each row's answer tokens, and how many there are.
 
     ``logits``: ``(B, T, V)``, position t predicting token t+1. ``labels``: ``(B, T)`` token ids,
-    ``-100`` outside answers. Returns ``(logps (B,), num_tokens (B,))``, logps in float32.
+    ``-100`` outside answers. Returns ``(logps (B,), num_tokens (B,))``, logps in float32 (float64
+    for float64 logits, so that a float64 check is not limited by float32 rounding).
     Computed row by row so that only one row's float32 log-softmax is alive at a time.
     """
     targets = labels[:, 1:]
@@ -28,7 +33,7 @@ def answer_logps(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tens
     safe = targets.masked_fill(~mask, 0)
     sums = []
     for row in range(logits.shape[0]):
-        row_logits = logits[row, :-1].float()
+        row_logits = logits[row, :-1].to(at_least_float32(logits.dtype))
         picked = row_logits.gather(-1, safe[row].unsqueeze(-1)).squeeze(-1) - row_logits.logsumexp(
             -1
         )

@@ -31,9 +31,10 @@ from stic.data.prompts import strip_image_placeholder
 from stic.data.schemas import PairRecord
 from stic.modeling.chat import TrainRow, render_segments
 from stic.modeling.generation import batched
-from stic.modeling.losses import answer_logps, dpo_nll_loss
+from stic.modeling.losses import dpo_nll_loss
 from stic.runtime.files import read_jsonl
 from stic.stages.runner import StageSummary
+from stic.stages.shared_prefix import SharedPairCollator, pair_logps, use_shared_prefix
 from stic.stages.training import (
     Collator,
     is_main_process,
@@ -133,8 +134,7 @@ def precompute_reference_logps(
                     k: v.to(device) if isinstance(v, torch.Tensor) else v
                     for k, v in collator(chunk).items()
                 }
-                labels = inputs.pop("labels")
-                logps, _ = answer_logps(model(**inputs).logits, labels)
+                logps, _ = pair_logps(model, inputs)
                 values = logps.float().tolist()
                 rows = [
                     {
@@ -183,13 +183,13 @@ class DPOTrainer(Trainer):
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         inputs = dict(inputs)
-        labels = inputs.pop("labels")
         reference = inputs.pop("reference_logps", None)  # precomputed (WithReference)
-        num_pairs = labels.shape[0] // 2
-        policy, tokens = answer_logps(model(**inputs).logits, labels)
+        # Either form (two sequences per pair, or one packed row): chosen then rejected, (2P,).
+        policy, tokens = pair_logps(model, inputs)
+        num_pairs = policy.shape[0] // 2
         if reference is None:
             with torch.no_grad(), self.accelerator.unwrap_model(model).disable_adapter():
-                reference, _ = answer_logps(model(**inputs).logits, labels)
+                reference, _ = pair_logps(model, inputs)
         loss, metrics = dpo_nll_loss(
             policy[:num_pairs],
             policy[num_pairs:],
@@ -245,7 +245,9 @@ def run_dpo(config: DPOConfig, model=None, processor=None) -> StageSummary:
                 "see --filter-* options and " + str(out / DROPPED)
             )
         model, processor = training_model(config, model, processor)
-        collator = PairCollator(processor, config.images, config.max_length)
+        shared = use_shared_prefix(config.share_prefix, model)
+        make_collator = SharedPairCollator if shared else PairCollator
+        collator = make_collator(processor, config.images, config.max_length)
         precompute = config.precompute_reference == "on" or (
             config.precompute_reference == "auto" and reference_is_exact(model)
         )
@@ -282,5 +284,6 @@ def run_dpo(config: DPOConfig, model=None, processor=None) -> StageSummary:
             "dropped": dict(counts),
             "dropped_file": str(out / DROPPED),
             "reference": "precomputed" if precompute else "per step",
+            "prefix": "shared" if shared else "two sequences",
         }
         return train_and_save(trainer, config, STAGE, processor, claim, details)
