@@ -200,3 +200,21 @@ def test_generation_memory_grows_with_the_batch_by_one_sequence_of_cache(llava7b
     per_sequence = 636 + 256
     cache = per_sequence * 32 * 2 * 4096 * 2 / GIB  # layers x (k, v) x width x bf16
     assert two["kv_cache"] - one["kv_cache"] == pytest.approx(cache)
+
+
+def test_a_shared_prefix_dpo_is_planned_as_one_sequence_a_pair(tmp_path, capsys):
+    import yaml
+
+    config = yaml.safe_load((CONFIGS / "llava-1.5-7b.yaml").read_text(encoding="utf-8"))
+    peaks = {}
+    for mode in ("off", "auto"):
+        config["dpo"]["share_prefix"] = mode
+        path = tmp_path / f"{mode}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        _, document = _plan_json(capsys, str(path), "--gpu", "h200")
+        dpo = next(s for s in document["stages"] if s["stage"] == "dpo")
+        peaks[mode] = dpo["parts_gib"]
+    # The image and prompt (576 + 64 tokens) once instead of twice; the answers as before.
+    assert peaks["auto"]["activations"] < peaks["off"]["activations"]
+    assert peaks["auto"]["logits"] < peaks["off"]["logits"]
+    assert peaks["auto"]["weights"] == peaks["off"]["weights"]

@@ -129,6 +129,7 @@ class Shape:
     lora_params: int  # of a new adapter with the stage's lora settings
     activation_bytes_per_token: float  # one layer, training, at the model's dtype
     activation_method: str
+    family: str = ""  # the config's model_type
 
     @property
     def kv_dim(self) -> int:
@@ -311,6 +312,7 @@ def model_shape(config, *, lora_r: int, lora_targets: Sequence[str], dtype_bytes
         lora_params=lora,
         activation_bytes_per_token=measured[0],
         activation_method=measured[1],
+        family=getattr(config, "model_type", ""),
     )
 
 
@@ -602,6 +604,12 @@ def plan_stages(
             sequences = config.batch_size * (2 if stage == "dpo" else 1)
             answer = pairs_new if stage == "dpo" else ANSWER_TOKENS
             tokens = min(config.max_length, prompt + answer)
+            if stage == "dpo" and shares_prefix(config.share_prefix, shape.family):
+                # One sequence a pair: the prompt once, then both answers (each cut alone).
+                sequences = config.batch_size
+                tokens = min(config.max_length, prompt + answer) + min(
+                    answer, max(config.max_length - prompt, 0)
+                )
             items = pairs_items if stage == "dpo" else infuse_items
             if stage == "dpo" and getattr(config, "pairs", None) and Path(config.pairs).exists():
                 items = count_items(config.pairs, None)
@@ -614,7 +622,8 @@ def plan_stages(
             reference_per_step = stage == "dpo" and config.precompute_reference == "off"
             seconds = None
             if items is not None:
-                steps_tokens = items * (2 if stage == "dpo" else 1) * tokens * config.epochs
+                per_item = sequences // config.batch_size  # sequences an item makes
+                steps_tokens = items * per_item * tokens * config.epochs
                 if config.max_steps:
                     global_batch = config.batch_size * config.grad_accum * gpus
                     steps_tokens = (
@@ -646,6 +655,15 @@ def plan_stages(
         plan.fits = plan.peak_gib <= gpu.memory_gib
         plans.append(plan)
     return plans
+
+
+def shares_prefix(mode: str, family: str) -> bool:
+    """Whether the DPO stage packs each pair into one sequence (see stic.stages.shared_prefix)."""
+    from stic.stages.shared_prefix import EXACT_FAMILIES, INEXACT_FAMILIES
+
+    if mode == "off" or family in INEXACT_FAMILIES:
+        return False
+    return mode == "on" or family in EXACT_FAMILIES
 
 
 def adapter_lora(adapter: str, planned: tuple[int, list[str]] | None) -> tuple[int, list[str]]:
