@@ -187,7 +187,13 @@ def test_descriptions_shared_across_benchmarks(tmp_path, tiny, benchmarks, judge
 def test_judge_failures_asked_again_on_rerun(tmp_path, tiny, benchmarks, judge, monkeypatch):
     """A judge that could not be reached leaves judge_failed items; a rerun generates nothing
     and asks the judge again for just those."""
-    monkeypatch.setattr("stic.modeling.judge.time.sleep", lambda seconds: None)  # no backoff
+    import functools
+
+    from stic.modeling import judge as judge_module
+
+    # No backoff between the retries of a refused connection.
+    quick = functools.partial(judge_module.JudgeClient, backoff_s=0.0)
+    monkeypatch.setattr(judge_module, "JudgeClient", quick)
     with socket.socket() as closed:  # a port nothing listens on: connection refused
         closed.bind(("127.0.0.1", 0))
         down = f"http://127.0.0.1:{closed.getsockname()[1]}/v1"
