@@ -74,6 +74,30 @@ demo: install
 demo-model: install
 	$(VENV)/bin/stic demo-model --out src/stic/demo/tiny_llava
 
+# What a user reads as a result (issue 22): the benchmark scorers (answer extraction,
+# normalisation, verdicts, metrics, summaries), describe-and-respond in bench, compare, the pair
+# filters, the Ray driver's appending, export's merge into an old folder and its replacement, and
+# the report's data assembly.
+BENCH := stic.data.benchmarks
+MUTATION_SCOPE_RESULTS := '$(BENCH).*.x_score*' '$(BENCH).*.x_metrics_of*' \
+	'$(BENCH).*.x_summarize*' '$(BENCH).*.x_extract*' '$(BENCH).*.x_parse_*' \
+	'$(BENCH).chartqa.x__number*' '$(BENCH).chartqa.x_relaxed_correct*' \
+	'$(BENCH).mathvista_testmini.x_official_*' '$(BENCH).mathvista_testmini.x_edit_distance*' \
+	'$(BENCH).mathvista_testmini.x__number*' '$(BENCH).mathvista_testmini.x__lenient*' \
+	'$(BENCH).llava_bench_wild.x__summary*' '$(BENCH).mmvet.x__percent*' \
+	'$(BENCH).textvqa.x_normalize_vqa_answer*' '$(BENCH).textvqa.x_vqa_accuracy*' \
+	'$(BENCH).aggregate.*' '$(BENCH).x_score_predictions*' '$(BENCH).x__prediction_map*' \
+	'stic.stages.bench.x_describe*' 'stic.stages.bench.x_description_cache*' \
+	'stic.stages.bench.xǁDescriptionCacheǁ*' 'stic.stages.bench.x_answer_batch*' \
+	'stic.tools.compare.x__units*' 'stic.tools.compare.x__resampled*' \
+	'stic.tools.compare.x_paired_bootstrap*' 'stic.tools.compare.x_compare*' \
+	'stic.tools.compare.x_load_run*' 'stic.data.filters.*' \
+	'stic.stages.ray_pool.x__append_rows*' 'stic.stages.ray_pool.x_fresh_records*' \
+	'stic.runtime.output.xǁOutputǁ_move_in*' 'stic.runtime.manifests.x_remove_output*' \
+	'stic.tools.export.x_run_export*' 'stic.tools.export.x_export_adapter*' \
+	'stic.tools.report.x_collect_pairs*' 'stic.tools.report.x__filter_settings*' \
+	'stic.tools.report.x_audit*' 'stic.tools.report.x__describe_result*' \
+	'stic.tools.report.x__base_for*' 'stic.tools.report.x__item_correct*'
 # Mutation testing of the modules that define the method (see docs/mutation.md): mutmut mutates
 # copies under mutants/ and runs the fast test subset of [tool.mutmut] in pyproject.toml.
 # Functions in scope: the loss, the DPO collator and loss pass, generation, infusion's pure
@@ -82,7 +106,8 @@ MUTATION_SCOPE := 'stic.modeling.losses.*' 'stic.modeling.generation.*' 'stic.da
 	'stic.data.corruptions.*' 'stic.data.scoring.*' 'stic.stages.dpo.x_pair_rows*' \
 	'stic.stages.training.*Collator*' \
 	'stic.stages.dpo.*DPOTrainer*compute_loss*' 'stic.stages.infuse.x_description_prompt*' \
-	'stic.stages.infuse.x_infuse_sample*' 'stic.stages.infuse.x_join_descriptions*'
+	'stic.stages.infuse.x_infuse_sample*' 'stic.stages.infuse.x_join_descriptions*' \
+	$(MUTATION_SCOPE_RESULTS)
 MUTATION_JOBS ?= 2
 
 mutation: install

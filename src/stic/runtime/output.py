@@ -332,6 +332,7 @@ class Output:
             return
         foreign = [name for name in names if (out / name).exists()]
         if foreign and not self._adopted:
+            shutil.rmtree(staging, ignore_errors=True)  # nothing was moved in: no stray copy left
             raise StageConflict(
                 f"{out} holds {', '.join(foreign[:3])}, which stic did not write there: move "
                 "them away, or choose another output path"

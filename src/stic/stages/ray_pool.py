@@ -279,6 +279,20 @@ def _pipeline(ray, stage, config, batches: Sequence[list], adapter, workers: int
         )
 
 
+def fresh_records(records: list[dict], batch_ids: set[str], done: dict) -> list[dict]:
+    """The records of a returned batch to append: one per id of the batch not in ``done`` yet.
+
+    A worker's batch may come back twice (a restarted worker redoes it), out of order, partial,
+    or with a record repeated; records of ids the batch does not hold are not this batch's.
+    """
+    fresh: dict[str, dict] = {}
+    for record in records:
+        record_id = record["id"]
+        if record_id in batch_ids and record_id not in done:
+            fresh.setdefault(record_id, record)
+    return list(fresh.values())
+
+
 def _append_rows(stage, rows, batches, append: Callable, done: dict, summary) -> None:
     """Append each arriving batch's records (new ids only), as the runner's local loop does."""
     seconds = 0.0
@@ -287,14 +301,16 @@ def _append_rows(stage, rows, batches, append: Callable, done: dict, summary) ->
         for row in rows.iter_rows():
             if row["error"]:
                 raise pickle.loads(row["error"])
-            records = [r for r in json.loads(row["records"]) if r["id"] not in done]
+            batch = batches[int(row["batch"])]
+            batch_ids = {stage.item_id(item) for item in batch}
+            records = fresh_records(json.loads(row["records"]), batch_ids, done)
             if records:
                 append(records)
                 done.update((r["id"], r) for r in records)
                 summary.made += len(records)
             summary.bad_items.update(json.loads(row["bad"]))
             seconds += float(row["seconds"])
-            bar.update(len(batches[int(row["batch"])]))
+            bar.update(len(batch))
     if summary.made:
         logger.info(
             "%s: %d made in %.0f s on Ray (workers generating %.0f s in all)",

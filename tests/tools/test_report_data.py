@@ -1,0 +1,253 @@
+"""The report's data assembly (stic.tools.report), fast and without a browser: every value the
+page gets comes from the right record and field (chosen vs rejected, their prompts, finishes and
+lengths, the verdict's source), the audit counts what the rows hold, and a result is filed under
+the weights and base it belongs to (issue 22)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from stic.data.schemas import PairRecord
+from stic.runtime.files import atomic_write_json
+from stic.tools import report
+from stic.tools.report import ReportSources, audit, collect_pairs
+
+# Every text distinct, so that a value taken from the wrong field shows.
+PAIRS = [
+    PairRecord(
+        id="a.jpg",
+        image="a.jpg",
+        prompt="Describe the image.",
+        chosen="one two three four five six",
+        rejected="seven eight nine",
+        rejected_kind="bad_prompt",
+        chosen_prompt="Look closely and describe.",
+        rejected_prompt="Imagine a scene and describe it.",
+        chosen_finish="stop",
+        rejected_finish="length",
+    ),
+    PairRecord(
+        id="b",
+        image="sub/b.png",
+        prompt="What is in the picture?",
+        chosen="a red square",
+        rejected="a red square on grey ground with trees",
+        rejected_kind="corrupt_lowres",
+        chosen_prompt="Describe the image.",  # the same text as pair a's prompt: one entry
+        rejected_prompt="What is in the picture?",
+        corruption={"kind": "lowres", "short_side": 4},
+    ),
+    PairRecord(
+        id="c.jpg",
+        image="c.jpg",
+        prompt="Describe the image.",
+        chosen="alpha beta gamma delta",
+        rejected="alpha beta gamma delta",  # identical: dropped
+        rejected_kind="corrupt_lowres",
+        chosen_prompt="Look closely and describe.",
+        rejected_prompt="Imagine a scene and describe it.",
+    ),
+]
+
+
+@pytest.fixture
+def pairs_file(tmp_path) -> Path:
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(p.to_dict()) + "\n" for p in PAIRS), encoding="utf-8")
+    return path
+
+
+def rows_by_id(data: dict) -> dict[str, dict]:
+    return {row["id"]: row for row in data["rows"]}
+
+
+def test_each_column_comes_from_its_own_field(pairs_file):
+    data = collect_pairs(ReportSources(pairs=pairs_file))
+    assert [r["id"] for r in data["rows"]] == ["a.jpg", "b", "c.jpg"]  # the file's order
+    prompts = data["prompts"]
+    a, b, _ = data["rows"]
+    assert a["c"] == "one two three four five six" and a["r"] == "seven eight nine"
+    assert (a["cf"], a["rf"]) == ("stop", "length")
+    assert (b["cf"], b["rf"]) == (PAIRS[1].chosen_finish, PAIRS[1].rejected_finish)
+    assert (a["cl"], a["rl"], a["ratio"]) == (6, 3, 2.0)  # words: no tokenizer on disk
+    assert (b["cl"], b["rl"], b["ratio"]) == (3, 8, 0.375)
+    assert prompts[a["p"]] == "Describe the image."
+    assert prompts[a["cp"]] == "Look closely and describe."
+    assert prompts[a["rp"]] == "Imagine a scene and describe it."
+    assert prompts[b["p"]] == "What is in the picture?" and prompts[b["rp"]] == prompts[b["p"]]
+    assert prompts[b["cp"]] == "Describe the image."
+    # Each prompt text once, in the order first seen.
+    assert prompts == [
+        "Describe the image.",
+        "Look closely and describe.",
+        "Imagine a scene and describe it.",
+        "What is in the picture?",
+    ]
+    assert (a["kind"], b["kind"]) == ("bad_prompt", "corrupt_lowres")
+    assert "image" not in a and b["image"] == "sub/b.png"  # only where it is not the id
+    assert a["corr"] == "" and b["corr"] == "lowres: short_side 4"
+    assert data["path"] == str(pairs_file)
+    assert data["length_unit"] == "words (whitespace split)"
+
+
+def test_verdicts_recomputed_with_the_default_filters_name_the_filter(pairs_file):
+    data = collect_pairs(ReportSources(pairs=pairs_file))
+    rows = rows_by_id(data)
+    assert {i: r["v"] for i, r in rows.items()} == {
+        "a.jpg": "truncated",
+        "b": "",
+        "c.jpg": "identical",
+    }
+    assert {i: r["nd"] for i, r in rows.items()} == {"a.jpg": False, "b": False, "c.jpg": True}
+    assert data["verdict_source"] == "recomputed here with the default filters"
+    assert data["threshold"] == 0.9
+
+
+def test_verdicts_come_from_the_dpo_runs_dropped_pairs_when_it_has_them(pairs_file, tmp_path):
+    dpo = tmp_path / "dpo"
+    dpo.mkdir()
+    atomic_write_json(dpo / "stic_manifest.json", {"stage": "dpo", "config": {}})
+    (dpo / "dropped_pairs.jsonl").write_text(
+        json.dumps({"id": "b", "reason": "refusal"}) + "\n" + json.dumps({"id": "c.jpg"}) + "\n"
+    )
+    data = collect_pairs(ReportSources(pairs=pairs_file, dpo=dpo))
+    # What the stage dropped, not what the filters would say now (a was not dropped there).
+    assert {r["id"]: r["v"] for r in data["rows"]} == {"a.jpg": "", "b": "refusal", "c.jpg": "?"}
+    assert "dropped_pairs.jsonl" in data["verdict_source"]
+
+
+def test_images_come_from_the_given_folder_and_problems_are_counted(pairs_file, tmp_path):
+    images = tmp_path / "images"
+    (images / "sub").mkdir(parents=True)
+    Image.new("RGB", (400, 300), (200, 30, 90)).save(images / "a.jpg")
+    # A gradient: lowered to 4 px, it is visibly another image.
+    Image.linear_gradient("L").resize((400, 300)).convert("RGB").save(images / "sub" / "b.png")
+    data = collect_pairs(ReportSources(pairs=pairs_file, images=images), large_thumbnails=1)
+    a, b, c = data["rows"]
+    assert a["img"].startswith("data:image/jpeg") and a["cimg"] == "" and a["why"] == ""
+    assert b["img"].startswith("data:image/jpeg") and b["cimg"].startswith("data:image/jpeg")
+    assert b["cimg"] != b["img"]
+    assert c["img"] == "" and c["why"].startswith("image not shown")
+    assert data["image_problems"] == {"image not shown": 1}
+    assert data["images"] == str(images) and data["large_thumbnails"] == 1
+    # The first row has the large thumbnail, the others the small one.
+    assert max(_decoded(a["img"]).size) == report.THUMB_PX
+    assert max(_decoded(b["img"]).size) == max(_decoded(b["cimg"]).size) == report.SMALL_THUMB_PX
+
+
+def _decoded(uri: str) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+
+
+def test_the_audit_counts_what_the_rows_hold(pairs_file):
+    summary = audit(collect_pairs(ReportSources(pairs=pairs_file)))
+    assert summary["n"] == 3
+    assert summary["kinds"] == ["bad_prompt", "corrupt_lowres"]
+    everything, lowres = summary["by_kind"]["all"], summary["by_kind"]["corrupt_lowres"]
+    assert (everything["n"], everything["kept"]) == (3, 1)
+    assert everything["dropped"] == {
+        "identical": 1,
+        "empty": 0,
+        "truncated": 1,
+        "refusal": 0,
+        "near_duplicate": 0,
+    }
+    assert (lowres["n"], lowres["kept"], lowres["dropped"]["identical"]) == (2, 1, 1)
+    assert (everything["median_chosen"], everything["median_rejected"]) == (4, 4)
+    assert everything["median_ratio"] == 1.0  # ratios 2.0, 0.375, 1.0
+    assert (lowres["median_chosen"], lowres["median_rejected"]) == (3.5, 6)
+    assert everything["truncated"] == 1 and everything["near_duplicate"] == 1
+    assert summary["by_kind"]["bad_prompt"]["truncated"] == 1
+    assert lowres["truncated"] == 0
+    # 1 of 3 truncated is above 5%: warned; bad_prompt's chosen answers are twice as long.
+    assert any("1 of 3 pairs" in w for w in summary["warnings"])
+    longer = [w for w in summary["warnings"] if "systematically longer" in w]
+    assert len(longer) == 1 and "bad_prompt 2.00×" in longer[0] and "lowres" not in longer[0]
+
+
+def _result(folder: Path, name: str, document: dict, config: dict | None) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.json"
+    atomic_write_json(path, document)
+    if config is not None:
+        atomic_write_json(folder / f"{name}.json.manifest.json", {"config": config})
+    return path
+
+
+def test_a_result_is_filed_under_the_weights_it_evaluated(tmp_path):
+    bench = tmp_path / "run1" / "bench"
+    base = _result(bench, "pope", {"benchmark": "pope_random"}, {"adapter": None})
+    stage1 = _result(bench, "pope_s1", {"benchmark": "pope_random"}, {"adapter": "runs/x/dpo"})
+    final = _result(
+        bench / "dar", "pope", {"benchmark": "pope_random", "dar": True}, {"adapter": "x/sft"}
+    )
+    other = _result(tmp_path / "loose", "r", {"adapter": "my_adapter"}, None)
+    described = {p: report._describe_result(p, "bench") for p in (base, stage1, final, other)}
+    assert [described[p]["at"] for p in (base, stage1, final, other)] == [
+        "base",
+        "stage1",
+        "final",
+        "my_adapter",
+    ]
+    assert [described[p]["dar"] for p in (base, stage1, final, other)] == [
+        False,
+        False,
+        True,
+        False,
+    ]
+    assert described[final]["name"] == "dar/pope" and described[final]["run"] == "run1"
+    assert described[other]["name"] == "r" and described[other]["run"] == "loose"
+    assert described[base]["data"] == "pope_random"
+    assert described[other]["data"] is None
+    assert report._describe_result(other, "eval")["data"] is None
+
+
+def _described(at: str, data: str | None, dar: bool, name: str) -> dict:
+    return {"at": at, "data": data, "dar": dar, "name": name}
+
+
+def test_the_base_of_a_result_is_the_base_on_the_same_data_and_dar_setting():
+    base_plain = _described("base", "pope", False, "base")
+    base_dar = _described("base", "pope", True, "base dar")
+    base_other = _described("base", "mmvet", False, "base mmvet")
+    stic_dar = _described("final", "pope", True, "stic dar")
+    stic_plain = _described("final", "pope", False, "stic")
+    mmvet = _described("final", "mmvet", True, "stic mmvet")
+    results = [base_plain, base_dar, base_other, stic_dar, stic_plain, mmvet]
+    assert report._base_for(stic_dar, results, "data") is base_dar
+    assert report._base_for(stic_plain, results, "data") is base_plain
+    # No base with the same DaR setting on that data: the base on that data.
+    assert report._base_for(mmvet, results, "data") is base_other
+    assert report._base_for(base_plain, results, "data") is base_dar  # never itself
+    assert report._base_for(_described("final", "textvqa", False, "t"), results, "data") is None
+
+
+def test_without_recorded_data_only_a_single_base_is_taken():
+    unknown = _described("final", None, False, "stic")
+    one_base = [_described("base", "pope", False, "base"), unknown]
+    assert report._base_for(unknown, one_base, "data") is one_base[0]
+    two_bases = [*one_base, _described("base", "mmvet", False, "base 2")]
+    assert report._base_for(unknown, two_bases, "data") is None
+
+
+@pytest.mark.parametrize(
+    "item, correct",
+    [
+        ({"correct": True, "score": 0}, True),
+        ({"correct": False, "score": 1}, False),
+        ({"score": 1}, True),
+        ({"score": 0.5}, True),
+        ({"score": 0}, False),
+        ({"score": -1}, False),
+        ({"score": "1"}, False),
+        ({}, False),
+    ],
+)
+def test_an_item_is_right_by_its_correct_flag_or_a_positive_score(item, correct):
+    assert report._item_correct(item) is correct
