@@ -28,6 +28,7 @@ from types import ModuleType
 from typing import Literal
 
 from stic.data.benchmarks import (
+    amber,
     chartqa,
     llava_bench_wild,
     mathvista_testmini,
@@ -99,6 +100,8 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
     "mathvista_testmini": _spec("mathvista_testmini", mathvista_testmini),
     "llava_bench_wild": _spec("llava_bench_wild", llava_bench_wild),
     "mmvet": _spec("mmvet", mmvet),
+    "amber_discriminative": _spec("amber_discriminative", amber.DISCRIMINATIVE),
+    "amber_generative": _spec("amber_generative", amber.GENERATIVE),
     **{
         f"pope_{split}": _spec(
             f"pope_{split}", pope, read=functools.partial(pope.read, split=split)
