@@ -380,16 +380,21 @@ _INSTALL = (
 )
 
 
+class ScorerUnavailable(ValueError):
+    """The generative scorer's nltk/spaCy parts are not installed (a ValueError, so that every
+    front end that reports a scoring error in one line reports this one)."""
+
+
 @functools.cache
 def official_tools() -> tuple[NounExtractor, Similarity]:
     """inference.py's noun extraction (nltk) and near-synonym test (spaCy ``en_core_web_lg``),
-    loaded on first use; raises RuntimeError with the install command when either is missing."""
+    loaded on first use; raises :class:`ScorerUnavailable` with the install command when either is missing."""
     try:
         import nltk
         import spacy
         from nltk.stem import WordNetLemmatizer
     except ImportError as e:
-        raise RuntimeError(
+        raise ScorerUnavailable(
             f"{GENERATIVE_NAME} is scored with nltk and spaCy ({e.name} is missing): {_INSTALL}"
         ) from None
     try:
@@ -398,7 +403,7 @@ def official_tools() -> tuple[NounExtractor, Similarity]:
         nltk.pos_tag(nltk.word_tokenize("A check."))
         lemmatizer.lemmatize("checks")
     except (OSError, LookupError) as e:
-        raise RuntimeError(
+        raise ScorerUnavailable(
             f"{GENERATIVE_NAME}: the nltk data or the spaCy model is missing "
             f"({str(e).strip().splitlines()[0]}): {_INSTALL}"
         ) from None
