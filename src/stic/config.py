@@ -374,6 +374,8 @@ BENCHMARK_NAMES = (
     "pope_adversarial",
     "pope_popular",
     "pope_random",
+    "amber_discriminative",
+    "amber_generative",
 )
 
 

@@ -100,14 +100,14 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
     "mathvista_testmini": _spec("mathvista_testmini", mathvista_testmini),
     "llava_bench_wild": _spec("llava_bench_wild", llava_bench_wild),
     "mmvet": _spec("mmvet", mmvet),
-    "amber_discriminative": _spec("amber_discriminative", amber.DISCRIMINATIVE),
-    "amber_generative": _spec("amber_generative", amber.GENERATIVE),
     **{
         f"pope_{split}": _spec(
             f"pope_{split}", pope, read=functools.partial(pope.read, split=split)
         )
         for split in pope.SPLITS
     },
+    "amber_discriminative": _spec("amber_discriminative", amber.DISCRIMINATIVE),
+    "amber_generative": _spec("amber_generative", amber.GENERATIVE),
 }
 
 
