@@ -402,6 +402,8 @@ BENCHMARK_NAMES = (
     "pope_adversarial",
     "pope_popular",
     "pope_random",
+    "amber_discriminative",
+    "amber_generative",
 )
 
 

@@ -28,6 +28,7 @@ from types import ModuleType
 from typing import Literal
 
 from stic.data.benchmarks import (
+    amber,
     chartqa,
     llava_bench_wild,
     mathvista_testmini,
@@ -111,6 +112,8 @@ BENCHMARKS: dict[str, BenchmarkSpec] = {
         )
         for split in pope.SPLITS
     },
+    "amber_discriminative": _spec("amber_discriminative", amber.DISCRIMINATIVE),
+    "amber_generative": _spec("amber_generative", amber.GENERATIVE),
 }
 
 
