@@ -44,10 +44,12 @@ from stic.data.benchmarks.records import (
     BenchmarkDataError,
     ImageRef,
     Judge,
-    check_image_files,
 )
 from stic.data.benchmarks.tables import bad_record, checked, text_list, unique_ids
 from stic.runtime.images import resolve_image_path
+
+# read_benchmark checks the images exist when they are needed (not for bench score).
+IMAGES_HINT = "the AMBER image folder (AMBER_<n>.jpg)"
 
 DISCRIMINATIVE_NAME = "amber_discriminative"
 GENERATIVE_NAME = "amber_generative"
@@ -184,7 +186,6 @@ def read_discriminative(data: str | Path, images: str | Path | None = None) -> l
                 meta={"type": annotation["type"]},
             )
         )
-    check_image_files(name, items, root, "the AMBER image folder (AMBER_<n>.jpg)")
     return items
 
 
@@ -244,7 +245,6 @@ def read_generative(data: str | Path, images: str | Path | None = None) -> list[
                 meta={**words, "association": association, "safe_words": safe_words},
             )
         )
-    check_image_files(name, items, root, "the AMBER image folder (AMBER_<n>.jpg)")
     return items
 
 
