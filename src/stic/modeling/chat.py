@@ -12,6 +12,7 @@ exactly on the answer tokens, whatever the family's template.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -146,16 +147,7 @@ def encode_rows(processor, rows: list[TrainRow], max_length: int) -> dict[str, t
         raise ValueError("the first segment of a row must be a prompt")
     batch = process(processor, [row.segments[0][0] for row in rows], [row.image for row in rows])
     mask = batch["attention_mask"].bool()
-    seq_len = batch["input_ids"].shape[1]
-    token_keys = [
-        k
-        for k, v in batch.items()
-        if k != "attention_mask"
-        and isinstance(v, torch.Tensor)
-        and v.dim() >= 2
-        and v.shape[:2] == (len(rows), seq_len)
-    ]
-    out_rows: dict[str, list[torch.Tensor]] = {k: [] for k in token_keys}
+    tails: list[list[int]] = []
     labels: list[list[int]] = []
     for i, row in enumerate(rows):
         prompt_len = int(mask[i].sum())
@@ -168,23 +160,47 @@ def encode_rows(processor, rows: list[TrainRow], max_length: int) -> dict[str, t
             appended += ids
             row_labels += ids if trainable else [IGNORE_INDEX] * len(ids)
         keep = min(len(row_labels), max_length) - prompt_len
-        appended = appended[:keep]
+        tails.append(appended[:keep])
         labels.append(row_labels[: prompt_len + keep])
-        for k in token_keys:
-            prompt = batch[k][i][mask[i]]
-            if k == "input_ids":
-                tail = torch.tensor(appended, dtype=prompt.dtype)
-            else:
-                tail = prompt[-1:].expand(len(appended), *prompt.shape[1:])
-            out_rows[k].append(torch.cat([prompt, tail]))
+    return extend_prompts(tokenizer, batch, tails, labels)
+
+
+def extend_prompts(
+    tokenizer, batch: dict, tails: Sequence[Sequence[int]], labels: Sequence[list[int]]
+) -> dict[str, torch.Tensor]:
+    """The processed prompts of ``batch`` (left-padded, as the processor made them), each row
+    ``i`` followed by the token ids ``tails[i]``, right-padded into one batch with ``labels``.
+
+    Token-aligned tensors other than ``input_ids`` (a model's per-token type ids, ...) are
+    extended with the prompt's last value; the processor's other tensors (pixels, image grids)
+    are kept as they are. Shared by the training rows and the shared-prefix pair rows.
+    """
+    mask = batch["attention_mask"].bool()
+    rows, seq_len = batch["input_ids"].shape[:2]
+    token_keys = [
+        k
+        for k, v in batch.items()
+        if k != "attention_mask"
+        and isinstance(v, torch.Tensor)
+        and v.dim() >= 2
+        and v.shape[:2] == (rows, seq_len)
+    ]
     width = max(len(lab) for lab in labels)
     pad_id = (
         tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     )
     out: dict[str, torch.Tensor] = {}
     for k in token_keys:
+        extended = []
+        for i, appended in enumerate(tails):
+            prompt = batch[k][i][mask[i]]
+            if k == "input_ids":
+                tail = torch.tensor(list(appended), dtype=prompt.dtype)
+            else:
+                tail = prompt[-1:].expand(len(appended), *prompt.shape[1:])
+            extended.append(torch.cat([prompt, tail]))
         fill = pad_id if k == "input_ids" else 0
-        out[k] = torch.stack([_pad(row, width, fill) for row in out_rows[k]])
+        out[k] = torch.stack([_pad(row, width, fill) for row in extended])
     out["attention_mask"] = torch.tensor(
         [[1] * len(lab) + [0] * (width - len(lab)) for lab in labels]
     )

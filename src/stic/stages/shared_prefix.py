@@ -36,7 +36,14 @@ from PIL import Image
 
 from stic.data.prompts import strip_image_placeholder
 from stic.data.schemas import PairRecord
-from stic.modeling.chat import IGNORE_INDEX, TrainRow, encode_rows, process, render_segments
+from stic.modeling.chat import (
+    IGNORE_INDEX,
+    TrainRow,
+    encode_rows,
+    extend_prompts,
+    process,
+    render_segments,
+)
 from stic.modeling.losses import answer_logps, at_least_float32
 from stic.stages.training import load_training_image
 
@@ -125,16 +132,7 @@ def encode_pairs(processor, rows: list[PairRow], max_length: int) -> dict[str, t
     tokenizer = processor.tokenizer
     batch = process(processor, [row.prompt for row in rows], [row.image for row in rows])
     mask = batch["attention_mask"].bool()
-    seq_len = batch["input_ids"].shape[1]
-    token_keys = [
-        k
-        for k, v in batch.items()
-        if k != "attention_mask"
-        and isinstance(v, torch.Tensor)
-        and v.dim() >= 2
-        and v.shape[:2] == (len(rows), seq_len)
-    ]
-    packed: dict[str, list[torch.Tensor]] = {k: [] for k in token_keys}
+    tails: list[list[int]] = []
     labels: list[list[int]] = []
     spans: list[list[int]] = []
     for i, row in enumerate(rows):
@@ -147,37 +145,11 @@ def encode_pairs(processor, rows: list[PairRow], max_length: int) -> dict[str, t
         keep = max_length - prompt_len
         chosen_ids, chosen_labels = _answer(tokenizer, row.chosen, keep)
         rejected_ids, rejected_labels = _answer(tokenizer, row.rejected, keep)
-        appended = chosen_ids + rejected_ids
+        tails.append(chosen_ids + rejected_ids)
         labels.append([IGNORE_INDEX] * prompt_len + chosen_labels + rejected_labels)
         spans.append([prompt_len, len(chosen_ids), len(rejected_ids)])
-        for k in token_keys:
-            prompt = batch[k][i][mask[i]]
-            if k == "input_ids":
-                tail = torch.tensor(appended, dtype=prompt.dtype)
-            else:
-                tail = prompt[-1:].expand(len(appended), *prompt.shape[1:])
-            packed[k].append(torch.cat([prompt, tail]))
-    width = max(len(lab) for lab in labels)
-    pad_id = (
-        tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    )
-    out: dict[str, torch.Tensor] = {}
-    for k in token_keys:
-        fill = pad_id if k == "input_ids" else 0
-        out[k] = torch.stack(
-            [
-                torch.cat([r, r.new_full((width - r.shape[0], *r.shape[1:]), fill)])
-                for r in packed[k]
-            ]
-        )
-    out["attention_mask"] = torch.tensor(
-        [[1] * len(lab) + [0] * (width - len(lab)) for lab in labels]
-    )
-    out["labels"] = torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for lab in labels])
+    out = extend_prompts(tokenizer, batch, tails, labels)
     out["pair_spans"] = torch.tensor(spans)
-    for k, v in batch.items():
-        if k not in out and k not in token_keys:
-            out[k] = v
     return out
 
 
