@@ -153,7 +153,12 @@ class ForkedRun:
 
     def send_signal(self, sig: int) -> None:
         if self.returncode is None:
-            os.kill(self.pid, sig)
+            try:
+                os.kill(self.pid, sig)
+            except ProcessLookupError:
+                # It ended and the server reaped it between poll() and here (Popen holds its
+                # child as a zombie until waited for; the server does not): its code follows.
+                pass
 
     def kill(self) -> None:
         self.send_signal(signal.SIGKILL)
