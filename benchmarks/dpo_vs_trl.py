@@ -169,7 +169,9 @@ def recording(trainer_class):
     return Recording
 
 
-def trainer_options(out: Path, batch: int, steps: int) -> dict:
+def trainer_options(
+    out: Path, batch: int, steps: int, gradient_checkpointing: bool = False
+) -> dict:
     return dict(
         output_dir=str(out),
         per_device_train_batch_size=batch,
@@ -182,14 +184,19 @@ def trainer_options(out: Path, batch: int, steps: int) -> dict:
         use_cpu=not torch.cuda.is_available(),
         remove_unused_columns=False,
         seed=0,
+        gradient_checkpointing=gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
     )
 
 
-def run_trl(folder: Path, pairs, images: Path, batch: int, steps: int, out: Path) -> dict:
+def run_trl(
+    loader, pairs, images: Path, batch: int, steps: int, out: Path, checkpointing: bool = False
+) -> dict:
+    """TRL's DPOTrainer on ``pairs``; ``loader()`` gives a fresh (LoRA model, processor)."""
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    model, processor = load(folder)
+    model, processor = loader()
     rows = [
         {
             "images": [Image.open(images / p.image).convert("RGB")],
@@ -204,7 +211,7 @@ def run_trl(folder: Path, pairs, images: Path, batch: int, steps: int, out: Path
     trainer = recording(DPOTrainer)(
         model=model,
         args=DPOConfig(
-            **trainer_options(out, batch, steps),
+            **trainer_options(out, batch, steps, checkpointing),
             beta=BETA,
             loss_type=["sigmoid", "sft"],
             loss_weights=[1.0, ALPHA],
@@ -219,14 +226,23 @@ def run_trl(folder: Path, pairs, images: Path, batch: int, steps: int, out: Path
 
 
 def run_stic(
-    folder: Path, pairs, images: Path, batch: int, steps: int, out: Path, mode: str
+    loader,
+    pairs,
+    images: Path,
+    batch: int,
+    steps: int,
+    out: Path,
+    mode: str,
+    checkpointing: bool = False,
 ) -> dict:
+    """stic's DPOTrainer on ``pairs``: ``mode`` off (two sequences), on (shared prefix) or
+    precomputed (shared prefix and the reference log-probs computed once before training)."""
     from transformers import TrainingArguments
 
     from stic.stages.dpo import DPOTrainer, PairCollator, WithReference, precompute_reference_logps
     from stic.stages.shared_prefix import SharedPairCollator
 
-    model, processor = load(folder)
+    model, processor = loader()
     make = PairCollator if mode == "off" else SharedPairCollator
     collator = make(processor, str(images), 4096)
     pass_seconds = 0.0
@@ -245,7 +261,7 @@ def run_stic(
         collator = WithReference(collator, reference)
     trainer = recording(DPOTrainer)(
         model=model,
-        args=TrainingArguments(**trainer_options(out, batch, steps)),
+        args=TrainingArguments(**trainer_options(out, batch, steps, checkpointing)),
         train_dataset=pairs,
         data_collator=collator,
         beta=BETA,
@@ -312,37 +328,64 @@ def bench_family(family: str, root: Path, args) -> dict:
     pairs = make_pairs(args.batch * args.steps, SHAPES[family]["image"], images)
     prefix, answers = prefix_share(folder, pairs, images)
     memory = activation_mib(folder, pairs, images, args.batch)
-    count = len(pairs)
+    figures = compare_trainers(
+        lambda: load(folder),
+        pairs,
+        images,
+        args.batch,
+        args.steps,
+        root / family / "out",
+        args.rounds,
+    )
+    return {
+        "family": family,
+        "prefix_tokens": prefix,
+        "answer_tokens": answers,
+        **figures,
+        "activation_mib_per_pair": memory,
+    }
+
+
+def compare_trainers(
+    loader,
+    pairs,
+    images: Path,
+    batch: int,
+    steps: int,
+    out: Path,
+    rounds: int,
+    checkpointing: bool = False,
+) -> dict:
+    """The four trainers on the same job, ``rounds`` interleaved rounds: pairs/s of each (median
+    and range), the ratios within a round, and each trainer's step-0 loss (first round)."""
+    count = batch * steps
     runs = {
-        CONFIGS[0]: lambda out: run_trl(folder, pairs, images, args.batch, args.steps, out),
-        CONFIGS[1]: lambda out: run_stic(folder, pairs, images, args.batch, args.steps, out, "off"),
-        CONFIGS[2]: lambda out: run_stic(folder, pairs, images, args.batch, args.steps, out, "on"),
-        CONFIGS[3]: lambda out: run_stic(
-            folder, pairs, images, args.batch, args.steps, out, "precomputed"
-        ),
+        CONFIGS[0]: lambda: run_trl(loader, pairs, images, batch, steps, out, checkpointing),
+        **{
+            name: lambda mode=mode: run_stic(
+                loader, pairs, images, batch, steps, out, mode, checkpointing
+            )
+            for name, mode in zip(CONFIGS[1:], ("off", "on", "precomputed"), strict=True)
+        },
     }
     results: dict[str, list[dict]] = {name: [] for name in runs}
 
     def once(name):
         def call() -> float:
-            result = runs[name](root / family / "out")
+            result = runs[name]()
             results[name].append(result)
             return count / result["seconds"]
 
         return call
 
-    figures = interleaved({name: once(name) for name in runs}, args.rounds)
+    figures = interleaved({name: once(name) for name in runs}, rounds)
     with_pass = [count / (r["seconds"] + r["pass_seconds"]) for r in results[CONFIGS[3]]]
     return {
-        "family": family,
-        "prefix_tokens": prefix,
-        "answer_tokens": answers,
         "pairs_per_s": {name: spread(values) for name, values in figures.items()},
         "precomputed_with_pass": spread(with_pass),
         "vs_trl": {name: ratios(figures, name, CONFIGS[0]) for name in CONFIGS[1:]},
         "shared_vs_two": ratios(figures, CONFIGS[2], CONFIGS[1]),
         "first_loss": {name: results[name][0]["first_loss"] for name in runs},
-        "activation_mib_per_pair": memory,
     }
 
 

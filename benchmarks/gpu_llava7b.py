@@ -9,7 +9,16 @@ and peak GPU memory.
 Random weights rarely produce the end-of-turn token, so nearly every answer runs to
 --max-new-tokens: generation numbers are a worst case for that length.
 
+Each stage runs ``--repeats`` times (default 3), interleaved (pairs, dpo, pairs, dpo, ...), each
+time into a fresh folder; every figure is the median and [min-max] range over the repeats
+(benchmarks/measure.py). Then, unless ``--compare-steps 0``, the DPO side by side of
+benchmarks/dpo_vs_trl.py on this 7B shape and the pairs just generated: TRL's DPOTrainer, stic
+with two sequences per pair, with the shared prefix, and with the shared prefix and the
+precomputed reference, the same LoRA, batch, steps and gradient checkpointing for all four,
+``--repeats`` interleaved rounds, ratios within a round.
+
     python benchmarks/gpu_llava7b.py --images 256 --batch-size 64 --dpo-steps 20
+    python benchmarks/gpu_llava7b.py --smoke --images 8 --batch-size 4 --max-new-tokens 16 --dpo-steps 2 --compare-steps 2
 """
 
 from __future__ import annotations
@@ -22,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from measure import LoadMonitor, interleaved, spread
 
 from stic.config import DPOConfig, PairsConfig
 from stic.stages.dpo import run_dpo
@@ -138,6 +148,16 @@ def main() -> None:
     parser.add_argument("--dpo-steps", type=int, default=20)
     parser.add_argument("--dpo-batch-size", type=int, default=2, help="pairs per forward pass")
     parser.add_argument("--grad-accum", type=int, default=4)
+    parser.add_argument(
+        "--repeats", type=int, default=3, help="interleaved runs of each stage (default: 3)"
+    )
+    parser.add_argument(
+        "--compare-steps",
+        type=int,
+        default=10,
+        help="steps of each trainer in the DPO side by side with TRL (0: skip it)",
+    )
+    parser.add_argument("--compare-lora-r", type=int, default=128)
     parser.add_argument("--out", default=None, help="work folder (default: a temporary one)")
     parser.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     parser.add_argument(
@@ -164,9 +184,49 @@ def main() -> None:
     )
     results["build_s"] = round(time.perf_counter() - start, 1)
     results["params_b"] = round(sum(p.numel() for p in model.parameters()) / 1e9, 2)
-    make_images(work / "images", args.images, seed=0)
+    runs = {
+        "pairs": lambda round_: run_pairs_once(model, processor, work / f"round{round_}", args),
+        "dpo": lambda round_: run_dpo_once(model, processor, work / f"round{round_}", args),
+    }
+    rows: dict[str, list[dict]] = {name: [] for name in runs}
+    counter = {name: 0 for name in runs}
 
-    pairs_config = PairsConfig(
+    def once(name):
+        def call() -> float:
+            counter[name] += 1
+            row = runs[name](counter[name])
+            rows[name].append(row)
+            print(json.dumps({name: row}), flush=True)
+            return row["seconds"]
+
+        return call
+
+    with LoadMonitor() as monitor:
+        interleaved({name: once(name) for name in runs}, args.repeats)
+        for name, stage_rows in rows.items():
+            results[name] = summarise(stage_rows)
+        if args.compare_steps:
+            results["dpo_vs_trl"] = compare(model, processor, work / "round1", args)
+    results["machine"] = monitor.report()
+    print(json.dumps(results, indent=2, default=str), flush=True)
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
+
+
+def summarise(rows: list[dict]) -> dict:
+    """Each numeric figure of the repeats as median [min-max]; the rest from the first run."""
+    out = {}
+    for key, value in rows[0].items():
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[key] = spread([row[key] for row in rows]).as_dict(2)
+        else:
+            out[key] = value
+    return out
+
+
+def run_pairs_once(model, processor, work: Path, args) -> dict:
+    make_images(work / "images", args.images, seed=0)
+    config = PairsConfig(
         model="random-llava-1.5-7b-shaped",
         images=str(work / "images"),
         out=str(work / "pairs.jsonl"),
@@ -175,47 +235,113 @@ def main() -> None:
     )
     sync()
     start = time.perf_counter()
-    summary = run_pairs(pairs_config, model=model, processor=processor)
+    summary = run_pairs(config, model=model, processor=processor)
     seconds = elapsed(start)
-    results["pairs"] = {
-        "images": summary.written,
+    made = summary.made
+    return {
+        "images": made,
         "seconds": round(seconds, 1),
-        "images_per_s": round(summary.written / seconds, 2),
-        "pairs_per_s": round(summary.written / seconds, 2),
-        "generated_tokens_per_s": round(2 * summary.written * args.max_new_tokens / seconds, 0),
-        "truncated_answers": summary.truncated,
+        "images_per_s": round(made / seconds, 2),
+        "pairs_per_s": round(made / seconds, 2),
+        # An upper bound: every answer counted at the token limit (random weights rarely stop).
+        "generated_tokens_per_s": round(2 * made * args.max_new_tokens / seconds, 0),
+        "truncated_answers": summary.details["truncated_answers"],
         "peak_gpu_gib": peak_gib(),
     }
-    print(json.dumps(results, indent=2), flush=True)
-    dpo_config = DPOConfig(
+
+
+def run_dpo_once(model, processor, work: Path, args) -> dict:
+    """DPO on the pairs of the pairs run of the same round (interleaving runs pairs first)."""
+    config = DPOConfig(
         model="random-llava-1.5-7b-shaped",
-        pairs=pairs_config.out,
-        images=pairs_config.images,
+        pairs=str(work / "pairs.jsonl"),
+        images=str(work / "images"),
         out=str(work / "dpo"),
         max_steps=args.dpo_steps,
         batch_size=args.dpo_batch_size,
         grad_accum=args.grad_accum,
         gradient_checkpointing=True,
+        # Random weights answer up to the token limit: keep those pairs (a trained model's are
+        # dropped by default), or nothing is left to train on.
+        filter_truncated=False,
         save_steps=10_000,
         logging_steps=5,
     )
     sync()
     start = time.perf_counter()
-    dpo_summary = run_dpo(dpo_config, model=model, processor=processor)
+    summary = run_dpo(config, model=model, processor=processor)
     seconds = elapsed(start)
+    without_adapters(model)  # run_dpo put its LoRA into the model; the next round starts bare
     pairs_seen = args.dpo_steps * args.dpo_batch_size * args.grad_accum
-    results["dpo"] = {
-        "steps": dpo_summary["global_step"],
+    return {
+        "steps": summary.details["global_step"],
         "seconds": round(seconds, 1),
         "s_per_step": round(seconds / args.dpo_steps, 2),
         "pairs_per_s": round(pairs_seen / seconds, 2),
-        "train_loss": dpo_summary["train_loss"],
+        "train_loss": summary.details["train_loss"],
         "peak_gpu_gib": peak_gib(),
-        "adapter_files": sorted(p.name for p in Path(dpo_config.out).iterdir()),
     }
-    print(json.dumps(results, indent=2), flush=True)
-    if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+def without_adapters(model):
+    """``model`` with every PEFT layer put back to the layer it wraps (in place, no merge)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    for name, module in list(model.named_modules()):
+        if isinstance(module, BaseTunerLayer):
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, module.get_base_layer())
+    # PEFT also notes its adapters' configs on the wrapped model; a stale note makes the next
+    # wrapper think those adapters (TRL's "ref", for one) still exist.
+    if "peft_config" in vars(model):
+        del model.peft_config
+    return model
+
+
+def compare(model, processor, work: Path, args) -> dict:
+    """benchmarks/dpo_vs_trl.py's four trainers on this model and the pairs of round 1."""
+    from dpo_vs_trl import CONFIGS, LORA_LAYERS, compare_trainers
+
+    from stic.data.schemas import read_pairs
+    from stic.modeling.models import add_lora
+
+    pairs = read_pairs(work / "pairs.jsonl")[: args.dpo_batch_size * args.compare_steps]
+
+    def loader():
+        # A fresh LoRA (seed 0) on the same base weights for every trainer: the previous run's
+        # adapter is taken off (no merge) so the base stays the random 7B weights.
+        without_adapters(model)
+        sync()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            lora = add_lora(
+                model,
+                r=args.compare_lora_r,
+                alpha=2 * args.compare_lora_r,
+                dropout=0.0,
+                layer_names=LORA_LAYERS,
+            )
+        return lora, processor
+
+    figures = compare_trainers(
+        loader,
+        pairs,
+        work / "images",
+        args.dpo_batch_size,
+        args.compare_steps,
+        work / "compare",
+        args.repeats,
+        checkpointing=True,
+    )
+    return {
+        "job": f"{args.compare_steps} steps x {args.dpo_batch_size} pairs, LoRA r="
+        f"{args.compare_lora_r}, gradient checkpointing",
+        "pairs_per_s": {name: str(figures["pairs_per_s"][name]) for name in CONFIGS},
+        "precomputed_with_its_pass": str(figures["precomputed_with_pass"]),
+        "vs_trl": {name: str(value) for name, value in figures["vs_trl"].items()},
+        "shared_vs_two_sequences": str(figures["shared_vs_two"]),
+        "step0_loss": figures["first_loss"],
+    }
 
 
 if __name__ == "__main__":

@@ -80,28 +80,34 @@ class PeakMemory:
 
 
 def requests_of(count: int):
-    """``count`` requests over the demo's evaluation scenes: questions and description prompts."""
+    """``count`` requests over the demo's evaluation scenes: questions and description prompts.
+
+    Returns the requests, a scratch folder and the folder of the scenes' images.
+    """
+    import json
     import tempfile
 
     from PIL import Image
 
     from stic.data.prompts import GOOD_PROMPT
-    from stic.demo.run import DemoSettings, write_eval_split
+    from stic.demo.run import DemoSettings, demo_output, write_eval_split
     from stic.modeling.generation import Request
 
     root = Path(tempfile.mkdtemp(prefix="stic-bench-"))
-    files = write_eval_split(root, DemoSettings(eval_scenes=max(8, count // 4)))
-    import json
-
-    rows = [json.loads(line) for line in files["vqa"].read_text().splitlines()]
+    settings = DemoSettings(eval_scenes=max(8, count // 4))
     out = []
-    for i, row in enumerate(rows):
-        image = Image.open(files["images"] / row["image"]).convert("RGB")
-        # Every fourth request asks for a long description: prompts of two very different lengths.
-        out.append(Request(GOOD_PROMPT if i % 4 == 0 else row["question"], image))
-        if len(out) == count:
-            break
-    return out, root
+    # The demo's own writer of its evaluation split, through the demo folder's output object.
+    with demo_output(root / "demo", settings, overwrite=False) as output:
+        files = write_eval_split(output, settings)
+        rows = [json.loads(line) for line in files["vqa"].read_text().splitlines()]
+        for i, row in enumerate(rows):
+            image = Image.open(files["images"] / row["image"]).convert("RGB")
+            # Every fourth request asks for a long description: prompts of two very different
+            # lengths.
+            out.append(Request(GOOD_PROMPT if i % 4 == 0 else row["question"], image))
+            if len(out) == count:
+                break
+    return out, root, files["images"]
 
 
 def timed(name, run, requests) -> Result:
@@ -212,7 +218,7 @@ def generation_runs(args, requests) -> tuple[dict[str, Callable[[], Result]], Ca
     return runs, close
 
 
-def dpo_benchmark(args, root: Path) -> None:
+def dpo_benchmark(args, root: Path, images: Path) -> None:
     import json
 
     import torch
@@ -228,7 +234,6 @@ def dpo_benchmark(args, root: Path) -> None:
         precompute_reference_logps,
     )
 
-    images = root / "images"
     names = sorted(p.name for p in images.iterdir())[: args.dpo_steps * args.dpo_batch]
     pairs = [
         PairRecord(
@@ -257,7 +262,13 @@ def dpo_benchmark(args, root: Path) -> None:
             started = time.perf_counter()
             path = root / f"reference-{time.time_ns()}.jsonl"
             reference = precompute_reference_logps(
-                model, pairs, collator, path, "bench", batch_size=args.dpo_batch
+                model,
+                pairs,
+                collator,
+                path,
+                "bench",
+                batch_size=args.dpo_batch,
+                append=lambda rows: None,  # kept in memory: every round starts afresh
             )
             pre_seconds = time.perf_counter() - started
         trainer = DPOTrainer(
@@ -366,7 +377,7 @@ def main():
         f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
         f"{torch.cuda.get_device_name() if torch.cuda.is_available() else 'CPU'}"
     )
-    requests, root = requests_of(args.requests)
+    requests, root, images = requests_of(args.requests)
     with LoadMonitor() as load:
         runs, close = generation_runs(args, requests)
         try:
@@ -386,7 +397,7 @@ def main():
         if results:
             print_generation(results)
         if "dpo" not in args.skip:
-            dpo_benchmark(args, root)
+            dpo_benchmark(args, root, images)
     print(load.report())
 
 
