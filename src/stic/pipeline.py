@@ -23,6 +23,11 @@ sft would be the base model filed as final), unless the entry names its weights 
 place of ``<at>`` for an ``adapter:``), so ``stic compare`` can read each arm. A stage whose output is
 complete for the same config is skipped, so a rerun after a crash picks up where it stopped.
 Relative paths are taken from the current directory.
+
+``gpus: N`` (or ``stic run --gpus N``; default: the machine's GPUs) runs the generating stages on
+a local Ray pool of N workers and the training stages as N data-parallel processes started by
+``launcher: torchrun | accelerate`` (``accelerate_config:`` its config file), keeping each
+global batch (batch_size x grad_accum); N is in no config hash (see stic.stages.launch).
 """
 
 from __future__ import annotations

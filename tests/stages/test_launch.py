@@ -29,7 +29,20 @@ from stic.config import (
     config_hash,
 )
 from stic.pipeline import launch_options
+from stic.runtime.manifests import read_manifest
 from stic.stages import launch, training
+from tests.stages.test_distributed import (  # noqa: F401  (inputs: the fixture, used by name)
+    DPO_STEPS,
+    _assert_same_training,
+    _cli_args,
+    _dpo_values,
+    _kill_after_checkpoint,
+    _one_process,
+    _run,
+    _steps,
+    _torchrun,
+    inputs,
+)
 
 
 @pytest.mark.parametrize(
@@ -247,3 +260,23 @@ def test_parent_token_names_this_process_and_no_other():
     if start:  # /proc: the same pid with another start time is another process
         assert not launch.parent_alive(f"{pid}:{int(start) + 1}")
     assert launch.exit_with_parent(environ={}) is False  # not launched by stic run: no watch
+
+
+@pytest.mark.slow
+def test_dpo_killed_with_two_processes_resumes_with_one(inputs, tmp_path):  # noqa: F811
+    """Resume with another N: the same config (keep_global_batch) is the same run for any N, so
+    a checkpoint two processes saved is resumed by one, to the uninterrupted one-process run."""
+    one = tmp_path / "one"
+    _one_process("dpo", _dpo_values(inputs, one, batch_size=2, save_steps=100))
+
+    two = tmp_path / "two"
+    values = _dpo_values(inputs, two, batch_size=2, keep_global_batch=True)
+    killed_at = _kill_after_checkpoint(_torchrun("dpo", values), two)
+    assert read_manifest(two)["status"] == "running"
+    _run([sys.executable, "-m", "stic", "dpo", *_cli_args(values)])  # one process, same config
+    details = read_manifest(two)["summary"]["details"]
+    assert details["world_size"] == 1 and details["global_step"] == DPO_STEPS
+    assert int(details["resumed_from"].rsplit("-", 1)[1]) >= int(killed_at.rsplit("-", 1)[1])
+    assert sorted(_steps(two)) == list(range(1, DPO_STEPS + 1))
+    diffs = _assert_same_training(one, two)
+    print(f"dpo, killed with 2 processes at {Path(killed_at).name}, resumed with 1: {diffs}")
