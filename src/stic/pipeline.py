@@ -505,10 +505,12 @@ def run_pipeline(
     with run_output(path, output_dir) as output:
         output.write_text(resolved_config(stages))
         output.finish({"stages": len(stages), "gpus": options.gpus, "launcher": options.launcher})
-        with launch.ray_session([(s.stage, s.config) for s in stages]):
-            for planned in stages:
-                logger.info("stage %s (%s)", planned.stage, planned.name)
-                if options.gpus > 1 and planned.stage in launch.TRAINING_STAGES:
-                    yield planned, launch.run_training(planned.stage, planned.config, options)
-                else:
-                    yield planned, run_stage(planned.stage, planned.config)
+        # Each generating stage starts its local Ray instance and stops it when it ends: one
+        # kept for the whole run left a worker (and on a GPU, its copy of the model) alive
+        # after the stage on this CPU, into the training stage that needs the GPU.
+        for planned in stages:
+            logger.info("stage %s (%s)", planned.stage, planned.name)
+            if options.gpus > 1 and planned.stage in launch.TRAINING_STAGES:
+                yield planned, launch.run_training(planned.stage, planned.config, options)
+            else:
+                yield planned, run_stage(planned.stage, planned.config)

@@ -144,29 +144,6 @@ def scaled_config(stage: str, config: Any, gpus: int, where: str = "") -> Any:
     return config
 
 
-@contextlib.contextmanager
-def ray_session(stages: list[tuple[str, Any]]):
-    """One local Ray instance for every generating stage that :func:`scaled_config` gave
-    ``ray: local`` (``stages``: (stage, config) pairs), started before the first and stopped
-    after the run, instead of one start (seconds to tens of seconds) per stage. The stages join
-    it as any connected process (:func:`stic.stages.ray_pool.generate_on_ray`); their worker
-    pools are gone when each stage ends, so the training processes have the GPUs to themselves."""
-    if not any(s in GENERATING_STAGES and getattr(c, "ray", None) == "local" for s, c in stages):
-        yield
-        return
-    from stic.stages.ray_pool import import_ray
-
-    ray = import_ray()
-    if ray.is_initialized():  # a notebook's or a test's cluster: theirs to stop
-        yield
-        return
-    ray.init(address="local", include_dashboard=False, log_to_driver=True)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 def stage_arguments(config: Any) -> list[str]:
     """The command-line options that make ``stic <stage>`` parse back into ``config``: every
     field, None ones left out (their default is None)."""
