@@ -6,13 +6,14 @@ what ``stic <verb> --help`` shows).
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import json
 import logging
 import sys
 
 from stic import __version__
-from stic.config import ConfigError, value_errors
+from stic.config import ConfigError, LaunchOptions, value_errors
 from stic.stages.registry import STAGES, run_stage
 
 # Commands that are small programs of their own: name -> (module whose main(argv) runs it, help).
@@ -58,6 +59,8 @@ TOOLS = {
         "One offline HTML page of a run: pairs with images, length audit, curves, results.",
     ),
 }
+
+LAUNCH_HELP = {f.name: f.metadata["help"] for f in dataclasses.fields(LaunchOptions)}
 
 # Commands that are a sub-verb of a stage: "<stage> <word>" -> (module whose main(argv) runs it,
 # help). `stic bench score ...` is one; `stic bench ...` is the stage.
@@ -125,7 +128,7 @@ def _run(argv: list[str]) -> int:
 
     parser = argparse.ArgumentParser(
         prog="stic run",
-        usage="stic run CONFIG.yaml [--overwrite]",
+        usage="stic run CONFIG.yaml [--overwrite] [--gpus N]",
         description="Run the stages in order from one YAML config.\n\n" + (pipeline.__doc__ or ""),
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -136,11 +139,19 @@ def _run(argv: list[str]) -> int:
         help="every stage whose output was made with another config deletes it (only the files "
         "its manifest lists) and starts over; without it such a stage stops the run",
     )
+    parser.add_argument(
+        "--gpus",
+        type=int,
+        default=None,
+        metavar="N",
+        help="replaces the config's gpus: " + LAUNCH_HELP["gpus"],
+    )
     try:
         args = parser.parse_args(argv)
     except SystemExit as e:  # argparse: 0 after --help, 2 on a usage error
         return int(e.code or 0)
-    for planned, summary in pipeline.run_pipeline(args.config, overwrite=args.overwrite):
+    runs = pipeline.run_pipeline(args.config, overwrite=args.overwrite, gpus=args.gpus)
+    for planned, summary in runs:
         print_summary(f"{planned.stage} ({planned.name}) -> {planned.config.out}", summary)
     _write_report(args.config)
     return 0
@@ -193,6 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     if verb not in VERBS:
         print(f"stic: unknown command {verb!r}\n\n{_usage()}", file=sys.stderr)
         return 2
+    # Started by `stic run --gpus N` (a training process): end with it, even if it is killed.
+    from stic.stages.launch import exit_with_parent
+
+    exit_with_parent()
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("stic").setLevel(logging.INFO)
     try:

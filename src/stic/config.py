@@ -228,6 +228,14 @@ class TrainOptions(ModelOptions):
     gradient_checkpointing: bool = _help(
         "Recompute activations in the backward pass to save memory.", default=False
     )
+    keep_global_batch: bool = _help(
+        "Under a launcher of N processes (torchrun, accelerate launch): batch_size x grad_accum "
+        "is the GLOBAL batch, split over the N processes (grad_accum / N each where it divides, "
+        "else a smaller per-device batch; an error where no split gives it), so that N processes "
+        "train the steps of one; the split is recorded in the manifest. `stic run --gpus N` sets "
+        "it. Off: every process takes batch_size x grad_accum (a global batch N times larger).",
+        default=False,
+    )
     save_steps: int = _help("Save a resumable checkpoint every this many steps.", default=100)
     logging_steps: int = _help("Log metrics every this many steps.", default=10)
     report_to: str = _help(
@@ -261,6 +269,8 @@ class TrainOptions(ModelOptions):
         "report_to",
         "dataloader_num_workers",
         "gradient_checkpointing",
+        # The same global batch over any number of processes: the same steps, the same run.
+        "keep_global_batch",
     )
 
 
@@ -498,6 +508,40 @@ class BenchConfig(GenerationOptions):
     )
 
 
+LAUNCHERS = ("torchrun", "accelerate")
+
+
+@dataclass(kw_only=True)
+class LaunchOptions:
+    """How ``stic run`` spreads a run over the GPUs of one machine: top-level keys of a run
+    config (``gpus`` also ``stic run --gpus N``). None of them is part of any stage's config
+    hash: a run with N=1 and one with N=8 are the same run, and either may resume the other."""
+
+    gpus: int | None = _help(
+        "GPUs (processes) every stage uses. Generating stages (pairs, infuse, eval, bench): a "
+        "local Ray pool of that many workers (one GPU each where there are GPUs; what --ray "
+        "local --workers N is). Training stages (dpo, sft): that many data-parallel processes "
+        "started by the launcher, each with its share of the global batch (batch_size x "
+        "grad_accum, kept). Unset: the GPUs this machine has (torch.cuda.device_count()), 1 "
+        "without a GPU; 1: every stage in this process, as without the key.",
+        default=None,
+    )
+    launcher: Literal["torchrun", "accelerate"] = _help(
+        "What starts the training processes when gpus > 1: torchrun (python -m "
+        "torch.distributed.run --standalone, plain DDP) or accelerate (accelerate launch "
+        "--config_file accelerate_config).",
+        default="torchrun",
+    )
+    accelerate_config: str | None = _help(
+        "With launcher: accelerate, the accelerate config file (default: the shipped "
+        "configs/accelerate/ddp.yaml; deepspeed_zero2.yaml, deepspeed_zero3.yaml and fsdp.yaml "
+        "ship beside it). Its num_processes is replaced by gpus.",
+        default=None,
+    )
+
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("gpus", "launcher", "accelerate_config")
+
+
 def _type_ok(value: Any, annotation: Any) -> bool:
     origin = typing.get_origin(annotation)
     if origin is Literal:
@@ -574,7 +618,7 @@ def value_errors(config: Any, where: str = "", cls: type | None = None) -> list[
     ):
         if getattr(config, name, None) is not None:  # max_new_tokens None: the protocol's
             check(name, getattr(config, name) >= 1, "must be >= 1")
-    for name in ("limit", "max_steps", "workers"):
+    for name in ("limit", "max_steps", "workers", "gpus"):
         value = getattr(config, name, None)
         check(name, value is None or value >= 1, "must be >= 1 or null")
     gpus = getattr(config, "worker_gpus", None)
@@ -624,7 +668,12 @@ def value_errors(config: Any, where: str = "", cls: type | None = None) -> list[
             parse_shard(shard)
         except ValueError as e:
             errors.append(f"{where}shard: {e}")
-    for name in ("model", "images", "out", "pairs", "data", "adapter", "ray"):
+    if (
+        getattr(config, "accelerate_config", None)
+        and getattr(config, "launcher", "") != "accelerate"
+    ):
+        errors.append(f"{where}accelerate_config: only read with launcher: accelerate")
+    for name in ("model", "images", "out", "pairs", "data", "adapter", "ray", "accelerate_config"):
         value = getattr(config, name, None)
         if isinstance(value, str) and not value.strip():
             errors.append(f"{where}{name}: must not be empty")

@@ -23,6 +23,11 @@ sft would be the base model filed as final), unless the entry names its weights 
 place of ``<at>`` for an ``adapter:``), so ``stic compare`` can read each arm. A stage whose output is
 complete for the same config is skipped, so a rerun after a crash picks up where it stopped.
 Relative paths are taken from the current directory.
+
+``gpus: N`` (or ``stic run --gpus N``; default: the machine's GPUs) runs the generating stages on
+a local Ray pool of N workers and the training stages as N data-parallel processes started by
+``launcher: torchrun | accelerate`` (``accelerate_config:`` its config file), keeping each
+global batch (batch_size x grad_accum); N is in no config hash (see stic.stages.launch).
 """
 
 from __future__ import annotations
@@ -37,9 +42,10 @@ from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from stic.config import ConfigError, build, normalized
+from stic.config import ConfigError, LaunchOptions, build, normalized
 from stic.runtime.manifests import redact
 from stic.runtime.output import Output
+from stic.stages import launch
 from stic.stages.registry import STAGES, run_stage
 
 if TYPE_CHECKING:
@@ -49,6 +55,8 @@ logger = logging.getLogger(__name__)
 
 STAGE_ORDER = tuple(STAGES)
 SHARED_KEYS = ("model", "dtype", "seed", "trust_remote_code", "allow_pickle", "overwrite")
+# How the run is spread over the machine's GPUs (stic.stages.launch): not given to any stage.
+LAUNCH_KEYS = tuple(f.name for f in dataclasses.fields(LaunchOptions))
 EVAL_AT = ("base", "stage1", "final")
 # Stages whose section is a list of entries, each run at one adapter (``at``).
 ENTRY_STAGES = ("eval", "bench")
@@ -88,7 +96,7 @@ def plan(data: Any) -> list[PlannedStage]:
     top = _normalize_keys(data, "", errors)
     if errors:
         raise ConfigError("the run config must be a YAML mapping")
-    allowed = set(SHARED_KEYS) | {"output_dir"} | set(STAGE_ORDER)
+    allowed = set(SHARED_KEYS) | set(LAUNCH_KEYS) | {"output_dir"} | set(STAGE_ORDER)
     errors += [
         f"{k}: unknown key (allowed: {', '.join(sorted(allowed))})" for k in top if k not in allowed
     ]
@@ -98,6 +106,10 @@ def plan(data: Any) -> list[PlannedStage]:
         errors.append("output_dir: required")
     elif not isinstance(top["output_dir"], str):
         errors.append(f"output_dir: {top['output_dir']!r} is not str")
+    try:
+        build(LaunchOptions, {k: top[k] for k in LAUNCH_KEYS if k in top})
+    except ConfigError as e:
+        errors += str(e).splitlines()
     shared = {k: top[k] for k in SHARED_KEYS if k in top}
     # Stand-ins for a missing model or output_dir (already reported), so that the sections are
     # still checked and their problems reported with these.
@@ -441,23 +453,64 @@ def run_output(config_path: str | Path, output_dir: str | Path) -> Output:
     )
 
 
+def launch_options(data: dict, gpus: int | None = None) -> LaunchOptions:
+    """The run config's launch keys (``gpus``, ``launcher``, ``accelerate_config``; ``gpus``
+    from ``stic run --gpus`` when given), resolved: unset ``gpus`` is this machine's GPUs."""
+    given = {k.replace("-", "_"): v for k, v in data.items()}
+    values = {k: given[k] for k in LAUNCH_KEYS if k in given}
+    if gpus is not None:
+        values["gpus"] = gpus
+    return launch.resolve_options(build(LaunchOptions, values))
+
+
+def scaled(stages: list[PlannedStage], gpus: int) -> list[PlannedStage]:
+    """The stages as they run on ``gpus`` GPUs (:func:`stic.stages.launch.scaled_config`: runtime
+    fields only, every config hash unchanged); every global batch that cannot be split over
+    them is named in one ConfigError."""
+    errors, out = [], []
+    for s in stages:
+        try:
+            out.append(
+                dataclasses.replace(
+                    s, config=launch.scaled_config(s.stage, s.config, gpus, f"{s.stage}.")
+                )
+            )
+        except ConfigError as e:
+            errors.append(str(e))
+    if errors:
+        raise ConfigError("\n".join(errors))
+    return out
+
+
 def run_pipeline(
-    path: str | Path, overwrite: bool = False
+    path: str | Path, overwrite: bool = False, gpus: int | None = None
 ) -> Iterator[tuple[PlannedStage, StageSummary]]:
     """Run every stage of the config at ``path`` in order, yielding each one's summary as it ends.
 
-    ``overwrite`` (``stic run --overwrite``) sets every stage's ``overwrite``.
+    ``overwrite`` (``stic run --overwrite``) sets every stage's ``overwrite``. ``gpus``
+    (``stic run --gpus``) replaces the config's ``gpus``: with more than one, the generating
+    stages run on a local Ray pool and the training stages as that many processes
+    (:mod:`stic.stages.launch`).
     """
     stages = load_run_config(path)
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    options = launch_options(data, gpus)
+    stages = scaled(stages, options.gpus)
     if overwrite:
         stages = [
             dataclasses.replace(s, config=dataclasses.replace(s.config, overwrite=True))
             for s in stages
         ]
-    output_dir = Path(yaml.safe_load(Path(path).read_text(encoding="utf-8"))["output_dir"])
+    output_dir = Path(data["output_dir"])
     with run_output(path, output_dir) as output:
         output.write_text(resolved_config(stages))
-        output.finish({"stages": len(stages)})
+        output.finish({"stages": len(stages), "gpus": options.gpus, "launcher": options.launcher})
+        # Each generating stage starts its local Ray instance and stops it when it ends: one
+        # kept for the whole run left a worker (and on a GPU, its copy of the model) alive
+        # after the stage on this CPU, into the training stage that needs the GPU.
         for planned in stages:
             logger.info("stage %s (%s)", planned.stage, planned.name)
-            yield planned, run_stage(planned.stage, planned.config)
+            if options.gpus > 1 and planned.stage in launch.TRAINING_STAGES:
+                yield planned, launch.run_training(planned.stage, planned.config, options)
+            else:
+                yield planned, run_stage(planned.stage, planned.config)

@@ -35,6 +35,7 @@ from stic.modeling.models import add_lora, load_adapter, load_model
 from stic.runtime.files import read_json
 from stic.runtime.images import image_path_problems, load_image, resolve_image_path
 from stic.runtime.output import Output
+from stic.stages.launch import BatchSplit, split_batch
 from stic.stages.runner import StageSummary, claim_output
 
 logger = logging.getLogger(__name__)
@@ -163,17 +164,27 @@ def _checkpointing_arguments(config: TrainOptions) -> dict[str, Any]:
     return settings
 
 
+def batch_split(config: TrainOptions) -> BatchSplit:
+    """This launch's per-process batch: ``config``'s as given, or with ``keep_global_batch``
+    its share of the global batch ``batch_size x grad_accum`` (:func:`~stic.stages.launch.split_batch`)."""
+    processes = launched_processes()
+    if config.keep_global_batch and processes > 1:
+        return split_batch(config.batch_size, config.grad_accum, processes)
+    return BatchSplit(config.batch_size, config.grad_accum, processes)
+
+
 def training_arguments(config: TrainOptions, model_dtype: torch.dtype):
     from transformers import TrainingArguments
 
     out = Path(config.out)
+    split = batch_split(config)
     return TrainingArguments(
         output_dir=str(out / CHECKPOINTS),
         learning_rate=config.lr,
         num_train_epochs=config.epochs,
         max_steps=config.max_steps if config.max_steps is not None else -1,
-        per_device_train_batch_size=config.batch_size,
-        gradient_accumulation_steps=config.grad_accum,
+        per_device_train_batch_size=split.batch_size,
+        gradient_accumulation_steps=split.grad_accum,
         # transformers 5 takes the warm-up as warmup_steps: a value below 1 is a fraction of the
         # training steps (the config keeps warmup_ratio in [0, 1) so it always is one).
         warmup_steps=config.warmup_ratio,
@@ -438,6 +449,12 @@ def train_and_save(
             "resumed_from": resume,
             "train_loss": train_loss,
             "world_size": world_size(),
+            # What each process trained with (its share of the global batch), as run.
+            "batch_split": BatchSplit(
+                trainer.args.per_device_train_batch_size,
+                trainer.args.gradient_accumulation_steps,
+                world_size(),
+            ).to_dict(),
             **details,
         },
     )
