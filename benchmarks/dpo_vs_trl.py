@@ -418,6 +418,9 @@ def print_family(result: dict, args) -> None:
         )
     print(f"{'  + its one-time reference pass':30} {str(result['precomputed_with_pass']):>22}")
     print(f"shared prefix vs two sequences: {result['shared_vs_two']}x")
+    losses = result["first_loss"]
+    gap = abs(losses[CONFIGS[0]] - losses[CONFIGS[1]]) / abs(losses[CONFIGS[1]])
+    print(f"step-0 loss, TRL vs stic two sequences: {gap:.1e} relative (float32 ulp ~1.2e-7)")
     memory = result["activation_mib_per_pair"]
     print(
         "activations kept for backward, MiB per pair: "
