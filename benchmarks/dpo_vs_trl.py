@@ -7,8 +7,10 @@ so that TRL's token-mean "sft" term and stic's per-pair mean NLL are the same nu
 pairs each sampler draws first), LoRA r=8 on every linear layer of
 the language model (dropout 0), beta, NLL weight, batch, steps, learning rate and optimizer.
 TRL gets ``loss_type=["sigmoid", "sft"]`` with ``loss_weights=[1, alpha]``; stic
-``nll_normalization="mean"`` with ``alpha``. Their step-0 losses are printed side by side: equal
-losses mean the trainers scored the same tokens.
+``nll_normalization="mean"`` with ``alpha``. Both run in the model's precision, mixed precision
+only for a bf16/fp16 model on CUDA (stic's rule; TRL's configs would default to bf16 autocast,
+even on CPU). Their step-0 losses are printed side by side: equal losses mean the trainers scored
+the same tokens in the same precision (tests/benchmarks/test_dpo_vs_trl.py checks it).
 
 Families, shaped like the real ones in what matters here (the prefix is most of a pair's tokens):
 a LLaVA-NeXT-shaped model (any-resolution tiles: base + 4 tiles of 64 image tokens, ~340 in
@@ -69,6 +71,16 @@ SHAPES = {
 }
 
 
+def template_writes_bos(folder: Path) -> None:
+    """Make the chat template of the model in ``folder`` write the BOS token itself, as the real
+    LLaVA templates do: TRL tokenizes the rendered prompt without special tokens, stic adds BOS
+    only where the template does not, so both trainers then score the same token ids."""
+    bos = json.loads((folder / "tokenizer_config.json").read_text()).get("bos_token")
+    template = folder / "chat_template.jinja"
+    if bos and not template.read_text().startswith(bos):
+        template.write_text(bos + template.read_text())
+
+
 def shaped_model(family: str, folder: Path) -> Path:
     """A tiny ``family`` model built offline, reshaped: wider language model, more image tokens."""
     from transformers import AutoConfig, AutoModelForImageTextToText
@@ -94,12 +106,7 @@ def shaped_model(family: str, folder: Path) -> Path:
         for key in ("max_pixels",):
             if key in image_processor:
                 image_processor[key] = shape["pixels"]
-    # The template writes the BOS token itself, as the real LLaVA templates do: TRL tokenizes
-    # the rendered prompt without special tokens, stic adds BOS only where the template does not.
-    bos = json.loads((folder / "tokenizer_config.json").read_text()).get("bos_token")
-    template = folder / "chat_template.jinja"
-    if bos and not template.read_text().startswith(bos):
-        template.write_text(bos + template.read_text())
+    template_writes_bos(folder)
     (folder / "config.json").write_text(json.dumps(config))
     (folder / "processor_config.json").write_text(json.dumps(processor))
     with torch.random.fork_rng(devices=[]):
@@ -170,8 +177,9 @@ def recording(trainer_class):
 
 
 def trainer_options(
-    out: Path, batch: int, steps: int, gradient_checkpointing: bool = False
+    out: Path, batch: int, steps: int, dtype: torch.dtype, gradient_checkpointing: bool = False
 ) -> dict:
+    """The Trainer arguments both trainers get, for a model of ``dtype``."""
     return dict(
         output_dir=str(out),
         per_device_train_batch_size=batch,
@@ -184,6 +192,13 @@ def trainer_options(
         use_cpu=not torch.cuda.is_available(),
         remove_unused_columns=False,
         seed=0,
+        # Mixed precision by stic's rule (stic.stages.training.training_arguments): only for a
+        # bf16/fp16 model on CUDA, the same for both trainers. TRL's configs default to bf16=True,
+        # autocast even on CPU: left at that, TRL's forward ran its matmuls and convolutions in
+        # bf16 while stic's ran in fp32, and the step-0 losses differed by 8e-6 to 1.1e-4
+        # relative, of either sign, on the same tokens.
+        bf16=dtype == torch.bfloat16 and torch.cuda.is_available(),
+        fp16=dtype == torch.float16 and torch.cuda.is_available(),
         gradient_checkpointing=gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if gradient_checkpointing else None,
     )
@@ -211,7 +226,7 @@ def run_trl(
     trainer = recording(DPOTrainer)(
         model=model,
         args=DPOConfig(
-            **trainer_options(out, batch, steps, checkpointing),
+            **trainer_options(out, batch, steps, model.dtype, checkpointing),
             beta=BETA,
             loss_type=["sigmoid", "sft"],
             loss_weights=[1.0, ALPHA],
@@ -261,7 +276,7 @@ def run_stic(
         collator = WithReference(collator, reference)
     trainer = recording(DPOTrainer)(
         model=model,
-        args=TrainingArguments(**trainer_options(out, batch, steps, checkpointing)),
+        args=TrainingArguments(**trainer_options(out, batch, steps, model.dtype, checkpointing)),
         train_dataset=pairs,
         data_collator=collator,
         beta=BETA,
@@ -403,6 +418,9 @@ def print_family(result: dict, args) -> None:
         )
     print(f"{'  + its one-time reference pass':30} {str(result['precomputed_with_pass']):>22}")
     print(f"shared prefix vs two sequences: {result['shared_vs_two']}x")
+    losses = result["first_loss"]
+    gap = abs(losses[CONFIGS[0]] - losses[CONFIGS[1]]) / abs(losses[CONFIGS[1]])
+    print(f"step-0 loss, TRL vs stic two sequences: {gap:.1e} relative (float32 ulp ~1.2e-7)")
     memory = result["activation_mib_per_pair"]
     print(
         "activations kept for backward, MiB per pair: "

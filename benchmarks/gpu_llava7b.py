@@ -14,8 +14,9 @@ time into a fresh folder; every figure is the median and [min-max] range over th
 (benchmarks/measure.py). Then, unless ``--compare-steps 0``, the DPO side by side of
 benchmarks/dpo_vs_trl.py on this 7B shape and the pairs just generated: TRL's DPOTrainer, stic
 with two sequences per pair, with the shared prefix, and with the shared prefix and the
-precomputed reference, the same LoRA, batch, steps and gradient checkpointing for all four,
-``--repeats`` interleaved rounds, ratios within a round.
+precomputed reference, the same LoRA, batch, steps, gradient checkpointing and precision for
+all four (bf16 autocast on CUDA, as `stic dpo` uses for a bf16 model; none on CPU), ``--repeats``
+interleaved rounds, ratios within a round.
 
     python benchmarks/gpu_llava7b.py --images 256 --batch-size 64 --dpo-steps 20
     python benchmarks/gpu_llava7b.py --smoke --images 8 --batch-size 4 --max-new-tokens 16 --dpo-steps 2 --compare-steps 2
