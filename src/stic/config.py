@@ -527,6 +527,47 @@ class BenchConfig(GenerationOptions):
     )
 
 
+@dataclass(kw_only=True)
+class RoundsConfig:
+    """``stic run``'s choice among its self-training rounds (``rounds: N`` >= 2), planned by
+    :mod:`stic.pipeline`, never given by hand.
+
+    After the N rounds it reads each round's validation result (the ``select`` entry's output),
+    writes ``table`` (``<output_dir>/rounds.json``, and ``rounds.md`` beside it) and copies the
+    chosen round's adapter to ``out`` (``<output_dir>/dpo``), which the rest of the run uses.
+    """
+
+    OUT_SUFFIXES: ClassVar[tuple[str, ...]] = ()  # a folder: the chosen adapter
+
+    out: str = _help("Where the chosen round's adapter is copied (<output_dir>/dpo).")
+    table: str = _help("The rounds x metric table (<output_dir>/rounds.json; rounds.md beside).")
+    round_adapters: list[str] = _help("Each round's DPO adapter folder, round 1 first.")
+    round_pairs: list[str] = _help("Each round's pairs file, round 1 first.")
+    round_results: list[str] = _help(
+        "Each round's result of the select entry, round 1 first (empty without select)."
+    )
+    select_entry: str | None = _help(
+        "The eval or bench entry run on validation data after each round (none: the last "
+        "round is chosen).",
+        default=None,
+    )
+    select_metric: str | None = _help("Its result key that decides.", default=None)
+    select_mode: Literal["max", "min"] | None = _help(
+        "max: the highest value wins; min: the lowest.", default=None
+    )
+    round_reference: Literal["previous", "base"] = _help(
+        "The DPO reference of rounds >= 2 (recorded).", default="previous"
+    )
+    round_images: Literal["fresh", "same"] = _help(
+        "Whether each round read its own shard of the images (recorded).", default="fresh"
+    )
+    overwrite: bool = _help(
+        "Replace a table or chosen adapter made from other rounds or settings.", default=False
+    )
+
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("overwrite",)
+
+
 def _type_ok(value: Any, annotation: Any) -> bool:
     origin = typing.get_origin(annotation)
     if origin is Literal:
