@@ -23,6 +23,20 @@ sft would be the base model filed as final), unless the entry names its weights 
 place of ``<at>`` for an ``adapter:``), so ``stic compare`` can read each arm. A stage whose output is
 complete for the same config is skipped, so a rerun after a crash picks up where it stopped.
 Relative paths are taken from the current directory.
+
+Self-training rounds (README: Self-training rounds)::
+
+    rounds: 3                  # default 1 (the run above, unchanged)
+    round_reference: previous  # round r's DPO reference: round r-1's model (iterative DPO), or base
+    round_images: fresh        # round r reads shard r-1 of N of pairs.images; same: all, each round
+    select: {entry: val, metric: accuracy, mode: max}   # an eval/bench entry on validation data
+
+With rounds >= 2 each round writes ``round_<r>/pairs.jsonl``, ``round_<r>/dpo/`` and the select
+entry's ``round_<r>/<eval|bench>/<name>.json``; round r >= 2 generates with and trains from round
+r-1's adapter. Then ``rounds.json``/``rounds.md`` record rounds x metric and the chosen round
+(best value, ties to the earliest; no select: the last), and ``dpo/`` is a copy of that round's
+adapter, which infuse, sft and the entries at stage1/final read. A select entry whose data a test
+entry also reads is refused.
 """
 
 from __future__ import annotations

@@ -577,6 +577,11 @@ def plan_stages(
             limit = config.limit
             source = getattr(config, "images", None) if stage == "pairs" else config.data
             items = count_items(source, limit)
+            shard = getattr(config, "shard", None)
+            if items is not None and shard:  # a round's (or a launch's) share: about 1/N
+                from stic.runtime.shards import parse_shard
+
+                items = math.ceil(items / parse_shard(shard)[1])
             if items is None and stage == "bench":
                 items = BENCHMARK_ITEMS.get(config.benchmark)
             items = given_items.get(planned.name, items)
