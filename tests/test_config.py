@@ -20,6 +20,7 @@ from stic.config import (
     SFTConfig,
     build,
     config_hash,
+    identity,
 )
 from stic.pipeline import load_run_config, plan
 from stic.stages.registry import STAGES
@@ -219,6 +220,48 @@ def test_config_hash_training_runtime_fields():
     assert config_hash(runtime) == config_hash(base)
     for change in ({"beta": 0.2}, {"alpha": 0.0}, {"nll_normalization": "mean"}, {"lr": 1e-6}):
         assert config_hash(build(DPOConfig, {**DPO_REQUIRED, **change})) != config_hash(base)
+
+
+# Computed on main before the fields `adapter` (pairs, dpo) and `reference` (dpo) existed:
+# outputs made then must keep their hash, so that a rerun resumes or skips them as before.
+HASHES_BEFORE_ROUNDS = {"pairs": "5126c7ac2815dba1", "dpo": "93dca818de03ecd0"}
+
+
+def _hash_fixture(cls, **extra):
+    paths = {
+        "images": "/nonexistent/images",
+        "out": "/nonexistent/pairs.jsonl" if cls is PairsConfig else "/nonexistent/dpo",
+    }
+    if cls is DPOConfig:
+        paths["pairs"] = "/nonexistent/pairs.jsonl"
+    return cls(model="org/model", **paths, **extra)
+
+
+def test_fields_added_for_rounds_leave_the_default_hash_unchanged():
+    assert config_hash(_hash_fixture(PairsConfig)) == HASHES_BEFORE_ROUNDS["pairs"]
+    assert config_hash(_hash_fixture(DPOConfig)) == HASHES_BEFORE_ROUNDS["dpo"]
+    # ... and out of what a manifest records.
+    assert "adapter" not in identity(_hash_fixture(PairsConfig))
+    assert not {"adapter", "reference"} & set(identity(_hash_fixture(DPOConfig)))
+
+
+def test_fields_added_for_rounds_change_the_hash_when_set():
+    pairs = _hash_fixture(PairsConfig, adapter="/nonexistent/round_1/dpo")
+    assert config_hash(pairs) != HASHES_BEFORE_ROUNDS["pairs"]
+    assert identity(pairs)["adapter"] == "/nonexistent/round_1/dpo"
+    start = _hash_fixture(DPOConfig, adapter="/nonexistent/round_1/dpo")
+    base = _hash_fixture(DPOConfig, adapter="/nonexistent/round_1/dpo", reference="base")
+    assert len({config_hash(start), config_hash(base), HASHES_BEFORE_ROUNDS["dpo"]}) == 3
+
+
+def test_a_starting_adapter_as_reference_needs_precomputed_reference_logps():
+    with pytest.raises(ConfigError) as e:
+        build(DPOConfig, {**DPO_REQUIRED, "adapter": "a", "precompute_reference": "off"})
+    assert str(e.value).startswith("precompute_reference: 'off' is not allowed")
+    for ok in ({"reference": "base"}, {"precompute_reference": "on"}):
+        build(DPOConfig, {**DPO_REQUIRED, "adapter": "a", "precompute_reference": "off", **ok})
+    with pytest.raises(ConfigError, match="reference: 'previous' is not one of 'start', 'base'"):
+        build(DPOConfig, {**DPO_REQUIRED, "reference": "previous"})
 
 
 def test_every_runtime_field_is_a_field():

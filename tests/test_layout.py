@@ -136,6 +136,7 @@ WRITES_ALLOWED = {
     "stic.modeling.backends:vllm_model_folder": "a temporary copy for vLLM, deleted after use",
     "stic.modeling.judge:JudgeClient._remember": "the judge cache: keyed, append-only, shared",
     "stic.stages.bench:DescriptionCache.add": "the description cache: keyed, append-only, shared",
+    "stic.stages.rounds:_copy_adapter": "copies the chosen round into the output's staging folder",
     "stic.stages.training:*": "the trainer's checkpoints inside the stage's own output folder",
     "stic.tools.export:*": "saves into the export output's staging folder",
     "stic.tools.report:_jpeg_data_uri": "a JPEG into memory, not a file",

@@ -194,6 +194,16 @@ class PairsConfig(GenerationOptions):
         "Colour jitter hue, torchvision ColorJitter semantics: shift uniform in [-h, h] of the hue circle (paper: 0.3).",
         default=0.3,
     )
+    adapter: str | None = _help(
+        "PEFT adapter applied while generating both answers (none: the base model, as in the "
+        "paper). `stic run` with rounds >= 2 sets it to the previous round's DPO adapter, so "
+        "that round's pairs are on-policy for the model being trained.",
+        default=None,
+    )
+
+    # Fields added after outputs were made: left out of the identity while at their default,
+    # so that those outputs keep their config hash and manifests (see runtime.identity).
+    OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("adapter",)
 
 
 @dataclass(kw_only=True)
@@ -337,8 +347,27 @@ class DPOConfig(TrainOptions):
         default="auto",
     )
 
+    adapter: str | None = _help(
+        "PEFT adapter to continue training (loaded trainable; it keeps the LoRA settings it was "
+        "made with, so lora_* are not used) instead of a new LoRA adapter: round r >= 2 of "
+        "`stic run` starts from round r-1's adapter. None: a new adapter (the paper).",
+        default=None,
+    )
+    reference: Literal["start", "base"] = _help(
+        "The DPO reference model when --adapter is given. start: the adapter as it is before "
+        "training, frozen (iterative DPO, as RLAIF-V and CSR train their rounds: each round is "
+        "held near the previous round's model); its log-probs are computed once, before "
+        "training, so --precompute-reference off is refused with it. base: the base model "
+        "(adapters disabled), as in round 1. Without --adapter both are the base model (a new "
+        "adapter starts as a zero change). TRL: ref_model / ref_adapter_name.",
+        default="start",
+    )
+
     # share_prefix changes how the same numbers are computed, not what is computed.
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = (*TrainOptions.RUNTIME_FIELDS, "share_prefix")
+    # Fields added after outputs were made: left out of the identity while at their default,
+    # so that those outputs keep their config hash and manifests (see runtime.identity).
+    OMIT_AT_DEFAULT: ClassVar[tuple[str, ...]] = ("adapter", "reference")
 
 
 @dataclass(kw_only=True)
@@ -542,6 +571,47 @@ class LaunchOptions:
     RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("gpus", "launcher", "accelerate_config")
 
 
+@dataclass(kw_only=True)
+class RoundsConfig:
+    """``stic run``'s choice among its self-training rounds (``rounds: N`` >= 2), planned by
+    :mod:`stic.pipeline`, never given by hand.
+
+    After the N rounds it reads each round's validation result (the ``select`` entry's output),
+    writes ``table`` (``<output_dir>/rounds.json``, and ``rounds.md`` beside it) and copies the
+    chosen round's adapter to ``out`` (``<output_dir>/dpo``), which the rest of the run uses.
+    """
+
+    OUT_SUFFIXES: ClassVar[tuple[str, ...]] = ()  # a folder: the chosen adapter
+
+    out: str = _help("Where the chosen round's adapter is copied (<output_dir>/dpo).")
+    table: str = _help("The rounds x metric table (<output_dir>/rounds.json; rounds.md beside).")
+    round_adapters: list[str] = _help("Each round's DPO adapter folder, round 1 first.")
+    round_pairs: list[str] = _help("Each round's pairs file, round 1 first.")
+    round_results: list[str] = _help(
+        "Each round's result of the select entry, round 1 first (empty without select)."
+    )
+    select_entry: str | None = _help(
+        "The eval or bench entry run on validation data after each round (none: the last "
+        "round is chosen).",
+        default=None,
+    )
+    select_metric: str | None = _help("Its result key that decides.", default=None)
+    select_mode: Literal["max", "min"] | None = _help(
+        "max: the highest value wins; min: the lowest.", default=None
+    )
+    round_reference: Literal["previous", "base"] = _help(
+        "The DPO reference of rounds >= 2 (recorded).", default="previous"
+    )
+    round_images: Literal["fresh", "same"] = _help(
+        "Whether each round read its own shard of the images (recorded).", default="fresh"
+    )
+    overwrite: bool = _help(
+        "Replace a table or chosen adapter made from other rounds or settings.", default=False
+    )
+
+    RUNTIME_FIELDS: ClassVar[tuple[str, ...]] = ("overwrite",)
+
+
 def _type_ok(value: Any, annotation: Any) -> bool:
     origin = typing.get_origin(annotation)
     if origin is Literal:
@@ -657,6 +727,16 @@ def value_errors(config: Any, where: str = "", cls: type | None = None) -> list[
     check("warmup_ratio", 0 <= ratio < 1, "must be in [0, 1): a fraction of the training steps")
     check("jitter_hue", 0 <= getattr(config, "jitter_hue", 0) <= 0.5, "must be in [0, 0.5]")
     check("beta", getattr(config, "beta", 1) > 0, "must be > 0")
+    if (
+        getattr(config, "adapter", None)
+        and getattr(config, "reference", None) == "start"
+        and getattr(config, "precompute_reference", None) == "off"
+    ):
+        errors.append(
+            f"{where}precompute_reference: 'off' is not allowed with adapter and reference "
+            "'start' (the starting adapter's log-probs are computed once, before training; "
+            "use auto or on, or reference: base)"
+        )
     targets = getattr(config, "lora_targets", None)
     if isinstance(targets, str):
         check("lora_targets", any(n.strip() for n in targets.split(",")), "must name a layer")

@@ -28,6 +28,20 @@ Relative paths are taken from the current directory.
 a local Ray pool of N workers and the training stages as N data-parallel processes started by
 ``launcher: torchrun | accelerate`` (``accelerate_config:`` its config file), keeping each
 global batch (batch_size x grad_accum); N is in no config hash (see stic.stages.launch).
+
+Self-training rounds (README: Self-training rounds)::
+
+    rounds: 3                  # default 1 (the run above, unchanged)
+    round_reference: previous  # round r's DPO reference: round r-1's model (iterative DPO), or base
+    round_images: fresh        # round r reads shard r-1 of N of pairs.images; same: all, each round
+    select: {entry: val, metric: accuracy, mode: max}   # an eval/bench entry on validation data
+
+With rounds >= 2 each round writes ``round_<r>/pairs.jsonl``, ``round_<r>/dpo/`` and the select
+entry's ``round_<r>/<eval|bench>/<name>.json``; round r >= 2 generates with and trains from round
+r-1's adapter. Then ``rounds.json``/``rounds.md`` record rounds x metric and the chosen round
+(best value, ties to the earliest; no select: the last), and ``dpo/`` is a copy of that round's
+adapter, which infuse, sft and the entries at stage1/final read. A select entry whose data a test
+entry also reads is refused.
 """
 
 from __future__ import annotations
@@ -35,14 +49,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import yaml
 
-from stic.config import ConfigError, LaunchOptions, build, normalized
+from stic.config import ConfigError, LaunchOptions, RoundsConfig, build, normalize_path, normalized
 from stic.runtime.manifests import redact
 from stic.runtime.output import Output
 from stic.stages import launch
@@ -62,11 +76,32 @@ EVAL_AT = ("base", "stage1", "final")
 ENTRY_STAGES = ("eval", "bench")
 
 
+# Top-level keys of self-training rounds (see plan_rounds).
+ROUND_KEYS = ("rounds", "round_reference", "round_images", "select")
+SELECT_KEYS = ("entry", "metric", "mode")
+# The stage that chooses among the rounds (stic.stages.rounds); not a command of its own.
+ROUNDS_STAGE = "rounds"
+
+
 @dataclass(frozen=True)
 class PlannedStage:
+    """One stage run of the plan. ``where``: the prefix its config's errors are named by
+    (``pairs.``, ``eval[2].``); default ``<stage>.``."""
+
     stage: str
     name: str
     config: Any
+    where: str = ""
+
+
+@dataclass(frozen=True)
+class RoundSettings:
+    """The run config's round keys, validated (defaults: one round, as without them)."""
+
+    rounds: int = 1
+    reference: str = "previous"
+    images: str = "fresh"
+    select: dict | None = None
 
 
 def _normalize_keys(section: Any, where: str, errors: list[str]) -> dict:
@@ -96,7 +131,9 @@ def plan(data: Any) -> list[PlannedStage]:
     top = _normalize_keys(data, "", errors)
     if errors:
         raise ConfigError("the run config must be a YAML mapping")
-    allowed = set(SHARED_KEYS) | set(LAUNCH_KEYS) | {"output_dir"} | set(STAGE_ORDER)
+    allowed = (
+        set(SHARED_KEYS) | set(LAUNCH_KEYS) | {"output_dir"} | set(STAGE_ORDER) | set(ROUND_KEYS)
+    )
     errors += [
         f"{k}: unknown key (allowed: {', '.join(sorted(allowed))})" for k in top if k not in allowed
     ]
@@ -122,6 +159,7 @@ def plan(data: Any) -> list[PlannedStage]:
     sections = {s: top[s] for s in present if s not in ENTRY_STAGES}
     for stage in sections:
         sections[stage] = _normalize_keys(sections[stage], f"{stage}.", errors)
+    rounds = _round_settings(top, sections, errors)
 
     # What the pipeline wires, stage by stage.
     wired: dict[str, dict[str, Any]] = {}
@@ -153,6 +191,8 @@ def plan(data: Any) -> list[PlannedStage]:
 
     planned = []
     for stage, section in sections.items():
+        if rounds.rounds > 1 and stage in ("pairs", "dpo"):
+            continue  # planned once per round, below
         for key in wired.get(stage, {}):
             if key in section:
                 errors.append(f"{stage}.{key}: set by the pipeline (remove it)")
@@ -164,12 +204,181 @@ def plan(data: Any) -> list[PlannedStage]:
         except ConfigError as e:
             errors += str(e).splitlines()
 
+    round_stages = plan_rounds(rounds, sections, shared, root, errors)
+    round_adapters = [s.config.out for s in round_stages if s.stage == "dpo"]
+    tests: list[PlannedStage] = []
+    selected: list[PlannedStage] = []  # the select entry, once per round
     for kind in ENTRY_STAGES:
         if kind in top:
-            planned += _plan_entries(kind, top[kind], shared, root, adapters, errors)
+            found, per_round = _plan_entries(
+                kind, top[kind], shared, root, adapters, errors, rounds.select, round_adapters
+            )
+            tests += found
+            selected += per_round
+    if round_stages:
+        if rounds.select is not None:
+            errors += _select_problems(rounds.select["entry"], selected, tests)
+        # Each round: its pairs, its dpo, its select entry; then the choice; then the rest.
+        ordered = []
+        for number in range(1, rounds.rounds + 1):
+            ordered += [s for s in round_stages if s.name == f"round_{number}"]
+            ordered += [s for s in selected if s.name.startswith(f"round_{number}/")]
+        planned = [*ordered, _rounds_stage(rounds, root, ordered, shared), *planned]
+    planned += tests
     if errors:
         raise ConfigError("\n".join(errors))
     return planned
+
+
+def _round_settings(top: dict, sections: dict, errors: list[str]) -> RoundSettings:
+    """The round keys of the run config, checked; problems added to ``errors``."""
+    number = top.get("rounds", 1)
+    if isinstance(number, bool) or not isinstance(number, int) or number < 1:
+        errors.append(
+            f"rounds: {number!r} is not allowed (an integer >= 1; 1 = one pass of pairs and dpo)"
+        )
+        number = None
+    values = {}
+    for key, allowed in (
+        ("round_reference", ("previous", "base")),
+        ("round_images", ("fresh", "same")),
+    ):
+        value = top.get(key, allowed[0])
+        if value not in allowed:
+            errors.append(f"{key}: {value!r} is not one of {', '.join(map(repr, allowed))}")
+        values[key] = value
+    select = None
+    if "select" in top:
+        section = _normalize_keys(top["select"], "select.", errors)
+        select = {}
+        for key in section:
+            if key not in SELECT_KEYS:
+                errors.append(f"select.{key}: unknown key (allowed: {', '.join(SELECT_KEYS)})")
+        for key in SELECT_KEYS:
+            value = section.get(key)
+            if key not in section:
+                errors.append(f"select.{key}: required")
+            elif key == "mode" and value not in ("max", "min"):
+                errors.append(f"select.mode: {value!r} is not one of 'max', 'min'")
+            elif not isinstance(value, str) or not value.strip():
+                errors.append(f"select.{key}: {value!r} is not a non-empty string")
+            select[key] = value
+    if number == 1:
+        errors += [
+            f"{key}: only used with rounds >= 2 (rounds is 1)"
+            for key in ROUND_KEYS[1:]
+            if key in top
+        ]
+    if number is not None and number > 1:
+        errors += [
+            f"rounds: {number} needs a {stage} section (each round makes pairs and trains dpo on them)"
+            for stage in ("pairs", "dpo")
+            if stage not in sections
+        ]
+    return RoundSettings(number or 1, values["round_reference"], values["round_images"], select)
+
+
+def plan_rounds(
+    rounds: RoundSettings, sections: dict, shared: dict, root: Path, errors: list[str]
+) -> list[PlannedStage]:
+    """Round r's pairs and dpo (r = 1..N), under ``<output_dir>/round_<r>/``; none for one round.
+
+    Round r >= 2 generates its pairs with round r-1's adapter applied and trains DPO from that
+    adapter, against it (``round_reference: previous``, iterative DPO) or the base model.
+    With ``round_images: fresh`` round r reads shard r-1 of N of ``pairs.images``.
+    """
+    if rounds.rounds <= 1 or "pairs" not in sections or "dpo" not in sections:
+        return []
+    set_here = {
+        "pairs": ("out", "adapter") + (("shard",) if rounds.images == "fresh" else ()),
+        "dpo": ("out", "pairs", "adapter", "reference"),
+    }
+    failed = False
+    for stage, keys in set_here.items():
+        for key in keys:
+            if key in sections[stage]:
+                errors.append(f"{stage}.{key}: set by the rounds (remove it)")
+                failed = True
+    dpo_section = dict(sections["dpo"])
+    if "images" in sections["pairs"]:
+        dpo_section.setdefault("images", sections["pairs"]["images"])
+    planned: list[PlannedStage] = []
+    previous = None
+    for number in range(1, rounds.rounds + 1):
+        folder = root / f"round_{number}"
+        pairs = {"out": str(folder / "pairs.jsonl")}
+        dpo = {"out": str(folder / "dpo"), "pairs": pairs["out"]}
+        if rounds.images == "fresh":
+            pairs["shard"] = f"{number - 1}/{rounds.rounds}"
+        if previous is not None:
+            pairs["adapter"] = dpo["adapter"] = previous
+            dpo["reference"] = "start" if rounds.reference == "previous" else "base"
+        for stage, section, wired in (
+            ("pairs", sections["pairs"], pairs),
+            ("dpo", dpo_section, dpo),
+        ):
+            merged = {**shared, **section, **wired}
+            try:
+                config = build(STAGES[stage].config, merged, f"{stage}.")
+            except ConfigError as e:
+                if not failed:  # the same problem in every round: said once
+                    errors += str(e).splitlines()
+                failed = True
+                continue
+            planned.append(PlannedStage(stage, f"round_{number}", config, f"{stage}."))
+        previous = dpo["out"]
+    return [] if failed else planned
+
+
+def _rounds_stage(
+    rounds: RoundSettings, root: Path, ordered: list[PlannedStage], shared: dict
+) -> PlannedStage:
+    select = rounds.select or {}
+    config = RoundsConfig(
+        out=str(root / "dpo"),
+        table=str(root / "rounds.json"),
+        round_adapters=[s.config.out for s in ordered if s.stage == "dpo"],
+        round_pairs=[s.config.out for s in ordered if s.stage == "pairs"],
+        round_results=[s.config.out for s in ordered if s.stage in ENTRY_STAGES],
+        select_entry=select.get("entry"),
+        select_metric=select.get("metric"),
+        select_mode=select.get("mode"),
+        round_reference=rounds.reference,
+        round_images=rounds.images,
+        overwrite=bool(shared.get("overwrite", False)),
+    )
+    return PlannedStage(ROUNDS_STAGE, ROUNDS_STAGE, config, "rounds.")
+
+
+def _overlaps(a: str, b: str) -> bool:
+    """Whether two data paths are the same, or one lies inside the other (a release folder and
+    one of its files)."""
+    a_path, b_path = Path(normalize_path(a)), Path(normalize_path(b))
+    return a_path == b_path or a_path in b_path.parents or b_path in a_path.parents
+
+
+def _select_problems(
+    entry: Any, selected: list[PlannedStage], tests: list[PlannedStage]
+) -> list[str]:
+    """The select entry must exist and read data that no test entry reads."""
+    if not isinstance(entry, str):
+        return []  # reported with the select keys
+    if not selected:
+        names = sorted({s.name for s in tests})
+        return [
+            f"select.entry: {entry!r} is not the name of an eval or bench entry of this config"
+            + (f" (names: {', '.join(names)})" if names else "")
+        ]
+    first = selected[0]
+    problems = []
+    for test in tests:
+        if _overlaps(first.config.data, test.config.data):
+            problems.append(
+                f"select.entry: {entry!r} ({first.where}data) reads {first.config.data}, and "
+                f"the test entry {test.name!r} ({test.where}data) reads {test.config.data}: "
+                "rounds are chosen on validation data that no test entry uses"
+            )
+    return problems
 
 
 def _default_name(kind: str, index: int, entry: dict, at: str) -> str:
@@ -187,15 +396,22 @@ def _plan_entries(
     root: Path,
     adapters: dict[str, str | None],
     errors: list[str],
-) -> list[PlannedStage]:
+    select: dict | None = None,
+    round_adapters: Sequence[str] = (),
+) -> tuple[list[PlannedStage], list[PlannedStage]]:
     """The planned runs of an entry list (``eval:`` or ``bench:``): one per entry, each at the
-    adapter its ``at`` names, writing ``<output_dir>/<kind>/<name>.json``."""
+    adapter its ``at`` names, writing ``<output_dir>/<kind>/<name>.json``; and the entry that
+    ``select`` names, once per round at that round's adapter, writing
+    ``<output_dir>/round_<r>/<kind>/<name>.json`` (it takes no ``at``: the rounds set it)."""
     entries = section if isinstance(section, list) else [section]
     names: set[str] = set()
     planned = []
+    per_round = []
+    select_name = (select or {}).get("entry")
     for i, entry in enumerate(entries):
         where = f"{kind}[{i}]."
         entry = _normalize_keys(entry, where, errors)
+        raw = dict(entry)
         # The weights: `at` (default final), or an `adapter:` the user names instead.
         given = entry.pop("adapter", None) if "at" not in entry else None
         at = entry.pop("at", "final")
@@ -203,6 +419,29 @@ def _plan_entries(
         name = entry.pop("name", None) or _default_name(kind, i, entry, label)
         if not isinstance(name, str) or Path(name).is_absolute() or ".." in Path(name).parts:
             errors.append(f"{where}name: {name!r} must be a relative name without '..'")
+            continue
+        if round_adapters and name == select_name:
+            if "at" in raw or "adapter" in raw:
+                key = "at" if "at" in raw else "adapter"
+                errors.append(
+                    f"{where}{key}: set by select (the select entry runs after every round, on "
+                    "that round's adapter; remove it)"
+                )
+                continue
+            for number, adapter in enumerate(round_adapters, start=1):
+                merged = {
+                    **shared,
+                    **entry,
+                    "out": str(root / f"round_{number}" / kind / f"{name}.json"),
+                    "adapter": adapter,
+                }
+                try:
+                    config = build(STAGES[kind].config, merged, where)
+                except ConfigError as e:
+                    errors += str(e).splitlines()
+                    break
+                per_round.append(PlannedStage(kind, f"round_{number}/{name}", config, where))
+            names.add(name)
             continue
         if given is None and at not in EVAL_AT:
             errors.append(f"{where}at: {at!r} is not one of {', '.join(EVAL_AT)}")
@@ -245,8 +484,8 @@ def _plan_entries(
                     f"{where}judge_url: {config.benchmark} is scored by a judge model; give "
                     "judge_url and judge_model (any OpenAI-compatible chat-completions endpoint)"
                 )
-        planned.append(PlannedStage(kind, name, config))
-    return planned
+        planned.append(PlannedStage(kind, name, config, where))
+    return planned, per_round
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -351,7 +590,9 @@ def input_problems(stages: list[PlannedStage]) -> list[str]:
             check("", "model", model)
     benchmarks_read: dict[tuple, str | None] = {}
     for index, stage in enumerate(stages):
-        if stage.stage in ENTRY_STAGES:
+        if stage.where:
+            where = stage.where
+        elif stage.stage in ENTRY_STAGES:
             where = f"{stage.stage}[{sum(s.stage == stage.stage for s in stages[:index])}]."
         else:
             where = f"{stage.stage}."
@@ -432,7 +673,9 @@ RESOLVED_CONFIG = "resolved_config.yaml"
 def resolved_config(stages: list[PlannedStage]) -> str:
     """Every stage's config as it runs (paths absolute, credentials redacted), as YAML."""
     resolved = {
-        f"{s.stage}:{s.name}" if s.stage in ENTRY_STAGES else s.stage: normalized(s.config)
+        f"{s.stage}:{s.name}"
+        if s.stage in ENTRY_STAGES or s.name != s.stage
+        else s.stage: normalized(s.config)
         for s in stages
     }
     return yaml.safe_dump(redact(resolved), sort_keys=False)
@@ -510,7 +753,11 @@ def run_pipeline(
         # after the stage on this CPU, into the training stage that needs the GPU.
         for planned in stages:
             logger.info("stage %s (%s)", planned.stage, planned.name)
-            if options.gpus > 1 and planned.stage in launch.TRAINING_STAGES:
+            if planned.stage == ROUNDS_STAGE:
+                from stic.stages.rounds import run_rounds
+
+                yield planned, run_rounds(planned.config)
+            elif options.gpus > 1 and planned.stage in launch.TRAINING_STAGES:
                 yield planned, launch.run_training(planned.stage, planned.config, options)
             else:
                 yield planned, run_stage(planned.stage, planned.config)

@@ -323,3 +323,50 @@ def test_last_checkpoint_ignores_a_checkpoint_torn_by_a_kill(tmp_path):
     torn.mkdir()
     (torn / "adapter_model.safetensors").write_bytes(b"x")
     assert last_checkpoint(tmp_path) == str(good)
+
+
+@pytest.mark.slow
+def test_continuing_an_adapter_trains_it_against_its_start_as_reference(
+    llava, pairs_data, tmp_path
+):
+    """--adapter: the adapter is trained further (round r of `stic run`'s rounds). With
+    reference start, policy == reference at step 1 (rewards 0, DPO loss log 2) although the
+    policy is not the base; with reference base, the same policy is scored against the base."""
+    # No LoRA dropout: with B != 0 it would make the training-mode policy differ from the
+    # (eval-mode) reference at step 1.
+    first = _dpo_config(llava, pairs_data, tmp_path / "round_1", lora_dropout=0.0)
+    run_dpo(first)
+    start_weights = load_file(str(tmp_path / "round_1" / "adapter_model.safetensors"))
+    start_digest = _digest(tmp_path / "round_1")
+
+    logs, summaries = {}, {}
+    for reference in ("start", "base"):
+        out = tmp_path / f"round_2_{reference}"
+        config = _dpo_config(
+            llava, pairs_data, out, adapter=first.out, reference=reference, max_steps=2
+        )
+        summaries[reference] = run_dpo(config)
+        logs[reference] = next(
+            e
+            for e in json.loads((out / "train_log.json").read_text())
+            if e.get("step") == 1 and "loss" in e
+        )
+    assert _digest(tmp_path / "round_1") == start_digest, "the starting adapter was written to"
+    details = summaries["start"].details
+    assert details["reference_model"] == "start adapter" and details["reference"] == "precomputed"
+    assert details["started_from"] == first.out
+    assert summaries["base"].details["reference_model"] == "base"
+
+    # Trained further: same LoRA tensors, other values.
+    after = load_file(str(tmp_path / "round_2_start" / "adapter_model.safetensors"))
+    assert after.keys() == start_weights.keys()
+    assert any(not torch.equal(after[k], start_weights[k]) for k in after)
+
+    step1 = logs["start"]
+    assert step1["rewards/chosen"] == pytest.approx(0.0, abs=1e-5)
+    assert step1["rewards/rejected"] == pytest.approx(0.0, abs=1e-5)
+    assert step1["loss/dpo"] == pytest.approx(math.log(2), abs=1e-5)
+    assert step1["loss"] == pytest.approx(math.log(2) + ALPHA * step1["loss/nll"], rel=1e-5)
+    # The same policy at step 1 (the starting adapter), scored against the base: not zero.
+    assert logs["base"]["logps/chosen"] == pytest.approx(step1["logps/chosen"], rel=1e-5)
+    assert abs(logs["base"]["rewards/chosen"]) > 1e-3

@@ -69,7 +69,9 @@ class PairRecord:
     ``chosen_prompt``/``rejected_prompt`` are the prompts that generated each answer.
     ``corruption`` is what was applied to the pixels the model saw for the rejected answer
     (``None`` for the bad-prompt branch), so provenance comes from what was done. ``source``
-    keeps what another tool's record said about itself when the pair was imported.
+    keeps what another tool's record said about itself when the pair was imported. ``adapter``:
+    the PEFT adapter applied to ``model`` while generating (a later round of ``stic run``);
+    absent when none was.
     """
 
     id: str
@@ -86,12 +88,14 @@ class PairRecord:
     chosen_finish: str = "stop"
     rejected_finish: str = "stop"
     source: dict | None = None
+    adapter: str | None = None
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
-        if self.source is None:
-            del out["source"]
+        for name in ("source", "adapter"):
+            if out[name] is None:
+                del out[name]
         return out
 
     @classmethod
@@ -117,6 +121,7 @@ class PairRecord:
             chosen_finish=_finish(data, "chosen_finish", where),
             rejected_finish=_finish(data, "rejected_finish", where),
             source=optional_field(data, "source", dict, where),
+            adapter=optional_field(data, "adapter", str, where),
             schema_version=SCHEMA_VERSION if version is None else version,
         )
 

@@ -40,9 +40,28 @@ def _is_local(field_name: str, value: str) -> bool:
     return field_name != "model" or Path(value).expanduser().exists()
 
 
+def _omitted_defaults(config: Any) -> set[str]:
+    """Fields of a config dataclass listed in its ``OMIT_AT_DEFAULT`` that hold their default.
+
+    Fields added to a stage after outputs were made with it are left out of what a manifest
+    records (and so of the hash) while at their default: those outputs keep their identity and
+    are resumed or skipped as before, and a run that sets the field is a different config.
+    """
+    names = getattr(type(config), "OMIT_AT_DEFAULT", ())
+    if not names or isinstance(config, Mapping):
+        return set()
+    defaults = {f.name: f.default for f in dataclasses.fields(config)}
+    return {name for name in names if getattr(config, name) == defaults[name]}
+
+
 def normalized(config: Any) -> dict:
-    """The config as a dict with every path field absolute and resolved (what a manifest records)."""
+    """The config as a dict with every path field absolute and resolved (what a manifest records).
+
+    Fields in the config class's ``OMIT_AT_DEFAULT`` are left out while at their default.
+    """
     data = to_dict(config)
+    for name in _omitted_defaults(config):
+        del data[name]
     for name in PATH_FIELDS:
         value = data.get(name)
         if isinstance(value, str) and value and _is_local(name, value):

@@ -5,6 +5,10 @@ reference model is the same network with its adapters disabled, so no second cop
 log-probs never change, so by default they are computed once before training (one batched
 no-grad pass, stored in ``<out>/reference_logps.jsonl`` by pair id and model, resumable) and
 each step runs only the policy's forward pass (``--precompute-reference``).
+
+With ``--adapter`` (a round of ``stic run``'s rounds) training continues that adapter, and the
+reference is either the adapter as it starts (``--reference start``: iterative DPO; its
+log-probs computed once, before the first step, with the adapter applied) or the base model.
 A small ``transformers.Trainer`` subclass supplies the loss at its documented extension point,
 ``compute_loss``; everything else (optimizer, schedule, accumulation, checkpoints, resume,
 accelerate/DeepSpeed, ``report_to``) is the Trainer's.
@@ -12,6 +16,7 @@ accelerate/DeepSpeed, ``report_to``) is the Trainer's.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -33,6 +38,7 @@ from stic.modeling.chat import TrainRow, render_segments
 from stic.modeling.generation import batched
 from stic.modeling.losses import dpo_nll_loss
 from stic.runtime.files import read_jsonl
+from stic.runtime.manifests import input_identity
 from stic.stages.runner import StageSummary
 from stic.stages.shared_prefix import SharedPairCollator, pair_logps, use_shared_prefix
 from stic.stages.training import (
@@ -90,12 +96,18 @@ class WithReference:
         return batch
 
 
+def reference_is_start_adapter(config: DPOConfig) -> bool:
+    """Whether the reference is the starting adapter (applied), not the base model."""
+    return config.adapter is not None and config.reference == "start"
+
+
 def reference_model_id(config: DPOConfig) -> str:
-    """What the stored reference log-probs belong to: the base model and how it is computed."""
-    return json.dumps(
-        {"model": str(config.model), "dtype": config.dtype, "max_length": config.max_length},
-        sort_keys=True,
-    )
+    """What the stored reference log-probs belong to: the base model and how it is computed,
+    and, for the starting adapter as reference, that adapter's identity (its manifest or bytes)."""
+    about = {"model": str(config.model), "dtype": config.dtype, "max_length": config.max_length}
+    if reference_is_start_adapter(config):
+        about["adapter"] = input_identity(config.adapter)
+    return json.dumps(about, sort_keys=True)
 
 
 @torch.no_grad()
@@ -109,9 +121,11 @@ def precompute_reference_logps(
     device: torch.device | str = "cpu",
     *,
     append: Callable[[list[dict]], None],
+    with_adapter: bool = False,
 ) -> dict[str, tuple[float, float]]:
     """Summed reference log-probs of every pair's chosen and rejected answer: ``id -> (chosen,
-    rejected)``, from ``model`` (a peft model) with its adapters disabled, in eval mode.
+    rejected)``, from ``model`` (a peft model) with its adapters disabled (``with_adapter``: as
+    it is, its adapter applied; call it before training), in eval mode.
 
     Appended to ``path`` batch by batch with ``append`` (the output object's, which handed out
     ``path``; ``{"id", "model", "chosen", "rejected"}`` a line), so a killed run resumes; lines of another ``model_id`` are not used. Values are float32 numbers
@@ -128,7 +142,7 @@ def precompute_reference_logps(
     was_training = model.training
     model.eval()
     try:
-        with model.disable_adapter():
+        with contextlib.nullcontext() if with_adapter else model.disable_adapter():
             for chunk in batched(todo, batch_size):
                 inputs = {
                     k: v.to(device) if isinstance(v, torch.Tensor) else v
@@ -215,7 +229,8 @@ def run_dpo(config: DPOConfig, model=None, processor=None) -> StageSummary:
     """Train the stage-1 adapter on ``config.pairs``; returns the run summary.
 
     ``model``/``processor`` may be passed in (a model built in code, a benchmark); otherwise
-    ``config.model`` is loaded. The model must not already carry an adapter.
+    ``config.model`` is loaded. The model must not already carry an adapter. With
+    ``config.adapter`` that adapter is trained further (see the module docstring).
     """
     out = Path(config.out)
     files = stage_files((DROPPED, REFERENCE))
@@ -244,12 +259,15 @@ def run_dpo(config: DPOConfig, model=None, processor=None) -> StageSummary:
                 f"{config.pairs}: no pairs left after the quality filters ({dict(counts)}); "
                 "see --filter-* options and " + str(out / DROPPED)
             )
-        model, processor = training_model(config, model, processor)
+        model, processor = training_model(config, model, processor, adapter=config.adapter)
         shared = use_shared_prefix(config.share_prefix, model)
         make_collator = SharedPairCollator if shared else PairCollator
         collator = make_collator(processor, config.images, config.max_length)
-        precompute = config.precompute_reference == "on" or (
-            config.precompute_reference == "auto" and reference_is_exact(model)
+        start_reference = reference_is_start_adapter(config)
+        # The starting adapter is only there before the first step: it is scored then, always.
+        precompute = start_reference or (
+            config.precompute_reference == "on"
+            or (config.precompute_reference == "auto" and reference_is_exact(model))
         )
         reference: dict[str, tuple[float, float]] = {}
         trainer = DPOTrainer(
@@ -261,6 +279,11 @@ def run_dpo(config: DPOConfig, model=None, processor=None) -> StageSummary:
             nll_coef=config.alpha,
             nll_normalization=config.nll_normalization,
         )
+        if start_reference and trainer.args.world_size > 1:
+            raise ValueError(
+                f"{config.out}: reference 'start' (the starting adapter) is scored before "
+                "training in one process; run this stage in one process, or use reference: base"
+            )
         if precompute and trainer.args.world_size > 1:
             # Every process would score every pair into one file; per step is correct there.
             logger.info("reference log-probs: per step (precomputing runs in one process only)")
@@ -277,6 +300,7 @@ def run_dpo(config: DPOConfig, model=None, processor=None) -> StageSummary:
                     batch_size=config.batch_size,
                     device=trainer.args.device,
                     append=functools.partial(claim.output.append, name=REFERENCE),
+                    with_adapter=start_reference,
                 )
             )
         details = {
@@ -286,4 +310,7 @@ def run_dpo(config: DPOConfig, model=None, processor=None) -> StageSummary:
             "reference": "precomputed" if precompute else "per step",
             "prefix": "shared" if shared else "two sequences",
         }
+        if config.adapter is not None:  # (summaries of runs without one stay as they were)
+            details["started_from"] = config.adapter
+            details["reference_model"] = "start adapter" if start_reference else "base"
         return train_and_save(trainer, config, STAGE, processor, claim, details)

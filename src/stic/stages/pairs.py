@@ -67,7 +67,8 @@ def run_pairs(config: PairsConfig, model=None, processor=None, backend=None) -> 
     """Write one :class:`PairRecord` per image to ``config.out``, resuming what is there.
 
     ``model``/``processor`` (tests, the demo) or an open ``backend`` may be passed in; otherwise
-    ``config.backend`` is opened, and only if some image still needs a pair.
+    ``config.backend`` is opened (with ``config.adapter`` applied), and only if some image still
+    needs a pair.
     """
     scan = scan_images(config.images, limit=config.limit)
     # Folder entries that cannot become ids (names not UTF-8, link loops) are reported like
@@ -88,6 +89,7 @@ def run_pairs(config: PairsConfig, model=None, processor=None, backend=None) -> 
         select_shard(scan.ids, config.shard),
         model=model,
         processor=processor,
+        adapter=config.adapter,
         known_bad=unlisted,
         backend=backend,
     )
@@ -120,7 +122,11 @@ def adoption_problems(out: Path, config: PairsConfig) -> list[str]:
     other settings is never continued under this one.
     """
     problems = []
-    expected = {"model": config.model, "sampling": sampling_settings(config)}
+    expected = {
+        "model": config.model,
+        "adapter": config.adapter,
+        "sampling": sampling_settings(config),
+    }
     for number, row in enumerate(read_jsonl(out), start=1):
         if not isinstance(row, dict) or "id" not in row:
             return [f"line {number} is not a pair record"]
@@ -176,6 +182,7 @@ def make_pairs(image_ids: list[str], images: list, backend, *, config: PairsConf
             rejected_prompt=plan.rejected_prompt,
             corruption=plan.corruption,
             model=config.model,
+            adapter=config.adapter,
             sampling=sampling,
             chosen_finish=chosen.finish,
             rejected_finish=rejected.finish,

@@ -539,12 +539,20 @@ def plan_stages(
     infuse_items = None
     plans = []
     for planned in stages:
+        if planned.stage == "rounds":
+            # Choosing a round copies one round's adapter (all have round 1's LoRA settings):
+            # no model, no memory to plan.
+            first = trained.get(planned.config.round_adapters[0])
+            if first is not None:
+                trained[planned.config.out] = first
+            continue
         config = planned.config
         dtype_bytes = 4 if config.dtype == "float32" else 2
         lora_r = getattr(config, "lora_r", 128)
         targets = getattr(config, "lora_targets", "q_proj,v_proj").split(",")
-        if getattr(config, "adapter", None) and planned.stage == "sft":
-            # sft continues its adapter, made with that adapter's settings, not its own.
+        if getattr(config, "adapter", None) and planned.stage in ("sft", "dpo"):
+            # sft (and dpo in a later round) continues its adapter, made with that adapter's
+            # settings, not its own.
             lora_r, targets = adapter_lora(config.adapter, trained.get(config.adapter))
         if planned.stage == "dpo":
             trained[config.out] = (lora_r, targets)
@@ -569,6 +577,11 @@ def plan_stages(
             limit = config.limit
             source = getattr(config, "images", None) if stage == "pairs" else config.data
             items = count_items(source, limit)
+            shard = getattr(config, "shard", None)
+            if items is not None and shard:  # a round's (or a launch's) share: about 1/N
+                from stic.runtime.shards import parse_shard
+
+                items = math.ceil(items / parse_shard(shard)[1])
             if items is None and stage == "bench":
                 items = BENCHMARK_ITEMS.get(config.benchmark)
             items = given_items.get(planned.name, items)
