@@ -11,6 +11,8 @@ What a run was trained on and what changed, for someone auditing a self-training
   a warning when the chosen side is systematically longer (DPO is known to exploit length), the
   share truncated and the near-duplicate rate.
 - **Training**: the DPO and SFT train logs against step.
+- **Rounds** (a run with ``rounds: N``): rounds.json's table, each round's audit and DPO curves,
+  and one round's pairs in the browser (:mod:`stic.tools.report_rounds` says why one).
 - **Results**: every eval and bench result with its delta against the base model's result on the
   same data, per category where there is one, and describe-and-respond examples.
 
@@ -70,7 +72,11 @@ class ReportSources:
     """What one report shows; every part is optional, at least one must be present.
 
     ``evals``/``benches``: result JSON files of ``stic eval`` / ``stic bench``. ``notes``:
-    Markdown files shown as they are (the demo's ``results.md``).
+    Markdown files shown as they are (the demo's ``results.md``). ``rounds``: the
+    ``rounds.json`` of a run with self-training rounds; ``round``: the round whose pairs the
+    browser shows (default: the chosen one). ``pairs_dpo``: the DPO folder that trained on
+    ``pairs`` (its ``dropped_pairs.jsonl`` and filter settings give the verdicts; default
+    ``dpo``).
     """
 
     title: str = "stic run"
@@ -79,13 +85,24 @@ class ReportSources:
     images: Path | None = None
     dpo: Path | None = None
     sft: Path | None = None
+    rounds: Path | None = None
+    round: int | None = None
+    pairs_dpo: Path | None = None
     evals: list[Path] = field(default_factory=list)
     benches: list[Path] = field(default_factory=list)
     notes: list[Path] = field(default_factory=list)
     model: str | None = None
 
     def empty(self) -> bool:
-        return not (self.pairs or self.dpo or self.sft or self.evals or self.benches or self.notes)
+        return not (
+            self.pairs
+            or self.dpo
+            or self.sft
+            or self.rounds
+            or self.evals
+            or self.benches
+            or self.notes
+        )
 
 
 # ----------------------------------------------------------------------------- finding outputs
@@ -122,6 +139,15 @@ def _cell(value: Any) -> str:
 
 def _run_outputs(run: Path, sources: ReportSources) -> None:
     """Fill what the ``stic run`` folder ``run`` holds (its layout is pipeline.plan's)."""
+    if sources.rounds is None and (run / "rounds.json").is_file():
+        from stic.tools.report_rounds import read_rounds
+
+        sources.rounds = run / "rounds.json"
+        rounds = read_rounds(sources.rounds)  # a broken file is refused here, saying what
+        if sources.pairs is None:
+            shown = rounds.get(sources.round or rounds.chosen)  # refuses a round not run
+            sources.round, sources.pairs = shown.number, shown.pairs
+            sources.pairs_dpo = shown.dpo if shown.dpo.is_dir() else None
     if sources.pairs is None and (run / "pairs" / "pairs.jsonl").is_file():
         sources.pairs = run / "pairs" / "pairs.jsonl"
     if sources.dpo is None and (run / "dpo").is_dir():
@@ -181,6 +207,8 @@ def sources_from_folder(folder: str | Path, sources: ReportSources | None = None
             f"{folder}: no stic outputs found (pairs/pairs.jsonl, dpo/, sft/, eval/*.json, "
             "bench/*.json, or a demo's results.json)"
         )
+    if sources.round is not None and sources.rounds is None:
+        raise ReportError(f"{folder}: --round {sources.round} needs a run with rounds.json")
     return sources
 
 
@@ -296,39 +324,41 @@ def _filter_settings(dpo: Path | None) -> FilterSettings:
 
 
 def collect_pairs(
-    sources: ReportSources, large_thumbnails: int = LARGE_THUMBNAILS
+    sources: ReportSources, large_thumbnails: int = LARGE_THUMBNAILS, thumbnails: bool = True
 ) -> dict[str, Any] | None:
     """The pair browser's data: prompts (deduplicated), one compact row per pair, and where the
-    verdicts and lengths come from."""
+    verdicts and lengths come from. ``thumbnails=False``: no image is read (rows for the audit
+    alone, ``img``/``cimg``/``why`` empty)."""
     if sources.pairs is None:
         return None
     pairs = _read_pair_file(sources.pairs)
     pairs_config = _config(sources.pairs)
+    dpo = sources.pairs_dpo or sources.dpo
     images = sources.images
     if images is None and _config_text(pairs_config, "images"):
         images = Path(_config_text(pairs_config, "images"))
-    if images is None and sources.dpo is not None and _config_text(_config(sources.dpo), "images"):
-        images = Path(_config_text(_config(sources.dpo), "images"))
+    if images is None and dpo is not None and _config_text(_config(dpo), "images"):
+        images = Path(_config_text(_config(dpo), "images"))
     model = (
         sources.model
         or _config_text(pairs_config, "model")
         or next((p.model for p in pairs if p.model), None)
     )
     count, length_unit = _length_counter(model)
-    settings = _filter_settings(sources.dpo)
-    dropped_file = sources.dpo / "dropped_pairs.jsonl" if sources.dpo is not None else None
+    settings = _filter_settings(dpo)
+    dropped_file = dpo / "dropped_pairs.jsonl" if dpo is not None else None
     if dropped_file is not None and dropped_file.is_file():
         # a dropped pair without a (string) reason is still dropped: "?"
         dropped = {
             row["id"]: str(row.get("reason") or "?") for row in read_jsonl(dropped_file, key="id")
         }
-        verdict_source = f"the DPO stage's {dropped_file.name} ({sources.dpo})"
+        verdict_source = f"the DPO stage's {dropped_file.name} ({dpo})"
 
         def verdict(pair: PairRecord) -> str:
             return dropped.get(pair.id, "")
     else:
         verdict_source = "recomputed here with the " + (
-            "DPO config's filter settings" if sources.dpo is not None else "default filters"
+            "DPO config's filter settings" if dpo is not None else "default filters"
         )
 
         def verdict(pair: PairRecord) -> str:
@@ -343,7 +373,9 @@ def collect_pairs(
     problems: Counter = Counter()
     for index, pair in enumerate(pairs):
         size = THUMB_PX if index < large_thumbnails else SMALL_THUMB_PX
-        clean, corrupted, problem = pair_thumbnails(pair, images, size)
+        clean, corrupted, problem = (
+            pair_thumbnails(pair, images, size) if thumbnails else ("", "", "")
+        )
         if problem:
             problems[problem.split(":")[0]] += 1
         chosen_len, rejected_len = count(pair.chosen), count(pair.rejected)
@@ -540,16 +572,24 @@ def training_chart(log: list[dict], stage: str) -> str:
     return svg(fig, f"train-{stage}")
 
 
+def read_train_log(folder: Path) -> tuple[list[dict], str]:
+    """``(entries, problem)``: the dict entries of ``folder/train_log.json``, or ``[]`` and why
+    there are none."""
+    path = folder / "train_log.json"
+    if not path.is_file():
+        return [], f"{path} does not exist"
+    log = read_json(path)
+    if not isinstance(log, list):
+        return [], f"{path} is not a list"
+    return [e for e in log if isinstance(e, dict)], ""
+
+
 def collect_training(folder: Path | None, stage: str) -> dict | None:
     if folder is None:
         return None
-    path = folder / "train_log.json"
-    if not path.is_file():
-        return {"stage": stage, "folder": str(folder), "missing": f"{path} does not exist"}
-    log = read_json(path)
-    if not isinstance(log, list):
-        return {"stage": stage, "folder": str(folder), "missing": f"{path} is not a list"}
-    log = [e for e in log if isinstance(e, dict)]
+    log, problem = read_train_log(folder)
+    if problem:
+        return {"stage": stage, "folder": str(folder), "missing": problem}
     final = next((e for e in reversed(log) if _number(e.get("train_loss")) is not None), {})
     steps = [e["step"] for e in log if _number(e.get("step")) is not None]
     return {
@@ -873,19 +913,34 @@ def build_report(sources: ReportSources, large_thumbnails: int = LARGE_THUMBNAIL
         raise ReportError(
             "nothing to report: give a run folder or --pairs/--dpo/--sft/--eval/--bench"
         )
+    rounds = None
+    if sources.rounds is not None:
+        from stic.tools import report_rounds
+
+        rounds = report_rounds.read_rounds(sources.rounds)
     pairs = collect_pairs(sources, large_thumbnails)
     sections: dict[str, str] = {}
     for note in sources.notes:
         sections.setdefault("demo", "")
         sections["demo"] += markdown_html(note.read_text(encoding="utf-8"))
+    if rounds is not None:
+        sections["rounds"] = report_rounds.rounds_html(rounds, sources)
+    summary = audit(pairs) if pairs is not None else None
+    if rounds is not None:
+        sections["audit"] = report_rounds.round_audits_html(rounds, sources, pairs, summary)
     if pairs is not None:
-        summary = audit(pairs)
-        sections["audit"] = _audit_html(pairs, summary)
+        sections["audit"] = sections.get("audit", "") + _audit_html(pairs, summary)
+    # With rounds, dpo/ is a copy of the chosen round: its curves are shown with every round's.
     training = [
-        t for t in (collect_training(sources.dpo, "dpo"), collect_training(sources.sft, "sft")) if t
+        t
+        for t in (
+            collect_training(sources.dpo, "dpo") if rounds is None else None,
+            collect_training(sources.sft, "sft"),
+        )
+        if t
     ]
-    if training:
-        blocks = []
+    if training or rounds is not None:
+        blocks = [] if rounds is None else [report_rounds.round_training_html(rounds)]
         for t in training:
             title = {"dpo": "Stage 1: DPO + NLL", "sft": "Stage 2: description-infused SFT"}[
                 t["stage"]
@@ -909,6 +964,7 @@ def build_report(sources: ReportSources, large_thumbnails: int = LARGE_THUMBNAIL
         "images": pairs["images"] if pairs else None,
         "dpo": str(sources.dpo) if sources.dpo else None,
         "sft": str(sources.sft) if sources.sft else None,
+        "rounds": str(sources.rounds) if sources.rounds else None,
         "results": len(sources.evals) + len(sources.benches),
     }
     return render_page(
@@ -952,6 +1008,8 @@ def report_output(sources: ReportSources, out: Path) -> Output:
         "images": sources.images,
         "dpo": sources.dpo,
         "sft": sources.sft,
+        "rounds": sources.rounds,
+        "pairs dpo": sources.pairs_dpo,
         **{f"eval {p}": p for p in sources.evals},
         **{f"bench {p}": p for p in sources.benches},
         **{f"notes {p}": p for p in sources.notes},
@@ -1003,6 +1061,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--model", help="model whose tokenizer counts lengths (default: the pairs')"
     )
+    parser.add_argument(
+        "--round",
+        type=int,
+        help="a run with self-training rounds: the round whose pairs the browser shows "
+        "(default: the chosen round; every round's audit and curves are shown either way)",
+    )
     parser.add_argument("--title", help="page title")
     parser.add_argument(
         "--large-thumbnails",
@@ -1024,6 +1088,7 @@ def main(argv: list[str]) -> int:
         evals=[Path(p) for p in args.eval],
         benches=[Path(p) for p in args.bench],
         model=args.model,
+        round=args.round,
     )
     for given in [sources.pairs, *sources.evals, *sources.benches]:
         if given is not None and not given.is_file():
@@ -1031,6 +1096,8 @@ def main(argv: list[str]) -> int:
     for given in (sources.dpo, sources.sft, sources.images):
         if given is not None and not given.is_dir():
             raise ReportError(f"{given}: no such folder")
+    if args.round is not None and not args.run:
+        raise ReportError("--round needs a run folder (the rounds.json of a `stic run`)")
     if args.run:
         sources = sources_from_folder(args.run, sources)
     if args.title:
