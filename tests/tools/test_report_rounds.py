@@ -45,14 +45,16 @@ def _pair(number: int, index: int, **over) -> PairRecord:
     return PairRecord(**values)
 
 
-# Round 1: 3 pairs, one dropped by its DPO stage; round 2 (chosen): 2 pairs, none dropped;
-# round 3: 4 pairs, no DPO folder, one identical pair (recomputed: dropped).
+# Round 1: 3 pairs, two dropped by its DPO stage (one for a reason that is markup); round 2
+# (chosen): 2 pairs, none dropped; round 3: 4 pairs, no DPO folder, one identical pair
+# (recomputed: dropped).
 PAIRS = {
     1: [_pair(1, i) for i in range(3)],
     2: [_pair(2, i) for i in range(2)],
     3: [_pair(3, i) for i in range(3)] + [_pair(3, 3, chosen="same text", rejected="same text")],
 }
-DROPPED = {1: {"r1-1.jpg": "refusal"}, 2: {}}
+HOSTILE_DROP = "odd" + hostile("round1.dropped")
+DROPPED = {1: {"r1-1.jpg": "refusal", "r1-2.jpg": HOSTILE_DROP}, 2: {}}
 
 
 def _log(number: int) -> list[dict]:
@@ -159,7 +161,7 @@ def test_round_n_shows_round_ns_pairs_and_verdicts(run):
     assert {r["id"]: r["v"] for r in data["rows"]} == {
         "r1-0.jpg": "",
         "r1-1.jpg": "refusal",
-        "r1-2.jpg": "",
+        "r1-2.jpg": HOSTILE_DROP,
     }
     # Round 3 has no DPO folder: its verdicts are recomputed, not taken from dpo/ (round 2's).
     sources = report.sources_from_folder(run, ReportSources(round=3))
@@ -186,9 +188,10 @@ def test_each_rounds_audit_counts_its_own_pairs_and_verdicts(run):
         str(run / f"round_{n}" / "pairs.jsonl") for n in (1, 2, 3)
     ]
     everything = [a["summary"]["by_kind"]["all"] for a in audits]
-    assert [(e["n"], e["kept"]) for e in everything] == [(3, 2), (2, 2), (4, 3)]
+    assert [(e["n"], e["kept"]) for e in everything] == [(3, 1), (2, 2), (4, 3)]
     assert [e["dropped"]["refusal"] for e in everything] == [1, 0, 0]
     assert [e["dropped"]["identical"] for e in everything] == [0, 0, 1]
+    assert [e["dropped"].get(HOSTILE_DROP, 0) for e in everything] == [1, 0, 0]
     # chosen lengths are 4r + index + 1 words (round 3 also "same text", 2): each its own
     assert [e["median_chosen"] for e in everything] == [6, 9.5, 13.5]
     assert [a["summary"]["by_kind"]["bad_prompt"]["n"] for a in audits] == [1, 1, 2]
@@ -226,14 +229,14 @@ def test_the_page_shows_the_rounds_and_escapes_what_the_files_hold(run):
     page.close()
     assert _injected(page) == []
     text = "".join(page.text)
-    for tag in ("rounds.reason", "rounds.entry", "rounds.reference"):
+    for tag in ("rounds.reason", "rounds.entry", "rounds.reference", "round1.dropped"):
         assert f"[{tag}]" in text, tag
     assert "Self-training rounds" in text
     # the rounds table: one row per round, the chosen one marked, its value and why
     assert "<tr class=chosen data-round=2><td>2</td><td>2</td><td>2.25</td>" in page_html
     assert "<td>0.75</td><td>✓</td>" in page_html
     assert (
-        "<tr data-round=1><td>1</td><td>2</td><td>1.25</td><td>base</td><td>0.5</td>" in page_html
+        "<tr data-round=1><td>1</td><td>1</td><td>1.25</td><td>base</td><td>0.5</td>" in page_html
     )
     assert "dpo/, the adapter stage 2 and the test entries read, is round 2 by its manifest" in text
     # the per-round audit and the training chart's lines, labelled by round

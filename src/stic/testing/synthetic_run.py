@@ -232,7 +232,8 @@ def write_synthetic_rounds(
     import shutil
 
     root = Path(root)
-    run = write_synthetic_run(root, n_pairs, **options)
+    # The run around the rounds (stage 2, results); its own pairs and dpo are replaced below.
+    run = write_synthetic_run(root, 3, **options)
     shutil.rmtree(run / "pairs")
     shutil.rmtree(run / "dpo")
     table = []
