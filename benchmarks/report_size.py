@@ -6,6 +6,10 @@ Each timing is taken --repeats times (default 3; build and browser interleaved) 
 its median [min-max], with how busy the machine was meanwhile (benchmarks/measure.py).
 
     python benchmarks/report_size.py --pairs 6000 --out /tmp/report6k --browser
+
+With --rounds N the run has N self-training rounds of --pairs pairs each (write_synthetic_rounds):
+the page shows the chosen round's pairs and a column per round in the audit, and the time the
+per-round audits take (every round's records read, no image) is printed apart.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import LoadMonitor, interleaved, spread  # noqa: E402  (benchmarks/measure.py)
 
-from stic.testing.synthetic_run import write_synthetic_run  # noqa: E402
+from stic.testing.synthetic_run import write_synthetic_rounds, write_synthetic_run  # noqa: E402
 from stic.tools.report import (  # noqa: E402
     LARGE_THUMBNAILS,
     ReportSources,
@@ -36,17 +40,20 @@ def main() -> None:
     parser.add_argument("--large-thumbnails", type=int, default=LARGE_THUMBNAILS)
     parser.add_argument("--browser", action="store_true", help="time opening it in Chromium")
     parser.add_argument("--repeats", type=int, default=3, help="runs of each timing (default 3)")
+    parser.add_argument("--rounds", type=int, default=1, help="self-training rounds (default 1)")
+    parser.add_argument(
+        "--image-size", default="640x480", help="WxH of the synthetic images (default 640x480)"
+    )
     args = parser.parse_args()
     root = Path(args.out)
     start = time.time()
-    run = write_synthetic_run(
-        root,
-        args.pairs,
-        image_size=(640, 480),
-        chosen_words=(120, 250),
-        rejected_words=(40, 120),
-    )
-    print(f"synthetic run: {args.pairs} pairs in {time.time() - start:.0f} s")
+    size = tuple(int(v) for v in args.image_size.split("x"))
+    shape = dict(image_size=size, chosen_words=(120, 250), rejected_words=(40, 120))
+    if args.rounds > 1:
+        run = write_synthetic_rounds(root, args.pairs, rounds=args.rounds, **shape)
+    else:
+        run = write_synthetic_run(root, args.pairs, **shape)
+    print(f"synthetic run: {args.rounds} x {args.pairs} pairs in {time.time() - start:.0f} s")
     out = root / "report.html"
     sources = sources_from_folder(run, ReportSources())
 
@@ -56,6 +63,15 @@ def main() -> None:
         return time.perf_counter() - began
 
     runs = {"build s": build}
+    if args.rounds > 1:
+        from stic.tools.report_rounds import read_rounds, round_audits
+
+        def audits() -> float:
+            began = time.perf_counter()
+            round_audits(read_rounds(sources.rounds), sources)
+            return time.perf_counter() - began
+
+        runs[f"audits of {args.rounds} rounds s"] = audits
     with LoadMonitor() as load:
         if args.browser:
             from stic.testing.browser import headless_chromium

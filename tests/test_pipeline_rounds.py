@@ -154,8 +154,11 @@ def test_three_rounds_resume_after_a_kill_and_the_chosen_round_is_what_is_evalua
 
     # The run's report (written by `stic run`) shows the rounds, and the chosen round's pairs.
     page = (run / "report.html").read_text()
-    assert "Self-training rounds" in page and "<tr class=chosen><td>2</td>" in page
-    assert all(f"Round {n}: DPO + NLL" in page for n in (1, 2, 3))
+    assert "Self-training rounds" in page and "<tr class=chosen data-round=2><td>2</td>" in page
+    assert "is round 2 by its manifest" in page  # dpo/'s manifest agrees with rounds.json
+    for n in (1, 2, 3):  # each round's curves, from its own folder
+        label = "round 2 (chosen)" if n == 2 else f"round {n}"
+        assert f"<li>{label}: {run / f'round_{n}' / 'dpo'}: 4 steps" in page, n
     assert f"pairs: {run / 'round_2' / 'pairs.jsonl'}" in page
 
     # A third run finds everything complete.

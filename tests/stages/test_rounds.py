@@ -165,3 +165,25 @@ def test_a_round_without_its_metric_stops_before_anything_is_written(tmp_path):
     with pytest.raises(RoundsError, match="round 1: .*no 'f1' in the result"):
         run_rounds(config)
     assert not (tmp_path / "dpo").exists() and not (tmp_path / "rounds.json").exists()
+
+
+@pytest.mark.parametrize(
+    "mode, accuracies, chosen, value",
+    [("max", [0.25, 0.75, 0.5], 2, 0.75), ("min", [0.25, 0.75, 0.5], 1, 0.25)],
+)
+def test_the_final_adapters_manifest_names_its_round_metric_value_and_mode(
+    tmp_path, mode, accuracies, chosen, value
+):
+    run_rounds(_config(tmp_path, accuracies, select_mode=mode))
+    summary = read_manifest(tmp_path / "dpo")["summary"]
+    assert (summary["round"], summary["rounds"]) == (chosen, 3)
+    assert summary["select"] == {"entry": "val", "metric": "accuracy", "mode": mode, "value": value}
+    assert summary["source"] == str(tmp_path / f"round_{chosen}" / "dpo")
+
+
+def test_without_select_the_final_adapters_manifest_says_last_round_no_select(tmp_path):
+    config = _config(tmp_path, [0.9, 0.1], select_entry=None, select_metric=None, select_mode=None)
+    run_rounds(RoundsConfig(**{**config.__dict__, "round_results": []}))
+    summary = read_manifest(tmp_path / "dpo")["summary"]
+    assert (summary["round"], summary["rounds"], summary["select"]) == (2, 2, None)
+    assert "no select" in summary["reason"] and "last round (2)" in summary["reason"]

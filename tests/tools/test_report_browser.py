@@ -4,7 +4,8 @@ The page of a synthetic 60-pair run opens without console errors, shows its sect
 page of 50 pair cards, each card showing its record's fields in their places (chosen answer in
 the chosen column, rejected in the rejected one, the three prompts, kind, verdict, finish
 reasons), a filter click changes what is shown, the thumbnails decode, and a screenshot is not
-blank. Chromium missing is a failure that says how to install it, never a
+blank. A run with self-training rounds shows its rounds table, a per-round audit, every round's
+curves, and the chosen round's pairs as cards. Chromium missing is a failure that says how to install it, never a
 skip (`make test` installs it when it can).
 """
 
@@ -19,7 +20,7 @@ import pytest
 from PIL import Image
 
 from stic.testing.browser import BrowserMissing, find_browser, headless_chromium, pair_cards
-from stic.testing.synthetic_run import write_synthetic_run
+from stic.testing.synthetic_run import write_synthetic_rounds, write_synthetic_run
 from stic.tools.report import sources_from_folder, write_report
 
 pytestmark = pytest.mark.slow
@@ -124,5 +125,46 @@ def test_the_report_works_in_headless_chromium(report_path):
         shot = np.asarray(Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("L"))
         assert shot.std() > 20, "the screenshot is (nearly) one colour"
 
+        errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == []
+
+
+def test_a_report_with_rounds_shows_the_chosen_rounds_pairs_in_headless_chromium(tmp_path):
+    try:
+        find_browser()
+    except BrowserMissing as e:
+        pytest.fail(str(e))
+    run = write_synthetic_rounds(tmp_path, 12, rounds=3, chosen=2, image_size=(48, 36))
+    path = write_report(sources_from_folder(run), tmp_path / "report.html")
+    with headless_chromium() as driver:
+        driver.get(path.resolve().as_uri())
+        for section in ("rounds", "audit", "pairs", "training", "results"):
+            assert _count(driver, f"section#{section}") == 1, section
+        rows = driver.execute_script(
+            "return [...document.querySelectorAll('#rounds tr[data-round]')]"
+            ".map(r => [r.dataset.round, r.className])"
+        )
+        assert rows == [["1", ""], ["2", "chosen"], ["3", ""]]
+        heads = driver.execute_script(
+            "return [...document.querySelectorAll('#round-audit tr:first-child th')]"
+            ".map(h => h.textContent)"
+        )
+        assert heads == ["", "round 1", "round 2 (chosen)", "round 3"]
+        legend = driver.execute_script(
+            "return document.querySelector('figure[data-chart=\"train-rounds\"]').textContent"
+        )
+        assert all(f"round {n}" in legend for n in (1, 2, 3)) and "(chosen)" in legend
+
+        # the cards are round 2's records, with round 2's DPO verdicts
+        pairs = _records(run / "round_2" / "pairs.jsonl")
+        dropped = {
+            d["id"]: d["reason"] for d in _records(run / "round_2" / "dpo" / "dropped_pairs.jsonl")
+        }
+        cards = pair_cards(driver)
+        assert [c["id"] for c in cards] == [p["id"] for p in pairs]
+        check_cards(cards, pairs, dropped)
+        assert {c["chosen"] for c in cards}.isdisjoint(
+            p["chosen"] for p in _records(run / "round_1" / "pairs.jsonl")
+        )
         errors = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
         assert errors == []

@@ -10,7 +10,9 @@ bench entry on validation data that no test entry reads. Then :func:`run_rounds`
 3. writes ``<output_dir>/rounds.json`` (rounds x metric, the chosen round and why) and
    ``rounds.md``;
 4. copies the chosen round's adapter folder to ``<output_dir>/dpo``, whose manifest names the
-   round and the reason (``summary.round``, ``summary.reason``). Stage 2 and every test entry at
+   round and why (``summary.round`` of ``summary.rounds``; ``summary.select``: the entry,
+   metric, mode and the round's value, null without select; ``summary.reason``: the same as a
+   sentence). Stage 2 and every test entry at
    ``stage1``/``final`` read that folder, so they evaluate the chosen round's weights.
 
 Both outputs go through :class:`~stic.runtime.output.Output` like every stage's: a rerun with
@@ -197,9 +199,17 @@ def run_rounds(config: RoundsConfig, model=None, processor=None) -> StageSummary
             output.write_text(rounds_markdown(table), markdown)
             output.write_json(table)
             output.finish({"chosen": chosen, "reason": table["reason"]})
+    # What decided, as fields (the reason says it as a sentence): the select entry, its metric,
+    # mode and the chosen round's value; None: no select, the last round.
+    select = table["select"] and {
+        **table["select"],
+        "value": table["table"][chosen - 1][config.select_metric],
+    }
     about = {
         "round": chosen,
+        "rounds": len(config.round_adapters),
         "reason": table["reason"],
+        "select": select,
         "source": normalize_path(source),
         "source_identity": input_identity(source),
     }

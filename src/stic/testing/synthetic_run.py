@@ -218,3 +218,86 @@ def write_synthetic_run(
         )
     atomic_write_text(run / "resolved_config.yaml", f"model: {model}\n")
     return run
+
+
+def write_synthetic_rounds(
+    root: str | Path, n_pairs: int, rounds: int = 3, chosen: int = 2, **options
+) -> Path:
+    """:func:`write_synthetic_run` with self-training rounds, as ``stic run`` with ``rounds``
+    leaves it: ``round_<r>/pairs.jsonl`` (round r's pairs: seed r, its own images under
+    ``root/round<r>_images``) and ``round_<r>/dpo/`` (its train log scaled by round: the curves
+    differ), ``rounds.json`` (select ``val accuracy max``; round ``chosen`` has the highest
+    value) and ``dpo/``, a copy of the chosen round with the manifest the rounds stage writes.
+    Returns the run folder (``root/run``)."""
+    import shutil
+
+    root = Path(root)
+    # The run around the rounds (stage 2, results); its own pairs and dpo are replaced below.
+    run = write_synthetic_run(root, 3, **options)
+    shutil.rmtree(run / "pairs")
+    shutil.rmtree(run / "dpo")
+    table = []
+    for number in range(1, rounds + 1):
+        made = write_synthetic_run(root / f"round{number}_src", n_pairs, seed=number, **options)
+        folder = run / f"round_{number}"
+        folder.mkdir(parents=True)
+        (root / f"round{number}_src" / "images").rename(root / f"round{number}_images")
+        images = str((root / f"round{number}_images").resolve())
+        pairs = folder / "pairs.jsonl"
+        (made / "pairs" / "pairs.jsonl").rename(pairs)
+        manifest = {"model": options.get("model", "tiny/synthetic-model"), "images": images}
+        _manifest(pairs.with_name("pairs.jsonl.manifest.json"), "pairs", manifest)
+        (made / "dpo").rename(folder / "dpo")
+        log_path = folder / "dpo" / "train_log.json"
+        log = json.loads(log_path.read_text(encoding="utf-8"))
+        for entry in log:
+            for key in ("loss", "loss/dpo", "rewards/margin"):
+                if key in entry:
+                    entry[key] *= 1 + 0.3 * (number - 1)
+        atomic_write_json(log_path, log)
+        shutil.rmtree(root / f"round{number}_src")
+        value = 0.5 + (0.2 if number == chosen else 0.05 * number / rounds)
+        table.append(
+            {
+                "round": number,
+                "adapter": str((folder / "dpo").resolve()),
+                "pairs_file": str(pairs.resolve()),
+                "pairs_trained": n_pairs,
+                "train_loss": 0.4,
+                "reference_model": "base" if number == 1 else "start",
+                "accuracy": value,
+            }
+        )
+    reason = (
+        f"val accuracy = {table[chosen - 1]['accuracy']:.6g} is the highest of rounds "
+        f"1-{rounds} (select mode max)"
+    )
+    select = {"entry": "val", "metric": "accuracy", "mode": "max"}
+    atomic_write_json(
+        run / "rounds.json",
+        {
+            "rounds": rounds,
+            "select": select,
+            "round_reference": "previous",
+            "round_images": "fresh",
+            "table": table,
+            "chosen": chosen,
+            "reason": reason,
+        },
+    )
+    shutil.copytree(run / f"round_{chosen}" / "dpo", run / "dpo")
+    atomic_write_json(
+        run / "dpo" / "stic_manifest.json",
+        {
+            "stage": "chosen_round",
+            "status": "complete",
+            "config": {},
+            "summary": {
+                "round": chosen,
+                "rounds": rounds,
+                "reason": reason,
+                "select": {**select, "value": table[chosen - 1]["accuracy"]},
+            },
+        },
+    )
+    return run

@@ -11,6 +11,8 @@ What a run was trained on and what changed, for someone auditing a self-training
   a warning when the chosen side is systematically longer (DPO is known to exploit length), the
   share truncated and the near-duplicate rate.
 - **Training**: the DPO and SFT train logs against step.
+- **Rounds** (a run with ``rounds: N``): rounds.json's table, each round's audit and DPO curves,
+  and one round's pairs in the browser (:mod:`stic.tools.report_rounds` says why one).
 - **Results**: every eval and bench result with its delta against the base model's result on the
   same data, per category where there is one, and describe-and-respond examples.
 
@@ -70,7 +72,11 @@ class ReportSources:
     """What one report shows; every part is optional, at least one must be present.
 
     ``evals``/``benches``: result JSON files of ``stic eval`` / ``stic bench``. ``notes``:
-    Markdown files shown as they are (the demo's ``results.md``).
+    Markdown files shown as they are (the demo's ``results.md``). ``rounds``: the
+    ``rounds.json`` of a run with self-training rounds; ``round``: the round whose pairs the
+    browser shows (default: the chosen one). ``pairs_dpo``: the DPO folder that trained on
+    ``pairs`` (its ``dropped_pairs.jsonl`` and filter settings give the verdicts; default
+    ``dpo``).
     """
 
     title: str = "stic run"
@@ -79,7 +85,9 @@ class ReportSources:
     images: Path | None = None
     dpo: Path | None = None
     sft: Path | None = None
-    rounds: Path | None = None  # rounds.json of a `stic run` with rounds >= 2
+    rounds: Path | None = None
+    round: int | None = None
+    pairs_dpo: Path | None = None
     evals: list[Path] = field(default_factory=list)
     benches: list[Path] = field(default_factory=list)
     notes: list[Path] = field(default_factory=list)
@@ -131,18 +139,17 @@ def _cell(value: Any) -> str:
 
 def _run_outputs(run: Path, sources: ReportSources) -> None:
     """Fill what the ``stic run`` folder ``run`` holds (its layout is pipeline.plan's)."""
+    if sources.rounds is None and (run / "rounds.json").is_file():
+        from stic.tools.report_rounds import read_rounds
+
+        sources.rounds = run / "rounds.json"
+        rounds = read_rounds(sources.rounds)  # a broken file is refused here, saying what
+        if sources.pairs is None:
+            shown = rounds.get(sources.round or rounds.chosen)  # refuses a round not run
+            sources.round, sources.pairs = shown.number, shown.pairs
+            sources.pairs_dpo = shown.dpo if shown.dpo.is_dir() else None
     if sources.pairs is None and (run / "pairs" / "pairs.jsonl").is_file():
         sources.pairs = run / "pairs" / "pairs.jsonl"
-    if sources.rounds is None and (run / "rounds.json").is_file():
-        sources.rounds = run / "rounds.json"
-        # The pairs shown are the chosen round's (its adapter is run/dpo).
-        try:
-            chosen = _chosen_round(read_json(sources.rounds))
-        except (OSError, ValueError):
-            chosen = None  # the rounds section says what is wrong with the file
-        pairs = run / f"round_{chosen}" / "pairs.jsonl" if chosen else None
-        if sources.pairs is None and pairs is not None and pairs.is_file():
-            sources.pairs = pairs
     if sources.dpo is None and (run / "dpo").is_dir():
         sources.dpo = run / "dpo"
     if sources.sft is None and (run / "sft").is_dir():
@@ -200,6 +207,8 @@ def sources_from_folder(folder: str | Path, sources: ReportSources | None = None
             f"{folder}: no stic outputs found (pairs/pairs.jsonl, dpo/, sft/, eval/*.json, "
             "bench/*.json, or a demo's results.json)"
         )
+    if sources.round is not None and sources.rounds is None:
+        raise ReportError(f"{folder}: --round {sources.round} needs a run with rounds.json")
     return sources
 
 
@@ -315,39 +324,41 @@ def _filter_settings(dpo: Path | None) -> FilterSettings:
 
 
 def collect_pairs(
-    sources: ReportSources, large_thumbnails: int = LARGE_THUMBNAILS
+    sources: ReportSources, large_thumbnails: int = LARGE_THUMBNAILS, thumbnails: bool = True
 ) -> dict[str, Any] | None:
     """The pair browser's data: prompts (deduplicated), one compact row per pair, and where the
-    verdicts and lengths come from."""
+    verdicts and lengths come from. ``thumbnails=False``: no image is read (rows for the audit
+    alone, ``img``/``cimg``/``why`` empty)."""
     if sources.pairs is None:
         return None
     pairs = _read_pair_file(sources.pairs)
     pairs_config = _config(sources.pairs)
+    dpo = sources.pairs_dpo or sources.dpo
     images = sources.images
     if images is None and _config_text(pairs_config, "images"):
         images = Path(_config_text(pairs_config, "images"))
-    if images is None and sources.dpo is not None and _config_text(_config(sources.dpo), "images"):
-        images = Path(_config_text(_config(sources.dpo), "images"))
+    if images is None and dpo is not None and _config_text(_config(dpo), "images"):
+        images = Path(_config_text(_config(dpo), "images"))
     model = (
         sources.model
         or _config_text(pairs_config, "model")
         or next((p.model for p in pairs if p.model), None)
     )
     count, length_unit = _length_counter(model)
-    settings = _filter_settings(sources.dpo)
-    dropped_file = sources.dpo / "dropped_pairs.jsonl" if sources.dpo is not None else None
+    settings = _filter_settings(dpo)
+    dropped_file = dpo / "dropped_pairs.jsonl" if dpo is not None else None
     if dropped_file is not None and dropped_file.is_file():
         # a dropped pair without a (string) reason is still dropped: "?"
         dropped = {
             row["id"]: str(row.get("reason") or "?") for row in read_jsonl(dropped_file, key="id")
         }
-        verdict_source = f"the DPO stage's {dropped_file.name} ({sources.dpo})"
+        verdict_source = f"the DPO stage's {dropped_file.name} ({dpo})"
 
         def verdict(pair: PairRecord) -> str:
             return dropped.get(pair.id, "")
     else:
         verdict_source = "recomputed here with the " + (
-            "DPO config's filter settings" if sources.dpo is not None else "default filters"
+            "DPO config's filter settings" if dpo is not None else "default filters"
         )
 
         def verdict(pair: PairRecord) -> str:
@@ -362,7 +373,9 @@ def collect_pairs(
     problems: Counter = Counter()
     for index, pair in enumerate(pairs):
         size = THUMB_PX if index < large_thumbnails else SMALL_THUMB_PX
-        clean, corrupted, problem = pair_thumbnails(pair, images, size)
+        clean, corrupted, problem = (
+            pair_thumbnails(pair, images, size) if thumbnails else ("", "", "")
+        )
         if problem:
             problems[problem.split(":")[0]] += 1
         chosen_len, rejected_len = count(pair.chosen), count(pair.rejected)
@@ -537,9 +550,8 @@ TRAIN_PANELS = {
 }
 
 
-def training_chart(log: list[dict], stage: str, name: str | None = None) -> str:
-    """One panel per quantity of the stage's train log, against the optimizer step (``name``:
-    the chart's id, default ``train-<stage>``)."""
+def training_chart(log: list[dict], stage: str) -> str:
+    """One panel per quantity of the stage's train log, against the optimizer step."""
     panels = [
         (title, [k for k in keys if _series(log, k)[0]]) for title, keys in TRAIN_PANELS[stage]
     ]
@@ -557,90 +569,33 @@ def training_chart(log: list[dict], stage: str, name: str | None = None) -> str:
             ax.legend(fontsize=8)
         if title == "learning rate":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
-    return svg(fig, name or f"train-{stage}")
+    return svg(fig, f"train-{stage}")
 
 
-def _chosen_round(table: Any) -> int | None:
-    chosen = table.get("chosen") if isinstance(table, dict) else None
-    return chosen if isinstance(chosen, int) and not isinstance(chosen, bool) else None
-
-
-def rounds_html(path: Path) -> str:
-    """The rounds of a `stic run` with rounds >= 2: each round's pairs, training and select
-    metric (from ``rounds.json``), the chosen round and why, and each round's DPO curves."""
-    try:
-        table = read_json(path)
-    except (OSError, ValueError) as e:
-        return f"<p class=muted>{_cell(path)} cannot be read: {_cell(e)}</p>"
-    rows = [r for r in _mapping(table).get("table", []) if isinstance(r, dict)]
-    chosen = _chosen_round(table)
-    select = _mapping(_mapping(table).get("select"))
-    metric = select.get("metric") if isinstance(select.get("metric"), str) else None
-    header = ["round", "pairs file", "pairs trained", "train loss", "reference"]
-    if metric:
-        header.append(f"{select.get('entry')} {metric} ({select.get('mode')})")
-    body = []
-    for row in rows:
-        cells = [
-            row.get("round"),
-            row.get("pairs_file"),
-            row.get("pairs_trained"),
-            row.get("train_loss"),
-            row.get("reference_model"),
-        ]
-        if metric:
-            cells.append(row.get(metric))
-        mark = " class=chosen" if row.get("round") == chosen else ""
-        body.append(
-            f"<tr{mark}>"
-            + "".join(
-                f"<td>{_cell(f'{c:.6g}' if _number(c) is not None and isinstance(c, float) else c)}</td>"
-                for c in cells
-            )
-            + "</tr>"
-        )
-    blocks = [
-        f"<p class=muted>{_cell(path)}: chosen round {_cell(chosen)} "
-        f"({_cell(_mapping(table).get('reason'))}); the pair browser shows its pairs and "
-        "Training its DPO run.</p>",
-        "<table class=results><tr>"
-        + "".join(f"<th>{_cell(h)}</th>" for h in header)
-        + "</tr>"
-        + "".join(body)
-        + "</table>",
-    ]
-    for row in rows:
-        adapter = row.get("adapter")
-        name = f"train-round-{row.get('round')}"
-        training = (
-            collect_training(Path(adapter), "dpo", name) if isinstance(adapter, str) else None
-        )
-        if training is None:
-            continue
-        title = f"<h3>Round {_cell(row.get('round'))}: DPO + NLL</h3>"
-        if "missing" in training:
-            blocks.append(f"{title}<p class=muted>{_cell(training['missing'])}</p>")
-        else:
-            blocks.append(title + training["chart"])
-    return "".join(blocks)
-
-
-def collect_training(folder: Path | None, stage: str, chart_name: str | None = None) -> dict | None:
-    if folder is None:
-        return None
+def read_train_log(folder: Path) -> tuple[list[dict], str]:
+    """``(entries, problem)``: the dict entries of ``folder/train_log.json``, or ``[]`` and why
+    there are none."""
     path = folder / "train_log.json"
     if not path.is_file():
-        return {"stage": stage, "folder": str(folder), "missing": f"{path} does not exist"}
+        return [], f"{path} does not exist"
     log = read_json(path)
     if not isinstance(log, list):
-        return {"stage": stage, "folder": str(folder), "missing": f"{path} is not a list"}
-    log = [e for e in log if isinstance(e, dict)]
+        return [], f"{path} is not a list"
+    return [e for e in log if isinstance(e, dict)], ""
+
+
+def collect_training(folder: Path | None, stage: str) -> dict | None:
+    if folder is None:
+        return None
+    log, problem = read_train_log(folder)
+    if problem:
+        return {"stage": stage, "folder": str(folder), "missing": problem}
     final = next((e for e in reversed(log) if _number(e.get("train_loss")) is not None), {})
     steps = [e["step"] for e in log if _number(e.get("step")) is not None]
     return {
         "stage": stage,
         "folder": str(folder),
-        "chart": training_chart(log, stage, chart_name),
+        "chart": training_chart(log, stage),
         "steps": max(steps) if steps else 0,
         "train_loss": final.get("train_loss"),
         "last": next((e for e in reversed(log) if "loss" in e), {}),
@@ -958,21 +913,34 @@ def build_report(sources: ReportSources, large_thumbnails: int = LARGE_THUMBNAIL
         raise ReportError(
             "nothing to report: give a run folder or --pairs/--dpo/--sft/--eval/--bench"
         )
+    rounds = None
+    if sources.rounds is not None:
+        from stic.tools import report_rounds
+
+        rounds = report_rounds.read_rounds(sources.rounds)
     pairs = collect_pairs(sources, large_thumbnails)
     sections: dict[str, str] = {}
     for note in sources.notes:
         sections.setdefault("demo", "")
         sections["demo"] += markdown_html(note.read_text(encoding="utf-8"))
+    if rounds is not None:
+        sections["rounds"] = report_rounds.rounds_html(rounds, sources)
+    summary = audit(pairs) if pairs is not None else None
+    if rounds is not None:
+        sections["audit"] = report_rounds.round_audits_html(rounds, sources, pairs, summary)
     if pairs is not None:
-        summary = audit(pairs)
-        sections["audit"] = _audit_html(pairs, summary)
+        sections["audit"] = sections.get("audit", "") + _audit_html(pairs, summary)
+    # With rounds, dpo/ is a copy of the chosen round: its curves are shown with every round's.
     training = [
-        t for t in (collect_training(sources.dpo, "dpo"), collect_training(sources.sft, "sft")) if t
+        t
+        for t in (
+            collect_training(sources.dpo, "dpo") if rounds is None else None,
+            collect_training(sources.sft, "sft"),
+        )
+        if t
     ]
-    if sources.rounds is not None:
-        sections["rounds"] = rounds_html(sources.rounds)
-    if training:
-        blocks = []
+    if training or rounds is not None:
+        blocks = [] if rounds is None else [report_rounds.round_training_html(rounds)]
         for t in training:
             title = {"dpo": "Stage 1: DPO + NLL", "sft": "Stage 2: description-infused SFT"}[
                 t["stage"]
@@ -1041,6 +1009,7 @@ def report_output(sources: ReportSources, out: Path) -> Output:
         "dpo": sources.dpo,
         "sft": sources.sft,
         "rounds": sources.rounds,
+        "pairs dpo": sources.pairs_dpo,
         **{f"eval {p}": p for p in sources.evals},
         **{f"bench {p}": p for p in sources.benches},
         **{f"notes {p}": p for p in sources.notes},
@@ -1092,6 +1061,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--model", help="model whose tokenizer counts lengths (default: the pairs')"
     )
+    parser.add_argument(
+        "--round",
+        type=int,
+        help="a run with self-training rounds: the round whose pairs the browser shows "
+        "(default: the chosen round; every round's audit and curves are shown either way)",
+    )
     parser.add_argument("--title", help="page title")
     parser.add_argument(
         "--large-thumbnails",
@@ -1113,6 +1088,7 @@ def main(argv: list[str]) -> int:
         evals=[Path(p) for p in args.eval],
         benches=[Path(p) for p in args.bench],
         model=args.model,
+        round=args.round,
     )
     for given in [sources.pairs, *sources.evals, *sources.benches]:
         if given is not None and not given.is_file():
@@ -1120,6 +1096,8 @@ def main(argv: list[str]) -> int:
     for given in (sources.dpo, sources.sft, sources.images):
         if given is not None and not given.is_dir():
             raise ReportError(f"{given}: no such folder")
+    if args.round is not None and not args.run:
+        raise ReportError("--round needs a run folder (the rounds.json of a `stic run`)")
     if args.run:
         sources = sources_from_folder(args.run, sources)
     if args.title:
