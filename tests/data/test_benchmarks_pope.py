@@ -224,9 +224,9 @@ def test_the_result_document_of_a_partial_run(caplog):
         },
         "judge": None,
     }
-    assert "pope_random: 8 items without a prediction, 7 prediction ids not in the data" in (
-        caplog.text
-    )
+    assert caplog.messages == [
+        "pope_random: 8 items without a prediction, 7 prediction ids not in the data"
+    ]
 
 
 def test_a_complete_run_is_not_partial_and_logs_nothing(caplog):
@@ -353,3 +353,26 @@ def test_a_run_not_matching_the_data_is_logged(caplog, predictions, message):
     with caplog.at_level("WARNING"):
         score_predictions("pope_random", _items(2), predictions)
     assert f"pope_random: {message}" in caplog.text
+
+
+def test_nothing_scored_because_the_judge_failed_names_both_reasons(monkeypatch):
+    def score(pairs, judge):
+        return [{"id": item.id, "score": None, "judge_failed": "no reply"} for item, _ in pairs]
+
+    monkeypatch.setitem(BENCHMARKS, "mmvet", dataclasses.replace(BENCHMARKS["mmvet"], score=score))
+    with pytest.raises(NothingScoredError) as e:
+        score_predictions("mmvet", _items(3), {"q0": "a", "q1": "b"}, _Judge())
+    assert str(e.value) == (
+        "mmvet: nothing scored of 3 items (no_prediction: 1, judge_failed: 2); no result written"
+    )
+
+
+def test_a_result_with_a_non_finite_metric_is_refused_naming_it(monkeypatch):
+    def summarize(rows):
+        return {"metrics": {"f1": float("nan")}, "categories": {}}
+
+    spec = dataclasses.replace(BENCHMARKS["pope_random"], summarize=summarize)
+    monkeypatch.setitem(BENCHMARKS, "pope_random", spec)
+    with pytest.raises(ValueError) as e:
+        score_predictions("pope_random", _items(1), {"q0": "Yes"})
+    assert str(e.value) == "pope_random: metric f1 is nan (not finite)"

@@ -264,3 +264,42 @@ def test_a_folder_without_results_is_refused_naming_the_benchmarks(tmp_path):
         load_run(str(tmp_path / "empty"))
     assert str(e.value).startswith(f"{tmp_path / 'empty'}: no <benchmark>.json result files (")
     assert "pope_random, " in str(e.value) and "scienceqa_img" in str(e.value)
+
+
+@pytest.mark.parametrize("spec", ["name=", ",", "="])
+def test_a_run_naming_no_file_is_refused(spec):
+    with pytest.raises(ValueError) as e:
+        load_run(spec)
+    assert str(e.value) == f"run {spec!r} names no result file"
+
+
+def test_a_run_path_holding_an_equals_sign_is_read(tmp_path):
+    run = _write_run(tmp_path / "lr=0.1", 20, 20)
+    assert load_run(f"stic={run}")[0] == "stic"
+    name, results = load_run(f"stic={run / 'pope_random.json'}")
+    assert name == "stic" and list(results) == ["pope_random"]
+
+
+def test_defaults_of_the_bootstrap(tmp_path):
+    base = _write_run(tmp_path / "base", 20, 20, n=4)
+    table = compare([load_run(str(base)), load_run(f"b={base}")])
+    assert table["bootstrap"]["resamples"] == 1000 and table["bootstrap"]["seed"] == 0
+
+
+def test_a_result_without_a_number_given_directly_is_refused_naming_run_and_benchmark(tmp_path):
+    base = _write_run(tmp_path / "base", 20, 20)
+    run = load_run(str(base))
+    bad = json.loads((base / "scienceqa_img.json").read_text()) | {"n": 0}
+    with pytest.raises(ValueError) as e:
+        compare([run, ("bad", {"scienceqa_img": bad})])
+    assert str(e.value) == (
+        "run bad: scienceqa_img: nothing scored (n = 0); there is no number to show"
+    )
+
+
+def test_a_benchmark_missing_from_a_run_does_not_hide_the_next_ones(tmp_path):
+    base = _write_run(tmp_path / "base", 20, 20)
+    other = _write_run(tmp_path / "other", 30, 30)
+    (other / "scienceqa_img.json").unlink()  # the registry's first of the two
+    table = compare([load_run(str(base)), load_run(str(other))], resamples=10)
+    assert list(table["deltas"]["other"]) == ["pope_random", "average"]
