@@ -222,3 +222,18 @@ def test_result_records_the_adapter_it_used(tmp_path, pope):
     result = json.loads((tmp_path / "s" / "pope_random.json").read_text())
     assert result["adapter"] == adapter and result["weights"] == "adapter"
     assert result["adapter_identity"].startswith("dir:")
+
+
+def test_cache_lines_that_are_not_descriptions_are_misses_not_errors(tmp_path):
+    from stic.stages.bench import DescriptionCache
+
+    path = tmp_path / "cache.jsonl"
+    path.write_text(
+        '[1, 2]\n{"key": "n", "text": 5}\n"text"\n{"key": "ok", "text": "a dog"}\n{"key": "to'
+    )
+    cache = DescriptionCache(path)
+    assert cache.get("ok") == "a dog"
+    assert cache.get("n") is None and cache.get("to") is None
+    cache.add({"n": "a cat", "é": "ünïcode"})
+    again = DescriptionCache(path)  # what another run reads back
+    assert again.get("n") == "a cat" and again.get("é") == "ünïcode" and again.get("ok") == "a dog"
