@@ -237,3 +237,28 @@ def test_cache_lines_that_are_not_descriptions_are_misses_not_errors(tmp_path):
     cache.add({"n": "a cat", "é": "ünïcode"})
     again = DescriptionCache(path)  # what another run reads back
     assert again.get("n") == "a cat" and again.get("é") == "ünïcode" and again.get("ok") == "a dog"
+
+
+class _ShortBackend(ScriptedBackend):
+    """Returns one generation fewer than it was asked for (a broken backend)."""
+
+    def generate(self, requests, *, max_new_tokens, **_):
+        return super().generate(requests, max_new_tokens=max_new_tokens)[:-1]
+
+
+def test_a_backend_returning_fewer_descriptions_or_answers_is_an_error(tmp_path, pope):
+    from stic.stages.bench import DescriptionCache, answer_batch, describe
+
+    items = read_benchmark("pope_random", *pope)
+    images = [item.image.load() for item in items]
+    cache = DescriptionCache(tmp_path / "c.jsonl")
+    with pytest.raises(ValueError):
+        describe(items, images, _ShortBackend(), cache, 5)
+    assert not (tmp_path / "c.jsonl").exists()  # nothing half-described was cached
+    with pytest.raises(ValueError):
+        describe(items, images[:-1], ScriptedBackend(), cache, 5)  # an image short
+    config = _config(pope, tmp_path / "x" / "pope_random.json")
+    with pytest.raises(ValueError):
+        answer_batch(items, images, config, _ShortBackend())
+    with pytest.raises(ValueError):
+        answer_batch(items, images[:-1], config, ScriptedBackend())
