@@ -262,3 +262,17 @@ def test_a_backend_returning_fewer_descriptions_or_answers_is_an_error(tmp_path,
         answer_batch(items, images, config, _ShortBackend())
     with pytest.raises(ValueError):
         answer_batch(items, images[:-1], config, ScriptedBackend())
+
+
+def test_the_cache_file_is_created_with_its_folders_readable_not_executable(tmp_path):
+    import os
+    import stat
+
+    from stic.stages.bench import DescriptionCache
+
+    path = tmp_path / "new" / "deep" / "cache.jsonl"
+    DescriptionCache(path).add({"k": "a dog"})
+    assert DescriptionCache(path).get("k") == "a dog"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644 & ~umask
