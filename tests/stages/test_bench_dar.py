@@ -276,3 +276,18 @@ def test_the_cache_file_is_created_with_its_folders_readable_not_executable(tmp_
     umask = os.umask(0)
     os.umask(umask)
     assert stat.S_IMODE(path.stat().st_mode) == 0o644 & ~umask
+
+
+def test_answer_batch_describes_into_the_cache_it_is_given_else_the_configs(tmp_path, pope):
+    from stic.stages.bench import DescriptionCache, answer_batch
+
+    items = read_benchmark("pope_random", *pope)[:2]
+    images = [item.image.load() for item in items]
+    config = _config(pope, tmp_path / "out" / "pope_random.json", dar=True)
+    mine = tmp_path / "mine.jsonl"
+    records = answer_batch(items, images, config, ScriptedBackend(), DescriptionCache(mine))
+    assert len(mine.read_text().splitlines()) == 2
+    assert not (tmp_path / "out" / "dar_descriptions.jsonl").exists()
+    again = answer_batch(items, images, config, ScriptedBackend())
+    assert len((tmp_path / "out" / "dar_descriptions.jsonl").read_text().splitlines()) == 2
+    assert again == records and records[0]["description"].startswith("a picture of shade")
