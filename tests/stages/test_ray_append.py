@@ -147,3 +147,20 @@ def test_fresh_records_keeps_the_first_record_of_each_new_id_of_the_batch():
     assert fresh_records(records, {"a", "b"}, {}) == [{"id": "b", "n": 1}, {"id": "a", "n": 3}]
     assert fresh_records(records, {"a", "b"}, {"b": {}}) == [{"id": "a", "n": 3}]
     assert fresh_records([], {"a"}, {}) == []
+
+
+def test_the_log_says_how_many_were_made_and_the_workers_generating_time(caplog):
+    rows = [row(0, ["a", "b"]), row(1, ["c", "d"]), row(1, ["c"]), row(2, [])]
+    for r, seconds in zip(rows, (2.0, 3.0, 1.0, 4.0), strict=True):
+        r["seconds"] = seconds
+    with caplog.at_level("INFO", logger="stic.stages.ray_pool"):
+        drive(rows)
+    (message,) = [m for m in caplog.messages if "on Ray" in m]
+    assert message.startswith("pairs: 4 made in ")
+    assert message.endswith(" s on Ray (workers generating 10 s in all)")  # every row's time
+
+
+def test_nothing_made_logs_nothing(caplog):
+    with caplog.at_level("INFO", logger="stic.stages.ray_pool"):
+        drive([row(0, [])])
+    assert not [m for m in caplog.messages if "on Ray" in m]
