@@ -164,3 +164,9 @@ def test_nothing_made_logs_nothing(caplog):
     with caplog.at_level("INFO", logger="stic.stages.ray_pool"):
         drive([row(0, [])])
     assert not [m for m in caplog.messages if "on Ray" in m]
+
+
+def test_the_progress_bar_names_the_stage_and_counts_its_items(capsys):
+    drive([row(0, ["a", "b"]), row(1, ["c", "d"])])
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]
+    assert bar.startswith("pairs:  67%|") and " 4/6 [" in bar and "pair/s]" in bar
