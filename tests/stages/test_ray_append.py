@@ -6,12 +6,25 @@ from __future__ import annotations
 
 import json
 import pickle
+import threading
 from dataclasses import dataclass
 
 import pytest
 
+from stic.stages import ray_pool
 from stic.stages.ray_pool import _append_rows, fresh_records
 from stic.stages.runner import StageSummary
+
+
+@pytest.fixture(autouse=True)
+def _thread_lock_for_tqdm():
+    """tqdm's default write lock is shared between processes: a forked test process (mutation
+    testing forks one per mutant) that dies holding it would block every later one."""
+    old = ray_pool.tqdm.get_lock()
+    ray_pool.tqdm.set_lock(threading.RLock())
+    yield
+    ray_pool.tqdm.set_lock(old)
+
 
 # Three batches of two items, as generate_on_ray cuts ["a" .. "f"] with batch_size 2.
 BATCHES = [["a", "b"], ["c", "d"], ["e", "f"]]
