@@ -312,3 +312,55 @@ def test_rows_with_a_judge_take_the_official_verdict_of_the_judges_extraction():
     c.update(extracted="", extracted_by="judge", judge_raw=None, judge_failed="timeout")
     c.update(headline="official", score=0.0, normalized=None)
     assert rows == [a, b, c]
+
+
+def test_a_judge_returning_fewer_verdicts_is_an_error():
+    from stic.data.benchmarks.mathvista_testmini import score
+    from stic.data.benchmarks.records import JudgeVerdict
+
+    judge = _FakeJudge([JudgeVerdict(value="4", raw="4", error=None, cached=False)])
+    judge.ask = lambda prompts, parse: judge.verdicts[:1]  # one verdict for two prompts
+    items = [_integer_item(pid) for pid, _ in PAIRS]
+    with pytest.raises(ValueError):
+        score([(item, text) for item, (_, text) in zip(items, PAIRS, strict=True)], judge)
+
+
+def test_the_rules_reading_starts_from_the_official_extraction():
+    """A float reply "inf" is read by the official extract_answer (float("inf")) and normalised
+    as the official script does; stic's own rules would refuse a non-finite number."""
+    import dataclasses
+
+    from stic.data.benchmarks.mathvista_testmini import score
+
+    item = _integer_item("f")
+    item = dataclasses.replace(item, meta={**item.meta, "answer_type": "float", "precision": 1})
+    (row,) = score([(item, "inf")])
+    assert (row["extracted"], row["normalized_rules"], row["score_rules"]) == ("inf", "inf", 0.0)
+
+
+def _reference_distance(a: str, b: str) -> int:
+    from functools import cache
+
+    @cache
+    def d(i: int, j: int) -> int:
+        if i == 0 or j == 0:
+            return i + j
+        return min(d(i - 1, j) + 1, d(i, j - 1) + 1, d(i - 1, j - 1) + (a[i - 1] != b[j - 1]))
+
+    return d(len(a), len(b))
+
+
+def test_edit_distance_is_levenshtein():
+    import random
+
+    from stic.data.benchmarks.mathvista_testmini import edit_distance
+
+    assert edit_distance("", "") == 0
+    assert edit_distance("ab", "") == 2 and edit_distance("", "abc") == 3
+    assert edit_distance("kitten", "sitting") == 3 and edit_distance("sitting", "kitten") == 3
+    assert edit_distance("abc", "ac") == 1 and edit_distance("ac", "abc") == 1
+    rng = random.Random(0)
+    for _ in range(300):
+        a = "".join(rng.choice("ab c") for _ in range(rng.randint(0, 6)))
+        b = "".join(rng.choice("ab c") for _ in range(rng.randint(0, 6)))
+        assert edit_distance(a, b) == _reference_distance(a, b), (a, b)
