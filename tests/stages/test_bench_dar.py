@@ -291,3 +291,14 @@ def test_answer_batch_describes_into_the_cache_it_is_given_else_the_configs(tmp_
     again = answer_batch(items, images, config, ScriptedBackend())
     assert len((tmp_path / "out" / "dar_descriptions.jsonl").read_text().splitlines()) == 2
     assert again == records and records[0]["description"].startswith("a picture of shade")
+
+
+def test_the_cache_file_holds_one_description_a_line(tmp_path):
+    from stic.stages.bench import DescriptionCache
+
+    path = tmp_path / "cache.jsonl"
+    DescriptionCache(path).add({"a": "one"})
+    DescriptionCache(path).add({"b": "two", "c": "three"})
+    lines = path.read_text().split("\n")
+    assert len(lines) == 4 and lines[-1] == ""  # three lines, no blank one between appends
+    assert [json.loads(line)["key"] for line in lines[:-1]] == ["a", "b", "c"]
