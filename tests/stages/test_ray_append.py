@@ -183,3 +183,13 @@ def test_the_progress_bar_names_the_stage_and_counts_its_items(capsys):
     drive([row(0, ["a", "b"]), row(1, ["c", "d"])])
     bar = capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]
     assert bar.startswith("pairs:  67%|") and " 4/6 [" in bar and "pair/s]" in bar
+
+
+def test_the_log_gives_the_time_since_the_first_batch(caplog, monkeypatch):
+    clock = iter([100.0, 107.0])  # when appending began, when it ended
+    monkeypatch.setattr(ray_pool.time, "monotonic", lambda: next(clock))
+    with caplog.at_level("INFO", logger="stic.stages.ray_pool"):
+        drive([row(0, ["a", "b"])])
+    monkeypatch.undo()
+    (message,) = [m for m in caplog.messages if "on Ray" in m]
+    assert message == "pairs: 2 made in 7 s on Ray (workers generating 0 s in all)"
