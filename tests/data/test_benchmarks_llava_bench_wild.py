@@ -274,3 +274,21 @@ def test_each_row_holds_the_judges_pair_and_a_failure_holds_llavas_failed_pair()
     with pytest.raises(ValueError) as e:
         score([(items[0], "a")], None)
     assert str(e.value) == "llava_bench_wild is scored by a judge model"
+
+
+def test_a_judge_returning_fewer_verdicts_is_an_error():
+    from stic.data.benchmarks import BenchItem, ImageRef
+    from stic.data.benchmarks.llava_bench_wild import score
+    from stic.data.benchmarks.records import JudgeVerdict
+
+    item = BenchItem(
+        id="0",
+        image=ImageRef(path="unused.png"),
+        question="q",
+        answers=("r",),
+        meta={"caption": "c"},
+    )
+    judge = _FakeJudge([JudgeVerdict(value=(8.0, 6.0), raw="8 6", error=None, cached=False)])
+    judge.ask = lambda prompts, parse: judge.verdicts[:1]  # one verdict for two questions
+    with pytest.raises(ValueError):
+        score([(item, "a"), (item, "b")], judge)
