@@ -196,3 +196,23 @@ def test_bench_score_non_finite_replies_write_valid_json(tmp_path):
     assert main([*args, "--out", str(out)]) == 0
     result = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert result["metrics"]["relaxed_accuracy"] == 0.0 and result["n"] == 3
+
+
+def test_a_kind_without_questions_scores_zero_and_the_headline_names_the_procedure(tmp_path):
+    items = read_benchmark("chartqa", _original(tmp_path))
+    result = score_predictions("chartqa", items, {"human_0": "104.9"})  # human ones only
+    assert result["metrics"]["human"] == 100.0 and result["metrics"]["augmented"] == 0.0
+    assert result["headline"] == {
+        "relaxed_accuracy": "official: lmms-eval relaxed_correctness on the unstripped reply",
+        "relaxed_accuracy_stripped": "stic: the same rule on stripped reply and answer",
+    }
+
+
+def test_rows_without_a_kind_score_zero_per_kind():
+    from stic.data.benchmarks import BenchItem, ImageRef
+    from stic.data.benchmarks.chartqa import score, summarize
+
+    item = BenchItem(id="x", image=ImageRef(path="unused.png"), question="q", answers=("5",))
+    summary = summarize(score([(item, "5")]))
+    assert summary["metrics"]["relaxed_accuracy"] == 100.0
+    assert (summary["metrics"]["human"], summary["metrics"]["augmented"]) == (0.0, 0.0)

@@ -204,3 +204,91 @@ def test_caption_list_joined_as_llava_does(tmp_path):
     write_jsonl(root / "context.jsonl", [{"image": "001.jpg", "caption": ["A bowl.", "Ramen."]},
                                          {"image": "002.jpg", "caption": "A cat."}])  # fmt: skip
     assert read_benchmark("llava_bench_wild", root)[0].meta["caption"] == "A bowl.\nRamen."
+
+
+class _FakeJudge:
+    """Answers each prompt with the next scripted verdict; records what it was asked."""
+
+    model = "fake"
+
+    def __init__(self, verdicts):
+        self.verdicts = list(verdicts)
+        self.asked = []
+
+    def ask(self, prompts, parse):
+        self.asked.append((list(prompts), parse))
+        return [self.verdicts.pop(0) for _ in prompts]
+
+
+def test_each_row_holds_the_judges_pair_and_a_failure_holds_llavas_failed_pair():
+    from stic.data.benchmarks import BenchItem, ImageRef
+    from stic.data.benchmarks.llava_bench_wild import judge_prompt, score
+    from stic.data.benchmarks.records import JudgeVerdict
+
+    items = [
+        BenchItem(
+            id=str(k),
+            image=ImageRef(path="unused.png"),
+            question=f"question {k}",
+            answers=(f"reference {k}",),
+            categories={"category": ("conv",)},
+            meta={"caption": "a caption"},
+        )
+        for k in range(2)
+    ]
+    judge = _FakeJudge(
+        [
+            JudgeVerdict(value=(8.0, 6.0), raw="8 6\nok", error=None, cached=False),
+            JudgeVerdict(value=None, raw="?", error="unparseable: ?", cached=False),
+        ]
+    )
+    rows = score([(items[0], "answer 0"), (items[1], "answer 1")], judge)
+    ((prompts, parse),) = judge.asked
+    assert prompts == [judge_prompt(items[0], "answer 0"), judge_prompt(items[1], "answer 1")]
+    assert parse is parse_scores
+    assert rows == [
+        {
+            "id": "0",
+            "prediction": "answer 0",
+            "extracted": "answer 0",
+            "answer": "reference 0",
+            "categories": {"category": ["conv"]},
+            "judge_raw": "8 6\nok",
+            "reference_score": 8.0,
+            "model_score": 6.0,
+            "score": 0.6,
+        },
+        {
+            "id": "1",
+            "prediction": "answer 1",
+            "extracted": "answer 1",
+            "answer": "reference 1",
+            "categories": {"category": ["conv"]},
+            "judge_raw": "?",
+            "judge_failed": "unparseable: ?",
+            "reference_score": -1.0,
+            "model_score": -1.0,
+            "score": None,
+        },
+    ]
+    with pytest.raises(ValueError) as e:
+        score([(items[0], "a")], None)
+    assert str(e.value) == "llava_bench_wild is scored by a judge model"
+
+
+def test_a_judge_returning_fewer_verdicts_is_an_error():
+    from stic.data.benchmarks import BenchItem, ImageRef
+    from stic.data.benchmarks.llava_bench_wild import score
+    from stic.data.benchmarks.records import JudgeVerdict
+
+    item = BenchItem(
+        id="0",
+        image=ImageRef(path="unused.png"),
+        question="q",
+        answers=("r",),
+        meta={"caption": "c"},
+    )
+    judge = _FakeJudge([JudgeVerdict(value=(8.0, 6.0), raw="8 6", error=None, cached=False)])
+    judge.ask = lambda prompts, parse: judge.verdicts[:1]  # one verdict for two questions
+    with pytest.raises(ValueError):
+        score([(item, "a"), (item, "b")], judge)

@@ -223,3 +223,144 @@ def test_malformed_hub_row_named(tmp_path):
     )
     with pytest.raises(BenchmarkDataError, match="record 1: answer 'the cow' is not one of"):
         read_benchmark("mathvista_testmini", tmp_path)
+
+
+class _FakeJudge:
+    """Answers each prompt with the next scripted verdict; records what it was asked."""
+
+    model = "fake"
+
+    def __init__(self, verdicts):
+        self.verdicts = list(verdicts)
+        self.asked = []
+
+    def ask(self, prompts, parse):
+        self.asked.append((list(prompts), parse))
+        return [self.verdicts.pop(0) for _ in prompts]
+
+
+def _integer_item(pid: str):
+    from stic.data.benchmarks import BenchItem, ImageRef
+
+    return BenchItem(
+        id=pid,
+        image=ImageRef(path="unused.png"),
+        question="How many?",
+        answers=("3",),
+        categories={"task": ("count",), "skill": ("a", "b")},
+        meta={
+            "question_type": "free_form",
+            "answer_type": "integer",
+            "unit": None,
+            "precision": None,
+            "query": "Hint: an integer.\nQuestion: How many?",
+        },
+    )
+
+
+PAIRS = [("a", "3"), ("b", "The answer is 3."), ("c", "no idea")]
+
+
+def _expected_rows():
+    """Each row before the headline is chosen: the official extraction (None where the official
+    script would ask its judge) and stic's rules-only verdict."""
+    common = {"answer": "3", "categories": {"task": ["count"], "skill": ["a", "b"]}}
+    return [
+        {"id": "a", "prediction": "3", "extracted": "3", "extracted_by": "rules"}
+        | {"normalized_rules": "3", "score_rules": 1.0}
+        | common,
+        {"id": "b", "prediction": "The answer is 3.", "extracted": None, "extracted_by": None}
+        | {"normalized_rules": "3", "score_rules": 1.0}
+        | common,
+        {"id": "c", "prediction": "no idea", "extracted": None, "extracted_by": None}
+        | {"normalized_rules": None, "score_rules": 0.0}
+        | common,
+    ]
+
+
+def test_rows_without_a_judge_take_the_rules_verdict():
+    from stic.data.benchmarks.mathvista_testmini import score
+
+    rows = score([(_integer_item(pid), text) for pid, text in PAIRS])
+    expected = _expected_rows()
+    for row in expected:
+        row.update(headline="rules", score=row["score_rules"], normalized=row["normalized_rules"])
+    assert rows == expected
+
+
+def test_rows_with_a_judge_take_the_official_verdict_of_the_judges_extraction():
+    from stic.data.benchmarks.mathvista_testmini import judge_prompt, parse_extraction, score
+    from stic.data.benchmarks.records import JudgeVerdict
+
+    judge = _FakeJudge(
+        [
+            JudgeVerdict(value="4", raw=" 4", error=None, cached=False),
+            JudgeVerdict(value=None, raw=None, error="timeout", cached=False),
+        ]
+    )
+    items = [_integer_item(pid) for pid, _ in PAIRS]
+    rows = score([(item, text) for item, (_, text) in zip(items, PAIRS, strict=True)], judge)
+    # only the replies the official script cannot read are sent to the judge, in order
+    ((prompts, parse),) = judge.asked
+    assert prompts == [judge_prompt(items[1], PAIRS[1][1]), judge_prompt(items[2], PAIRS[2][1])]
+    assert parse is parse_extraction
+    a, b, c = _expected_rows()
+    a.update(headline="official", score=1.0, normalized="3")
+    b.update(extracted="4", extracted_by="judge", judge_raw=" 4")
+    b.update(headline="official", score=0.0, normalized="4")
+    # a failed judge call: the official script keeps "" (never right), and it is counted
+    c.update(extracted="", extracted_by="judge", judge_raw=None, judge_failed="timeout")
+    c.update(headline="official", score=0.0, normalized=None)
+    assert rows == [a, b, c]
+
+
+def test_a_judge_returning_fewer_verdicts_is_an_error():
+    from stic.data.benchmarks.mathvista_testmini import score
+    from stic.data.benchmarks.records import JudgeVerdict
+
+    judge = _FakeJudge([JudgeVerdict(value="4", raw="4", error=None, cached=False)])
+    judge.ask = lambda prompts, parse: judge.verdicts[:1]  # one verdict for two prompts
+    items = [_integer_item(pid) for pid, _ in PAIRS]
+    with pytest.raises(ValueError):
+        score([(item, text) for item, (_, text) in zip(items, PAIRS, strict=True)], judge)
+
+
+def test_the_rules_reading_starts_from_the_official_extraction():
+    """A float reply "inf" is read by the official extract_answer (float("inf")) and normalised
+    as the official script does; stic's own rules would refuse a non-finite number."""
+    import dataclasses
+
+    from stic.data.benchmarks.mathvista_testmini import score
+
+    item = _integer_item("f")
+    item = dataclasses.replace(item, meta={**item.meta, "answer_type": "float", "precision": 1})
+    (row,) = score([(item, "inf")])
+    assert (row["extracted"], row["normalized_rules"], row["score_rules"]) == ("inf", "inf", 0.0)
+
+
+def _reference_distance(a: str, b: str) -> int:
+    from functools import cache
+
+    @cache
+    def d(i: int, j: int) -> int:
+        if i == 0 or j == 0:
+            return i + j
+        return min(d(i - 1, j) + 1, d(i, j - 1) + 1, d(i - 1, j - 1) + (a[i - 1] != b[j - 1]))
+
+    return d(len(a), len(b))
+
+
+def test_edit_distance_is_levenshtein():
+    import random
+
+    from stic.data.benchmarks.mathvista_testmini import edit_distance
+
+    assert edit_distance("", "") == 0
+    assert edit_distance("ab", "") == 2 and edit_distance("", "abc") == 3
+    assert edit_distance("kitten", "sitting") == 3 and edit_distance("sitting", "kitten") == 3
+    assert edit_distance("abc", "ac") == 1 and edit_distance("ac", "abc") == 1
+    rng = random.Random(0)
+    for _ in range(300):
+        a = "".join(rng.choice("ab c") for _ in range(rng.randint(0, 6)))
+        b = "".join(rng.choice("ab c") for _ in range(rng.randint(0, 6)))
+        assert edit_distance(a, b) == _reference_distance(a, b), (a, b)

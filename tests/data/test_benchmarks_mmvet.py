@@ -137,3 +137,60 @@ def test_malformed_file_is_one_line_naming_file_record_problem(tmp_path, case, d
         read_benchmark("mmvet", root)
     text = str(error.value)
     assert "\n" not in text and "mm-vet.json" in text and message in text
+
+
+class _FakeJudge:
+    """Answers each prompt with the next scripted verdict; records what it was asked."""
+
+    model = "fake"
+
+    def __init__(self, verdicts):
+        self.verdicts = list(verdicts)
+        self.asked = []
+
+    def ask(self, prompts, parse):
+        self.asked.append((list(prompts), parse))
+        return [self.verdicts.pop(0) for _ in prompts]
+
+
+def test_each_row_holds_the_judges_verdict_and_a_failure_scores_the_evaluators_zero():
+    from stic.data.benchmarks import BenchItem, ImageRef
+    from stic.data.benchmarks.mmvet import judge_prompt, score
+    from stic.data.benchmarks.records import JudgeVerdict
+
+    items = [
+        BenchItem(
+            id=f"v{k}",
+            image=ImageRef(path="unused.png"),
+            question=f"question {k}",
+            answers=(f"answer {k}",),
+            categories={"capability": ("ocr", "math")},
+        )
+        for k in range(2)
+    ]
+    judge = _FakeJudge(
+        [
+            JudgeVerdict(value=0.4, raw="0.4 partly", error=None, cached=False),
+            JudgeVerdict(value=None, raw="?", error="unparseable", cached=False),
+        ]
+    )
+    rows = score([(items[0], "reply 0"), (items[1], "reply 1")], judge)
+    ((prompts, parse),) = judge.asked
+    assert prompts == [judge_prompt(items[0], "reply 0"), judge_prompt(items[1], "reply 1")]
+    assert parse is parse_correctness
+    common = {"categories": {"capability": ["ocr", "math"]}}
+    assert rows == [
+        {"id": "v0", "prediction": "reply 0", "extracted": "reply 0", "answer": "answer 0"}
+        | {"score": 0.4, "judge_raw": "0.4 partly"}
+        | common,
+        {"id": "v1", "prediction": "reply 1", "extracted": "reply 1", "answer": "answer 1"}
+        | {"score": 0.0, "judge_raw": "?", "judge_failed": "unparseable"}
+        | common,
+    ]
+    with pytest.raises(ValueError) as e:
+        score([(items[0], "a")], None)
+    assert str(e.value) == "mmvet is scored by a judge model"
+    judge = _FakeJudge([JudgeVerdict(value=1.0, raw="1", error=None, cached=False)])
+    judge.ask = lambda prompts, parse: judge.verdicts[:1]  # one verdict for two questions
+    with pytest.raises(ValueError):
+        score([(items[0], "a"), (items[1], "b")], judge)

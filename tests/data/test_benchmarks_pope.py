@@ -2,9 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
-from stic.data.benchmarks import BenchmarkDataError, read_benchmark, score_predictions
+from stic.data.benchmarks import (
+    BENCHMARKS,
+    BenchItem,
+    BenchmarkDataError,
+    ImageRef,
+    NothingScoredError,
+    data_hash,
+    read_benchmark,
+    score_predictions,
+)
 from stic.data.benchmarks.pope import extract_yes_no, prompt
 from tests.data.bench_fixtures import png_bytes, write_hub_parquet, write_jsonl, write_png
 
@@ -164,3 +175,204 @@ def test_hub_label_outside_yes_no_refused(tmp_path):
     write_hub_parquet(tmp_path / "hub" / "data" / "test-00000-of-00001.parquet", rows)
     with pytest.raises(BenchmarkDataError, match="record 1: 'answer' is 'Yes', not 'yes' or 'no'"):
         read_benchmark("pope_random", tmp_path / "hub")
+
+
+# score_predictions' result document, read by `stic bench score`, `stic compare` and the report.
+
+
+def _items(n: int) -> list[BenchItem]:
+    return [
+        BenchItem(id=f"q{i}", image=ImageRef(path="unused.png"), question="q", answers=("yes",))
+        for i in range(n)
+    ]
+
+
+def test_the_result_document_of_a_partial_run(caplog):
+    items = _items(10)
+    predictions = [{"id": "q0", "prediction": "Yes"}, {"id": "q1", "prediction": "No"}]
+    predictions += [{"id": f"x{k}", "prediction": "Yes"} for k in range(7)]  # not in the data
+    with caplog.at_level("WARNING"):
+        result = score_predictions("pope_random", items, predictions)
+    spec = BENCHMARKS["pope_random"]
+    rows = result.pop("items")
+    assert [(r["id"], r["score"]) for r in rows] == [("q0", 1.0), ("q1", 0.0)]
+    assert result == {
+        "benchmark": "pope_random",
+        "n": 2,
+        "n_expected": 10,
+        "n_data": 10,
+        "partial": True,
+        "not_scored": {"no_prediction": 8},
+        "data_hash": data_hash(items),
+        "primary_metric": spec.primary,
+        "metrics": {
+            "accuracy": 50.0,
+            "precision": 100.0,
+            "recall": 50.0,
+            "f1": 66.6667,
+            "yes_ratio": 50.0,
+        },
+        "categories": {},
+        "unmatched": {  # counts of all, examples of the first five
+            "missing_predictions": {"count": 8, "examples": ["q2", "q3", "q4", "q5", "q6"]},
+            "unknown_ids": {"count": 7, "examples": ["x0", "x1", "x2", "x3", "x4"]},
+        },
+        "protocol": {
+            "prompt": spec.protocol,
+            "max_new_tokens": spec.max_new_tokens,
+            "decoding": "greedy",
+        },
+        "judge": None,
+    }
+    assert caplog.messages == [
+        "pope_random: 8 items without a prediction, 7 prediction ids not in the data"
+    ]
+
+
+def test_a_complete_run_is_not_partial_and_logs_nothing(caplog):
+    items = _items(3)
+    with caplog.at_level("WARNING"):
+        result = score_predictions("pope_random", items, {"q0": "Yes", "q1": "Yes", "q2": "No"})
+    assert (result["n"], result["n_expected"], result["partial"]) == (3, 3, False)
+    assert result["not_scored"] == {}
+    assert result["unmatched"] == {
+        "missing_predictions": {"count": 0, "examples": []},
+        "unknown_ids": {"count": 0, "examples": []},
+    }
+    assert "headline" not in result
+    assert caplog.text == ""
+
+
+def test_a_mapping_with_integer_ids_is_joined_by_their_text():
+    items = _items(2)
+    result = score_predictions("pope_random", items, {"q0": "Yes"} | {1: "x"})
+    assert result["n"] == 1 and result["unmatched"]["unknown_ids"]["examples"] == ["1"]
+
+
+class _Judge:
+    model = "judge-model"
+
+
+def test_the_judge_block_names_the_judge_and_its_failures(monkeypatch):
+    def score(pairs, judge):
+        # a scripted scorer: the first item judged, every other one a judge failure
+        return [
+            {"id": item.id, "score": 1.0, **({"judge_failed": f"bad {item.id}"} if k else {})}
+            for k, (item, _) in enumerate(pairs)
+        ]
+
+    spec = dataclasses.replace(BENCHMARKS["mmvet"], score=score)
+    monkeypatch.setitem(BENCHMARKS, "mmvet", spec)
+    items = _items(25)
+    result = score_predictions("mmvet", items, {it.id: "a" for it in items[:23]}, _Judge())
+    assert result["not_scored"] == {"no_prediction": 2, "judge_failed": 22}
+    assert result["n"] == 23
+    assert result["judge"] == {
+        "model": "judge-model",
+        "prompt_version": spec.judge_prompt_version,
+        "judge_failed": 22,
+        "failures": [{"id": f"q{k}", "reason": f"bad q{k}"} for k in range(1, 21)],  # first 20
+    }
+    assert spec.judge_prompt_version  # a judged benchmark records its prompt's version
+
+
+def test_a_judge_given_to_a_rule_scored_benchmark_is_recorded():
+    result = score_predictions("pope_random", _items(1), {"q0": "Yes"}, _Judge())
+    assert result["judge"] == {
+        "model": "judge-model",
+        "prompt_version": None,
+        "judge_failed": 0,
+        "failures": [],
+    }
+
+
+def test_a_judged_benchmark_without_a_judge_is_refused():
+    with pytest.raises(ValueError) as e:
+        score_predictions("mmvet", _items(1), {"q0": "a"})
+    assert str(e.value) == "mmvet is scored by a judge model: give --judge-url and --judge-model"
+
+
+def test_nothing_scored_is_refused_naming_why():
+    with pytest.raises(NothingScoredError) as e:
+        score_predictions("pope_random", _items(4), {"a": "Yes", "b": "No"})
+    assert str(e.value) == (
+        "pope_random: nothing scored of 4 items (no_prediction: 4, 2 prediction ids not in the "
+        "data); no result written"
+    )
+    with pytest.raises(NothingScoredError) as e:
+        score_predictions("pope_random", _items(2), {})
+    assert (
+        str(e.value)
+        == "pope_random: nothing scored of 2 items (no_prediction: 2); no result written"
+    )
+    with pytest.raises(NothingScoredError) as e:
+        score_predictions("pope_random", [], {})
+    assert str(e.value) == "pope_random: nothing scored of 0 items (no items); no result written"
+
+
+@pytest.mark.parametrize(
+    "rows, message",
+    [
+        (["q0"], "prediction 0: expected {'id', 'prediction'}, got 'q0'"),
+        ([{"id": "q0"}], "prediction 0: expected {'id', 'prediction'}, got {'id': 'q0'}"),
+        (
+            [{"prediction": "a"}],
+            "prediction 0: expected {'id', 'prediction'}, got {'prediction': 'a'}",
+        ),
+        (
+            [{"id": "q0", "prediction": "a"}, {"id": "q0", "prediction": "b"}],
+            "prediction 1: id 'q0' appears twice",
+        ),
+        (
+            [{"id": "q0", "prediction": "a"}, {"id": 1, "prediction": 2}],
+            "prediction 1 (id '1'): 'prediction' must be a string",
+        ),
+    ],
+)
+def test_malformed_prediction_rows_are_refused_naming_the_row(rows, message):
+    with pytest.raises(ValueError) as e:
+        score_predictions("pope_random", _items(2), rows)
+    assert str(e.value) == message
+
+
+def test_prediction_rows_with_integer_ids_join_by_their_text():
+    items = [dataclasses.replace(_items(1)[0], id="7")]
+    result = score_predictions("pope_random", items, [{"id": 7, "prediction": "Yes"}])
+    assert result["n"] == 1 and result["items"][0]["prediction"] == "Yes"
+
+
+@pytest.mark.parametrize(
+    "predictions, message",
+    [
+        ({"q0": "Yes"}, "1 items without a prediction, 0 prediction ids not in the data"),
+        ({"q0": "Yes", "q1": "No", "x": "No"}, "0 items without a prediction, 1 prediction ids"),
+    ],
+    ids=["missing-only", "unknown-only"],
+)
+def test_a_run_not_matching_the_data_is_logged(caplog, predictions, message):
+    with caplog.at_level("WARNING"):
+        score_predictions("pope_random", _items(2), predictions)
+    assert f"pope_random: {message}" in caplog.text
+
+
+def test_nothing_scored_because_the_judge_failed_names_both_reasons(monkeypatch):
+    def score(pairs, judge):
+        return [{"id": item.id, "score": None, "judge_failed": "no reply"} for item, _ in pairs]
+
+    monkeypatch.setitem(BENCHMARKS, "mmvet", dataclasses.replace(BENCHMARKS["mmvet"], score=score))
+    with pytest.raises(NothingScoredError) as e:
+        score_predictions("mmvet", _items(3), {"q0": "a", "q1": "b"}, _Judge())
+    assert str(e.value) == (
+        "mmvet: nothing scored of 3 items (no_prediction: 1, judge_failed: 2); no result written"
+    )
+
+
+def test_a_result_with_a_non_finite_metric_is_refused_naming_it(monkeypatch):
+    def summarize(rows):
+        return {"metrics": {"f1": float("nan")}, "categories": {}}
+
+    spec = dataclasses.replace(BENCHMARKS["pope_random"], summarize=summarize)
+    monkeypatch.setitem(BENCHMARKS, "pope_random", spec)
+    with pytest.raises(ValueError) as e:
+        score_predictions("pope_random", _items(1), {"q0": "Yes"})
+    assert str(e.value) == "pope_random: metric f1 is nan (not finite)"

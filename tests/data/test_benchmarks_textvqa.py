@@ -153,3 +153,23 @@ def test_malformed_ocr_file_named(tmp_path):
         BenchmarkDataError, match="OCR_v0.2_val.json: record abc: 'ocr_tokens' is not"
     ):
         read_benchmark("textvqa", path, need_images=False)
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("a?b", "ab"),  # "?" removed with "," before the punctuation step: no space left
+        ("it's", "it 's"),  # "'s" split off
+        ("x-y -z", "xy z"),  # a "-" touches a space somewhere: every "-" is deleted
+        ("x-y- z", "xy z"),
+        ("x-y\n-z", "xy z"),  # newlines and tabs are spaces by the time that is asked
+        ("x-y\t-z", "xy z"),
+        ("x-y", "x y"),  # touching no space: replaced by a space
+        (
+            "." * 40 + "a",
+            "." * 8 + "a",
+        ),  # only the first 32 periods are deleted (re.UNICODE as count)
+    ],
+)
+def test_normalisation_steps_of_the_evaluator(text, expected):
+    assert normalize_vqa_answer(text) == expected

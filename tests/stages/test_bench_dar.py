@@ -222,3 +222,83 @@ def test_result_records_the_adapter_it_used(tmp_path, pope):
     result = json.loads((tmp_path / "s" / "pope_random.json").read_text())
     assert result["adapter"] == adapter and result["weights"] == "adapter"
     assert result["adapter_identity"].startswith("dir:")
+
+
+def test_cache_lines_that_are_not_descriptions_are_misses_not_errors(tmp_path):
+    from stic.stages.bench import DescriptionCache
+
+    path = tmp_path / "cache.jsonl"
+    path.write_text(
+        '[1, 2]\n{"key": "n", "text": 5}\n"text"\n{"key": "ok", "text": "a dog"}\n{"key": "to'
+    )
+    cache = DescriptionCache(path)
+    assert cache.get("ok") == "a dog"
+    assert cache.get("n") is None and cache.get("to") is None
+    cache.add({"n": "a cat", "é": "ünïcode"})
+    again = DescriptionCache(path)  # what another run reads back
+    assert again.get("n") == "a cat" and again.get("é") == "ünïcode" and again.get("ok") == "a dog"
+
+
+class _ShortBackend(ScriptedBackend):
+    """Returns one generation fewer than it was asked for (a broken backend)."""
+
+    def generate(self, requests, *, max_new_tokens, **_):
+        return super().generate(requests, max_new_tokens=max_new_tokens)[:-1]
+
+
+def test_a_backend_returning_fewer_descriptions_or_answers_is_an_error(tmp_path, pope):
+    from stic.stages.bench import DescriptionCache, answer_batch, describe
+
+    items = read_benchmark("pope_random", *pope)
+    images = [item.image.load() for item in items]
+    cache = DescriptionCache(tmp_path / "c.jsonl")
+    with pytest.raises(ValueError):
+        describe(items, images, _ShortBackend(), cache, 5)
+    assert not (tmp_path / "c.jsonl").exists()  # nothing half-described was cached
+    with pytest.raises(ValueError):
+        describe(items, images[:-1], ScriptedBackend(), cache, 5)  # an image short
+    config = _config(pope, tmp_path / "x" / "pope_random.json")
+    with pytest.raises(ValueError):
+        answer_batch(items, images, config, _ShortBackend())
+    with pytest.raises(ValueError):
+        answer_batch(items, images[:-1], config, ScriptedBackend())
+
+
+def test_the_cache_file_is_created_with_its_folders_readable_not_executable(tmp_path):
+    import os
+    import stat
+
+    from stic.stages.bench import DescriptionCache
+
+    path = tmp_path / "new" / "deep" / "cache.jsonl"
+    DescriptionCache(path).add({"k": "a dog"})
+    assert DescriptionCache(path).get("k") == "a dog"
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644 & ~umask
+
+
+def test_answer_batch_describes_into_the_cache_it_is_given_else_the_configs(tmp_path, pope):
+    from stic.stages.bench import DescriptionCache, answer_batch
+
+    items = read_benchmark("pope_random", *pope)[:2]
+    images = [item.image.load() for item in items]
+    config = _config(pope, tmp_path / "out" / "pope_random.json", dar=True)
+    mine = tmp_path / "mine.jsonl"
+    records = answer_batch(items, images, config, ScriptedBackend(), DescriptionCache(mine))
+    assert len(mine.read_text().splitlines()) == 2
+    assert not (tmp_path / "out" / "dar_descriptions.jsonl").exists()
+    again = answer_batch(items, images, config, ScriptedBackend())
+    assert len((tmp_path / "out" / "dar_descriptions.jsonl").read_text().splitlines()) == 2
+    assert again == records and records[0]["description"].startswith("a picture of shade")
+
+
+def test_the_cache_file_holds_one_description_a_line(tmp_path):
+    from stic.stages.bench import DescriptionCache
+
+    path = tmp_path / "cache.jsonl"
+    DescriptionCache(path).add({"a": "one"})
+    DescriptionCache(path).add({"b": "two", "c": "three"})
+    lines = path.read_text().split("\n")
+    assert len(lines) == 4 and lines[-1] == ""  # three lines, no blank one between appends
+    assert [json.loads(line)["key"] for line in lines[:-1]] == ["a", "b", "c"]

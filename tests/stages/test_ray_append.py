@@ -6,12 +6,25 @@ from __future__ import annotations
 
 import json
 import pickle
+import threading
 from dataclasses import dataclass
 
 import pytest
 
+from stic.stages import ray_pool
 from stic.stages.ray_pool import _append_rows, fresh_records
 from stic.stages.runner import StageSummary
+
+
+@pytest.fixture(autouse=True)
+def _thread_lock_for_tqdm():
+    """tqdm's default write lock is shared between processes: a forked test process (mutation
+    testing forks one per mutant) that dies holding it would block every later one."""
+    old = ray_pool.tqdm.get_lock()
+    ray_pool.tqdm.set_lock(threading.RLock())
+    yield
+    ray_pool.tqdm.set_lock(old)
+
 
 # Three batches of two items, as generate_on_ray cuts ["a" .. "f"] with batch_size 2.
 BATCHES = [["a", "b"], ["c", "d"], ["e", "f"]]
@@ -147,3 +160,36 @@ def test_fresh_records_keeps_the_first_record_of_each_new_id_of_the_batch():
     assert fresh_records(records, {"a", "b"}, {}) == [{"id": "b", "n": 1}, {"id": "a", "n": 3}]
     assert fresh_records(records, {"a", "b"}, {"b": {}}) == [{"id": "a", "n": 3}]
     assert fresh_records([], {"a"}, {}) == []
+
+
+def test_the_log_says_how_many_were_made_and_the_workers_generating_time(caplog):
+    rows = [row(0, ["a", "b"]), row(1, ["c", "d"]), row(1, ["c"]), row(2, [])]
+    for r, seconds in zip(rows, (2.0, 3.0, 1.0, 4.0), strict=True):
+        r["seconds"] = seconds
+    with caplog.at_level("INFO", logger="stic.stages.ray_pool"):
+        drive(rows)
+    (message,) = [m for m in caplog.messages if "on Ray" in m]
+    assert message.startswith("pairs: 4 made in ")
+    assert message.endswith(" s on Ray (workers generating 10 s in all)")  # every row's time
+
+
+def test_nothing_made_logs_nothing(caplog):
+    with caplog.at_level("INFO", logger="stic.stages.ray_pool"):
+        drive([row(0, [])])
+    assert not [m for m in caplog.messages if "on Ray" in m]
+
+
+def test_the_progress_bar_names_the_stage_and_counts_its_items(capsys):
+    drive([row(0, ["a", "b"]), row(1, ["c", "d"])])
+    bar = capsys.readouterr().err.replace("\r", "\n").splitlines()[-1]
+    assert bar.startswith("pairs:  67%|") and " 4/6 [" in bar and "pair/s]" in bar
+
+
+def test_the_log_gives_the_time_since_the_first_batch(caplog, monkeypatch):
+    clock = iter([100.0, 107.0])  # when appending began, when it ended
+    monkeypatch.setattr(ray_pool.time, "monotonic", lambda: next(clock))
+    with caplog.at_level("INFO", logger="stic.stages.ray_pool"):
+        drive([row(0, ["a", "b"])])
+    monkeypatch.undo()
+    (message,) = [m for m in caplog.messages if "on Ray" in m]
+    assert message == "pairs: 2 made in 7 s on Ray (workers generating 0 s in all)"

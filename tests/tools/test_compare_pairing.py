@@ -290,3 +290,75 @@ def test_mmbench_question_short_of_a_rotation_is_not_a_common_unit():
     assert entry["n_common"] == 3 and entry["n_each"] == {"a": 4, "b": 3}
     # circular over questions 0-2: base 1/3, other 3/3
     assert entry["delta"] == pytest.approx(200 / 3, abs=0.01)
+
+
+def test_a_question_drawn_twice_counts_twice_in_a_resample():
+    """MMBench scores a question by its rotations: a question drawn twice by the bootstrap must
+    stay two complete questions, not one question with four rotations (left out as incomplete)."""
+    from stic.tools.compare import _metric, _resampled, scored_units
+
+    units = scored_units(_mmbench_result({"0": [1, 1], "1": [1, 0]}))
+    assert _metric("mmbench_en_dev", _resampled(units, ["0", "0", "1"])) == pytest.approx(
+        200 / 3, abs=1e-3
+    )
+    assert _metric("mmbench_en_dev", _resampled(units, ["1", "1", "0"])) == pytest.approx(
+        100 / 3, abs=1e-3
+    )
+
+
+def test_runs_without_a_common_item_have_no_delta_and_no_interval(tmp_path):
+    from stic.tools.compare import paired_bootstrap
+
+    _sqa_result(tmp_path / "base", right=set(range(20)), predicted=range(20))
+    _sqa_result(tmp_path / "other", right=set(range(40)), predicted=range(20, 40))
+    base, other = load_run(str(tmp_path / "base")), load_run(str(tmp_path / "other"))
+    table = compare([base, other], resamples=20)
+    assert table["deltas"]["other"]["scienceqa_img"] == {
+        "delta": None,
+        "n_common": 0,
+        "n_each": {"base": 20, "other": 20},
+        "same_items": False,
+    }
+    assert table["deltas"]["other"]["average"] == {"delta": None}
+    draws, n = paired_bootstrap(
+        "scienceqa_img", base[1]["scienceqa_img"], other[1]["scienceqa_img"], 20, 0
+    )
+    assert n == 0 and draws.shape == (0,)
+
+
+def test_a_flip_of_the_first_item_shows_in_the_interval(tmp_path):
+    """Only item "0" (the first in sorted order) differs: every unit can be drawn, so some
+    resamples hold it and the interval is not [0, 0]."""
+    _sqa_result(tmp_path / "base", right=set(range(1, 4)), predicted=range(4))
+    _sqa_result(tmp_path / "other", right=set(range(4)), predicted=range(4))
+    table = compare([load_run(str(tmp_path / "base")), load_run(str(tmp_path / "other"))], 200)
+    entry = table["deltas"]["other"]["scienceqa_img"]
+    assert entry["delta"] == 25.0 and entry["ci95"][1] > 0
+
+
+def test_a_resample_undefined_for_one_run_only_is_counted_not_a_crash():
+    """LLaVA-Bench's references are judged per run: the base's are 0 on items 0-1, the other's
+    are not, so resamples of items 0-1 only are undefined for the base alone."""
+    base = _llava_result([0.0, 0.0, 10.0], [1.0, 2.0, 5.0])
+    other = _llava_result([5.0, 5.0, 10.0], [3.0, 2.0, 6.0])
+    table = compare([("a", {"llava_bench_wild": base}), ("b", {"llava_bench_wild": other})], 200)
+    entry = table["deltas"]["b"]["llava_bench_wild"]
+    assert 0 < entry["undefined_draws"] < 200
+
+
+def test_an_undefined_delta_is_shown_as_undefined():
+    """References all 0 in the base: its relative score is undefined, so is the delta."""
+    base = _llava_result([0.0, 0.0], [1.0, 2.0])
+    other = _llava_result([5.0, 5.0], [3.0, 2.0])
+    table = compare([("a", {"llava_bench_wild": base}), ("b", {"llava_bench_wild": other})], 20)
+    entry = table["deltas"]["b"]["llava_bench_wild"]
+    assert entry["delta"] is None and entry["undefined_draws"] == 20 and "ci95" not in entry
+    assert table["deltas"]["b"]["average"] == {"delta": None}
+
+
+def test_the_delta_is_the_difference_of_the_metrics_as_the_benchmark_rounds_them(tmp_path):
+    """66.6667 - 33.3333 (each rounded to 4 places by the scorer), not 33.3333."""
+    _sqa_result(tmp_path / "base", right=set(range(20)), predicted=range(40))
+    _sqa_result(tmp_path / "other", right=set(range(10, 30)), predicted=range(10, 40))
+    table = compare([load_run(str(tmp_path / "base")), load_run(str(tmp_path / "other"))], 10)
+    assert table["deltas"]["other"]["scienceqa_img"]["delta"] == 33.3334

@@ -93,13 +93,22 @@ class DescriptionCache:
             json.dumps({"key": k, "text": v}, ensure_ascii=False) + "\n" for k, v in entries.items()
         ).encode("utf-8")
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = os.open(self.path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             with _locked(fd):
+                if os.fstat(fd).st_size and _last_byte(fd) != b"\n":
+                    # a torn line (a writer that died mid-append): end it, or the first new
+                    # line would be glued to it and lost
+                    data = b"\n" + data
                 os.write(fd, data)
                 os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def _last_byte(fd: int) -> bytes:
+    os.lseek(fd, -1, os.SEEK_END)  # O_APPEND writes still go to the end
+    return os.read(fd, 1)
 
 
 @contextlib.contextmanager

@@ -114,9 +114,11 @@ def load_run(spec: str) -> tuple[str, dict[str, dict]]:
                 f"{folder}: no <benchmark>.json result files ({', '.join(BENCHMARKS)})"
             )
         name = name or folder.name
+    elif not paths:  # "NAME=" or ",": an empty run would be tabulated as dashes
+        raise CompareError(f"run {spec!r} names no result file")
     else:
         files = paths
-        name = name or (paths[0].parent.name if paths else spec)
+        name = name or paths[0].parent.name
     results: dict[str, dict] = {}
     for file in files:
         if not file.is_file():
