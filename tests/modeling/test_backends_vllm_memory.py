@@ -97,6 +97,24 @@ def test_cpu_engine_gets_a_kv_cache_sized_for_the_batch(fake_vllm, monkeypatch):
     assert "gpu_memory_utilization" not in options
 
 
+def test_the_engine_is_asked_for_prefix_caching_unless_the_caller_says_otherwise(fake_vllm):
+    with pytest.raises(_EngineStarted):
+        open_vllm_engine(str(DEMO_MODEL))
+    with pytest.raises(_EngineStarted):
+        open_vllm_engine(str(DEMO_MODEL), enable_prefix_caching=False)
+    assert [o["enable_prefix_caching"] for o in fake_vllm] == [True, False]
+
+
+def test_engine_caches_are_read_from_the_started_engine():
+    config = types.SimpleNamespace(
+        cache_config=types.SimpleNamespace(enable_prefix_caching=False),
+        scheduler_config=types.SimpleNamespace(encoder_cache_size=2048),
+        model_config=types.SimpleNamespace(multimodal_config=None),  # a text-only model's
+    )
+    llm = types.SimpleNamespace(llm_engine=types.SimpleNamespace(vllm_config=config))
+    assert backends.engine_caches(llm) == {"prefix_caching": False, "encoder_cache_tokens": 2048}
+
+
 def test_user_settings_of_the_kv_cache_win(fake_vllm, monkeypatch):
     monkeypatch.setattr(backends, "_on_cpu", lambda: True)
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "2")  # vLLM reads it itself
