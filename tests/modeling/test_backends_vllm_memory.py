@@ -115,6 +115,22 @@ def test_engine_caches_are_read_from_the_started_engine():
     assert backends.engine_caches(llm) == {"prefix_caching": False, "encoder_cache_tokens": 2048}
 
 
+def test_pairs_gets_a_kv_cache_for_both_requests_of_each_image(fake_vllm, monkeypatch):
+    from stic.config import EvalConfig, PairsConfig
+
+    monkeypatch.setattr(backends, "_on_cpu", lambda: True)
+    monkeypatch.setattr(backends, "available_memory", lambda: 8 * GiB)
+    common = dict(model=str(DEMO_MODEL), images="i", backend="vllm", batch_size=4)
+    for config in (
+        PairsConfig(out="p.jsonl", **common),
+        EvalConfig(out="e.json", data="d", **common),
+    ):
+        with pytest.raises(_EngineStarted):
+            backends.BACKENDS["vllm"](config, None)
+    # 512 tokens x 3 KiB (see above) per sequence: pairs holds 2 x 4 in one call, eval 4.
+    assert [o["kv_cache_memory_bytes"] for o in fake_vllm] == [512 * 3 * 1024 * n for n in (8, 4)]
+
+
 def test_user_settings_of_the_kv_cache_win(fake_vllm, monkeypatch):
     monkeypatch.setattr(backends, "_on_cpu", lambda: True)
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "2")  # vLLM reads it itself

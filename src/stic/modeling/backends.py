@@ -694,7 +694,8 @@ def _open_vllm(config, adapter: str | None, model=None, processor=None) -> VLLMB
         seed=config.seed,
         adapter=adapter,
         trust_remote_code=config.trust_remote_code,
-        batch_size=config.batch_size,
+        # Sequences one call holds: pairs asks twice per image in one call.
+        batch_size=config.batch_size * getattr(config, "REQUESTS_PER_ITEM", 1),
         gpu_memory=config.vllm_gpu_memory,
     )
 
