@@ -175,6 +175,7 @@ class KilledAfter:
 
     def __init__(self, backend, calls: int):
         self.backend, self.calls = backend, calls
+        self.caches_by_image = backend.caches_by_image  # the same request order as the engine's
 
     def generate(self, requests, **kw):
         self.calls -= 1
