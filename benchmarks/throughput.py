@@ -16,8 +16,21 @@ warns when other processes made the ratios unreliable. Then DPO: ``--dpo-steps``
 with the reference log-probs computed per step and precomputed (the precompute pass is timed
 apart), on the same pairs, and the ratio of step times.
 
+Then pairs (vLLM only): the pairs stage's generation (``stic.stages.pairs.make_pairs``, batches
+of ``--batch-size`` images of the demo's unlabeled scenes) on one vLLM engine, in request
+orders: ``grouped`` (what stic does with vLLM: one call per batch, each clean image's chosen and
+bad-prompt requests adjacent, so the engine's encoder and prefix caches serve the second) and
+``per kind`` (the order before: one call for the chosen answers, one for the rejected). Every run
+starts with the engine's prefix, encoder and image-processor caches emptied, so no run is served
+by an earlier one's work; the records of the orders are compared. A third order, ``one call by
+kind`` (one call per batch, all chosen requests then all rejected), tells what adjacency adds
+to making one call instead of two. Models (``--pairs-models``):
+``demo`` (the ``--model``, 9 image tokens) and ``llava256`` (the LLaVA-1.5-shaped tiny model of
+benchmarks/dpo_vs_trl.py, random weights, 256 image tokens: a prefix that caching can share).
+
     .venv-vllm/bin/python benchmarks/throughput.py            # everything, vLLM included
     .venv/bin/python benchmarks/throughput.py --skip vllm     # without vLLM
+    .venv-vllm/bin/python benchmarks/throughput.py --only pairs   # one part: generation|dpo|pairs
 
 Defaults: the shipped demo model (a tiny LLaVA-1.5); ``--model`` takes any LLaVA-style folder.
 """
@@ -25,6 +38,7 @@ Defaults: the shipped demo model (a tiny LLaVA-1.5); ``--model`` takes any LLaVA
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import threading
 import time
@@ -327,6 +341,150 @@ def dpo_benchmark(args, root: Path, images: Path) -> None:
     )
 
 
+class PerKind:
+    """The engine as a backend without caches by image: pairs then asks it in the order used
+    before grouping (one call for the chosen answers, one for the rejected)."""
+
+    caches_by_image = False
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def generate(self, requests, **kw):
+        return self.backend.generate(requests, **kw)
+
+
+def one_call_by_kind(plans, grouped: bool) -> list[list[tuple[str, int]]]:
+    """A third order, to tell adjacency from the number of calls: one call per batch as grouped,
+    but every chosen request first and every rejected one after (no two on an image adjacent)."""
+    count = len(plans)
+    return [[("chosen", i) for i in range(count)] + [("rejected", i) for i in range(count)]]
+
+
+def forget_images(engine) -> None:
+    """Empty the engine's prefix, encoder and image-processor caches (between timed runs)."""
+    engine.llm.reset_prefix_cache()
+    engine.llm.llm_engine.reset_encoder_cache()
+    engine.llm.reset_mm_cache()
+
+
+def pairs_model(name: str, args, root: Path) -> str:
+    if name == "demo":
+        return args.model
+    from dpo_vs_trl import shaped_model  # benchmarks/dpo_vs_trl.py
+
+    folder = root / name
+    folder.mkdir()
+    return str(shaped_model("llava", folder))
+
+
+def pairs_benchmark(args, root: Path) -> None:
+    """Pairs/s of the pairs stage's generation with vLLM, requests grouped by image vs per kind."""
+    import json
+
+    from stic.config import PairsConfig
+    from stic.demo.run import DemoSettings, demo_output, write_unlabeled
+    from stic.modeling.backends import import_vllm
+    from stic.runtime.images import load_image
+    from stic.stages.pairs import plan_pair
+
+    try:
+        import_vllm()
+    except Exception as e:
+        print(f"  pairs skipped (needs vLLM): {e}")
+        return
+    settings = DemoSettings(unlabeled=args.pairs_images)
+    with demo_output(root / "pairs-demo", settings, overwrite=False) as output:
+        folder = write_unlabeled(output, 0, settings)
+    ids = sorted(p.name for p in folder.iterdir())[: args.pairs_images]
+    images = [load_image(folder / i) for i in ids]
+    for name in args.pairs_models:
+        model = pairs_model(name, args, root)
+        config = PairsConfig(
+            model=model,
+            images=str(folder),
+            out=str(root / "unused.jsonl"),
+            backend="vllm",
+            batch_size=args.batch_size,
+            max_new_tokens=args.max_new_tokens,
+        )
+        result = pairs_orders(config, ids, images, args.repeats)
+        bad_prompt = sum(plan_pair(i, config).corruption is None for i in ids)
+        print(json.dumps({"pairs_model": name, "bad_prompt_pairs": bad_prompt, **result}))
+
+
+PAIRS_MAX_MODEL_LEN = 512
+
+
+def pairs_orders(config, ids: list[str], images: list, repeats: int) -> dict:
+    """Both request orders on one engine, interleaved ``repeats`` times: pairs/s, generate
+    calls, and whether every run made the same records."""
+    from unittest import mock
+
+    from stic.modeling.backends import open_vllm_engine
+    from stic.stages import pairs
+    from stic.stages.pairs import GenerateCalls, make_pairs
+
+    # A step's token budget that holds every prompt of a call whole: vLLM 0.32 on CPU fails a
+    # seeded request whose prompt is split over steps ("CPU Generator does not use offset"),
+    # in either order, once a call's prompts pass its default budget (4096 tokens).
+    budget = PAIRS_MAX_MODEL_LEN * 2 * config.batch_size
+    started = time.perf_counter()
+    engine = open_vllm_engine(
+        config.model, seed=0, max_model_len=PAIRS_MAX_MODEL_LEN, max_num_batched_tokens=budget
+    )
+    print(f"  (vLLM engine start on {config.model}: {time.perf_counter() - started:.1f} s)")
+    made: dict[str, list[list[dict]]] = {}
+    calls: dict[str, int] = {}
+
+    def run(label: str, backend, order=None) -> Callable[[], float]:
+        def once() -> float:
+            forget_images(engine)
+            counted = GenerateCalls()
+            records = []
+            began = time.perf_counter()
+            with contextlib.ExitStack() as stack:
+                if order is not None:
+                    stack.enter_context(mock.patch.object(pairs, "generation_calls", order))
+                for start in range(0, len(ids), config.batch_size):
+                    batch = slice(start, start + config.batch_size)
+                    records += make_pairs(
+                        ids[batch], images[batch], backend, config=config, calls=counted
+                    )
+            seconds = time.perf_counter() - began
+            made.setdefault(label, []).append(records)
+            calls[label] = counted.calls
+            return len(records) / seconds
+
+        return once
+
+    try:
+        make_pairs(ids[:2], images[:2], engine, config=config)  # warm-up
+        figures = interleaved(
+            {
+                "grouped": run("grouped", engine),
+                "per kind": run("per kind", PerKind(engine)),
+                "one call by kind": run("one call by kind", engine, one_call_by_kind),
+            },
+            repeats,
+        )
+    finally:
+        engine.close()
+    first = made["grouped"][0]
+    return {
+        "pairs": len(ids),
+        "batch": config.batch_size,
+        "max_new_tokens": config.max_new_tokens,
+        "max_num_batched_tokens": budget,
+        "caches": engine.caches,
+        "generate_calls": calls,
+        **{f"pairs_per_s {name}": spread(f).as_dict(3) for name, f in figures.items()},
+        "grouped / per kind": ratios(figures, "grouped", "per kind").as_dict(3),
+        "grouped / one call by kind": ratios(figures, "grouped", "one call by kind").as_dict(3),
+        "same_records_every_run": all(r == first for runs in made.values() for r in runs),
+    }
+
+
 def print_generation(results: dict[str, list[Result]]) -> None:
     """Median [min-max] over the rounds of each figure, and of each round's ratio to the loop
     (and to hf batched)."""
@@ -365,10 +523,26 @@ def main():
         "--skip",
         nargs="*",
         default=[],
-        choices=["loop", "hf", "static", "compile", "vllm", "dpo"],
+        choices=["loop", "hf", "static", "compile", "vllm", "dpo", "pairs"],
         help="parts not to run",
     )
+    parser.add_argument(
+        "--only",
+        nargs="*",
+        choices=PARTS,
+        help="run only these parts (default: every part not skipped)",
+    )
+    parser.add_argument("--pairs-images", type=int, default=32, help="pairs part: images")
+    parser.add_argument(
+        "--pairs-models",
+        nargs="*",
+        default=["demo", "llava256"],
+        choices=["demo", "llava256"],
+        help="pairs part: the demo model (--model) and/or a tiny LLaVA with 256 image tokens",
+    )
     args = parser.parse_args()
+    if args.only is not None:
+        args.skip = [*args.skip, *(part for part in PARTS if part not in args.only)]
     import torch
 
     print(
@@ -379,26 +553,33 @@ def main():
     )
     requests, root, images = requests_of(args.requests)
     with LoadMonitor() as load:
-        runs, close = generation_runs(args, requests)
-        try:
-            results: dict[str, list[Result]] = {name: [] for name in runs}
+        if "generation" not in args.skip:
+            runs, close = generation_runs(args, requests)
+            try:
+                results: dict[str, list[Result]] = {name: [] for name in runs}
 
-            def keep(name, run):
-                def once() -> float:
-                    result = run()
-                    results[name].append(result)
-                    return result.images / result.seconds
+                def keep(name, run):
+                    def once() -> float:
+                        result = run()
+                        results[name].append(result)
+                        return result.images / result.seconds
 
-                return once
+                    return once
 
-            interleaved({name: keep(name, run) for name, run in runs.items()}, args.repeats)
-        finally:
-            close()
-        if results:
-            print_generation(results)
+                interleaved({name: keep(name, run) for name, run in runs.items()}, args.repeats)
+            finally:
+                close()
+            if results:
+                print_generation(results)
         if "dpo" not in args.skip:
             dpo_benchmark(args, root, images)
+        if "pairs" not in args.skip:
+            pairs_benchmark(args, root)
     print(load.report())
+
+
+# The script's parts, for --only (--skip also takes the generation part's configurations).
+PARTS = ("generation", "dpo", "pairs")
 
 
 if __name__ == "__main__":  # vLLM starts its engine in a spawned process: keep this guard

@@ -162,6 +162,9 @@ class PairsConfig(GenerationOptions):
 
     # What --out must end with (a folder output: none of FILE_SUFFIXES).
     OUT_SUFFIXES: ClassVar[tuple[str, ...]] = (".jsonl",)
+    # Requests per image in one backend call (chosen and rejected, grouped by image for vLLM):
+    # what vLLM's KV cache on CPU is sized for, per image of a batch.
+    REQUESTS_PER_ITEM: ClassVar[int] = 2
 
     images: str = _help(
         "Folder of unlabeled images (searched recursively); ids are paths relative to it."

@@ -97,6 +97,40 @@ def test_cpu_engine_gets_a_kv_cache_sized_for_the_batch(fake_vllm, monkeypatch):
     assert "gpu_memory_utilization" not in options
 
 
+def test_the_engine_is_asked_for_prefix_caching_unless_the_caller_says_otherwise(fake_vllm):
+    with pytest.raises(_EngineStarted):
+        open_vllm_engine(str(DEMO_MODEL))
+    with pytest.raises(_EngineStarted):
+        open_vllm_engine(str(DEMO_MODEL), enable_prefix_caching=False)
+    assert [o["enable_prefix_caching"] for o in fake_vllm] == [True, False]
+
+
+def test_engine_caches_are_read_from_the_started_engine():
+    config = types.SimpleNamespace(
+        cache_config=types.SimpleNamespace(enable_prefix_caching=False),
+        scheduler_config=types.SimpleNamespace(encoder_cache_size=2048),
+        model_config=types.SimpleNamespace(multimodal_config=None),  # a text-only model's
+    )
+    llm = types.SimpleNamespace(llm_engine=types.SimpleNamespace(vllm_config=config))
+    assert backends.engine_caches(llm) == {"prefix_caching": False, "encoder_cache_tokens": 2048}
+
+
+def test_pairs_gets_a_kv_cache_for_both_requests_of_each_image(fake_vllm, monkeypatch):
+    from stic.config import EvalConfig, PairsConfig
+
+    monkeypatch.setattr(backends, "_on_cpu", lambda: True)
+    monkeypatch.setattr(backends, "available_memory", lambda: 8 * GiB)
+    common = dict(model=str(DEMO_MODEL), images="i", backend="vllm", batch_size=4)
+    for config in (
+        PairsConfig(out="p.jsonl", **common),
+        EvalConfig(out="e.json", data="d", **common),
+    ):
+        with pytest.raises(_EngineStarted):
+            backends.BACKENDS["vllm"](config, None)
+    # 512 tokens x 3 KiB (see above) per sequence: pairs holds 2 x 4 in one call, eval 4.
+    assert [o["kv_cache_memory_bytes"] for o in fake_vllm] == [512 * 3 * 1024 * n for n in (8, 4)]
+
+
 def test_user_settings_of_the_kv_cache_win(fake_vllm, monkeypatch):
     monkeypatch.setattr(backends, "_on_cpu", lambda: True)
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "2")  # vLLM reads it itself

@@ -137,6 +137,35 @@ def test_sampled_answers_do_not_depend_on_batching(engine, demo_model, unlabeled
     assert read_jsonl(other_seed.out) != read_jsonl(a.out)
 
 
+class PerKind:
+    """The engine, asked as a backend without caches by image is: one call per answer kind."""
+
+    caches_by_image = False
+
+    def __init__(self, backend):
+        self.backend = backend
+
+    def generate(self, requests, **kw):
+        return self.backend.generate(requests, **kw)
+
+
+def test_pairs_group_requests_by_image_in_one_call_and_make_the_same_records(
+    engine, demo_model, unlabeled, tmp_path
+):
+    """One call per batch, each clean image's two requests adjacent (so vLLM's encoder and
+    prefix caches can serve the second): the same sampled records as one call per kind."""
+    assert engine.caches["prefix_caching"] is True and engine.caches_by_image
+    grouped = _sampled(demo_model, unlabeled, tmp_path / "grouped.jsonl", 3)
+    per_kind = _sampled(demo_model, unlabeled, tmp_path / "per_kind.jsonl", 3)
+    summary = run_pairs(grouped, backend=engine)
+    old = run_pairs(per_kind, backend=PerKind(engine))
+    assert summary.details["generate_calls"] == 3  # 8 images in batches of 3
+    assert summary.details["requests_grouped_by_image"] is True
+    assert old.details["generate_calls"] == 6
+    assert read_manifest(grouped.out)["summary"]["details"]["generate_calls"] == 3
+    assert read_jsonl(grouped.out) == read_jsonl(per_kind.out)
+
+
 class Killed(BaseException):
     """Stands for a kill (not an Exception, so nothing on the way catches it)."""
 
@@ -146,6 +175,7 @@ class KilledAfter:
 
     def __init__(self, backend, calls: int):
         self.backend, self.calls = backend, calls
+        self.caches_by_image = backend.caches_by_image  # the same request order as the engine's
 
     def generate(self, requests, **kw):
         self.calls -= 1
@@ -160,8 +190,8 @@ def test_a_killed_run_resumes_to_the_records_of_an_unbroken_one(
     whole = _sampled(demo_model, unlabeled, tmp_path / "whole.jsonl", 3)
     run_pairs(whole, backend=engine)
     broken = _sampled(demo_model, unlabeled, tmp_path / "broken.jsonl", 3)
-    with pytest.raises(Killed):  # the second batch's chosen answers: one batch appended
-        run_pairs(broken, backend=KilledAfter(engine, 3))
+    with pytest.raises(Killed):  # the second batch's one call: one batch appended
+        run_pairs(broken, backend=KilledAfter(engine, 2))
     assert len(read_jsonl(broken.out)) == 3
     assert read_manifest(broken.out)["status"] == "running"
     with open(broken.out, "a") as f:  # and a torn line, as a kill mid-append leaves

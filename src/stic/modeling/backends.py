@@ -17,6 +17,9 @@ Both backends make the same records, up to the generated text:
 - the adapter is fixed when the backend is opened (:data:`BACKENDS`), so every engine call
   holds requests of one adapter only (vLLM on CPU gave wrong rows for calls that mix requests
   with and without a LoRA adapter).
+- ``caches_by_image``: whether requests on the same image share work when they are in one
+  call (vLLM: its encoder cache and prefix cache, see :attr:`VLLMBackend.caches`; HF: no). A
+  stage with several requests per image (pairs) then puts them in one call, adjacent.
 
 ``BACKENDS`` is the one table of backends: the config's ``backend`` choices, the runner and the
 benchmarks read it.
@@ -102,6 +105,9 @@ class HFBackend:
     batch_size: int
     adapter: str | None = None
     name = "hf"
+    # Each batch encodes its images and prompts afresh: grouping requests by image gains nothing,
+    # and would change the batches (and so the records: HF seeds a batch by its first request).
+    caches_by_image = False
 
     def generate(
         self,
@@ -156,15 +162,28 @@ class VLLMBackend:
     chat template and the tokenizer that decodes answers, as in the HF backend). One
     ``llm.generate`` call per :meth:`generate`, every request with its own ``SamplingParams``
     (its seed) and the backend's adapter.
+
+    ``caches``: the engine's caches that let requests on one image share work, as its config
+    says (:func:`engine_caches`): ``prefix_caching`` (KV blocks of a shared token prefix, the
+    image's tokens included, are computed once), ``encoder_cache_tokens`` (the vision tower's
+    output for an image is kept, by the image's hash, while requests need it and until its room
+    is needed) and ``mm_processor_cache_gb`` (the image processor's output, by the same hash).
     """
 
     llm: Any
     processor: Any
     eos_ids: frozenset[int]
     adapter: str | None = None
+    caches: dict[str, Any] = field(default_factory=dict)
     name = "vllm"
     _adapter_ids: dict[str, int] = field(default_factory=dict)
     _cleanup: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def caches_by_image(self) -> bool:
+        """True when the engine reuses an image's encoding (or its prompt prefix) across the
+        requests of one call."""
+        return bool(self.caches.get("prefix_caching") or self.caches.get("encoder_cache_tokens"))
 
     def generate(
         self,
@@ -233,7 +252,12 @@ class VLLMBackend:
         if adapter is not None:
             check_vllm_adapter(adapter, self.llm.llm_engine.vllm_config.lora_config)
         return VLLMBackend(
-            self.llm, self.processor, self.eos_ids, adapter, _adapter_ids=self._adapter_ids
+            self.llm,
+            self.processor,
+            self.eos_ids,
+            adapter,
+            caches=self.caches,
+            _adapter_ids=self._adapter_ids,
         )
 
     def close(self) -> None:
@@ -550,6 +574,10 @@ def open_vllm_engine(
         trust_remote_code=trust_remote_code,
         limit_mm_per_prompt={"image": 1},
         disable_log_stats=True,
+        # Said rather than left to vLLM's default (on, except where a platform turns it off):
+        # pairs asks twice about each clean image in one call, and the second request then
+        # reuses the KV blocks of the prompt's head and the image's tokens.
+        enable_prefix_caching=True,
     )
     if lora:
         rank = max_lora_rank or (adapter_rank(adapter) if adapter else 64)
@@ -564,9 +592,29 @@ def open_vllm_engine(
         cleanup()
         raise
     tokenizer = AutoTokenizer.from_pretrained(str(folder), trust_remote_code=trust_remote_code)
-    backend = VLLMBackend(llm, processor, eos_ids(folder, tokenizer))
+    backend = VLLMBackend(llm, processor, eos_ids(folder, tokenizer), caches=engine_caches(llm))
+    logger.info("vLLM caches: %s", backend.caches)
     backend._cleanup.append(cleanup)
     return backend.with_adapter(adapter) if adapter else backend
+
+
+def engine_caches(llm) -> dict[str, Any]:
+    """The caches a started engine keeps (see :class:`VLLMBackend`), read from its config: what
+    the platform and the options left on, not what was asked. A setting this vLLM does not
+    have is left out."""
+    config = llm.llm_engine.vllm_config
+    read = {
+        "prefix_caching": lambda: bool(config.cache_config.enable_prefix_caching),
+        "encoder_cache_tokens": lambda: int(config.scheduler_config.encoder_cache_size),
+        "mm_processor_cache_gb": lambda: float(
+            config.model_config.multimodal_config.mm_processor_cache_gb
+        ),
+    }
+    caches: dict[str, Any] = {}
+    for name, value in read.items():
+        with contextlib.suppress(AttributeError, TypeError, ValueError):
+            caches[name] = value()
+    return caches
 
 
 def _memory_options(
@@ -646,7 +694,8 @@ def _open_vllm(config, adapter: str | None, model=None, processor=None) -> VLLMB
         seed=config.seed,
         adapter=adapter,
         trust_remote_code=config.trust_remote_code,
-        batch_size=config.batch_size,
+        # Sequences one call holds: pairs asks twice per image in one call.
+        batch_size=config.batch_size * getattr(config, "REQUESTS_PER_ITEM", 1),
         gpu_memory=config.vllm_gpu_memory,
     )
 
