@@ -152,6 +152,12 @@ def test_three_rounds_resume_after_a_kill_and_the_chosen_round_is_what_is_evalua
     # The validation entry is not a test result: nothing of it under run/eval.
     assert not (run / "eval" / "val.json").exists()
 
+    # The run's report (written by `stic run`) shows the rounds, and the chosen round's pairs.
+    page = (run / "report.html").read_text()
+    assert "Self-training rounds" in page and "<tr class=chosen><td>2</td>" in page
+    assert all(f"Round {n}: DPO + NLL" in page for n in (1, 2, 3))
+    assert f"pairs: {run / 'round_2' / 'pairs.jsonl'}" in page
+
     # A third run finds everything complete.
     summaries = [summary for _, summary in run_pipeline(config_path)]
     assert summaries and all(s.up_to_date for s in summaries)

@@ -95,3 +95,42 @@ def test_bad_run_named(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert main([str(tmp_path / "empty"), "--out", str(tmp_path / "t.md")]) == 2
     assert "no <benchmark>.json result files" in capsys.readouterr().err
+
+
+def _rounds_run(root, rights: list[int], chosen: int):
+    """A `stic run` output_dir with rounds: each round's bench select result and rounds.json."""
+    rows = []
+    for number, right in enumerate(rights, start=1):
+        folder = root / f"round_{number}" / "bench" / "val"
+        folder.mkdir(parents=True)
+        _write_run(folder, pope_right=right, sqa_right=right)
+        rows.append({"round": number, "result": str(folder / "pope_random.json")})
+    atomic_write_json(root / "rounds.json", {"table": rows, "chosen": chosen})
+    return root
+
+
+def test_rounds_are_columns_with_round_1_the_baseline(tmp_path, capsys):
+    run = _rounds_run(tmp_path / "run", [20, 30, 25], chosen=2)
+    out = tmp_path / "rounds.md"
+    assert main(["--rounds", str(run), "--out", str(out), "--resamples", "50"]) == 0
+    table = json.loads(out.with_suffix(".json").read_text())
+    assert table["runs"] == ["round_1", "round_2 (chosen)", "round_3"]
+    values = table["values"]["pope_random"]  # F1, POPE's primary metric
+    assert (values["round_1"], values["round_2 (chosen)"]) == (50.0, 75.0)
+    assert values["round_3"] == pytest.approx(61.54, abs=0.01)
+    assert table["deltas"]["round_2 (chosen)"]["pope_random"]["delta"] == 25.0
+
+
+def test_rounds_without_bench_results_are_refused_saying_why(tmp_path, capsys):
+    (tmp_path / "run").mkdir()
+    atomic_write_json(tmp_path / "run" / "rounds.json", {"table": [{"round": 1}], "chosen": 1})
+    assert main(["--rounds", str(tmp_path / "run"), "--out", str(tmp_path / "t.md")]) == 2
+    assert "the run has no select entry" in capsys.readouterr().err
+    eval_result = tmp_path / "val.json"
+    atomic_write_json(eval_result, {"accuracy": 0.5, "n": 2})
+    rows = [{"round": 1, "result": str(eval_result)}]
+    atomic_write_json(tmp_path / "run" / "rounds.json", {"table": rows, "chosen": 1})
+    assert main(["--rounds", str(tmp_path / "run"), "--out", str(tmp_path / "t.md")]) == 2
+    assert "is not a bench result (the select entry is an eval entry?)" in capsys.readouterr().err
+    assert main(["--rounds", str(tmp_path / "nothing"), "--out", str(tmp_path / "t.md")]) == 2
+    assert "rounds.json does not exist" in capsys.readouterr().err

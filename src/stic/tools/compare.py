@@ -22,6 +22,8 @@ listed, and a delta between the same weights and protocol is flagged.
 
 A RUN is ``[NAME=]PATH``: PATH is a folder of ``<benchmark>.json`` results or a comma-separated
 list of result files; NAME defaults to the folder (or first file's parent folder) name.
+``--rounds OUTPUT_DIR`` puts the rounds of a ``stic run`` with ``rounds: N`` first, one column
+per round (its select entry's result, a bench entry on validation data), round 1 the baseline.
 """
 
 from __future__ import annotations
@@ -66,6 +68,37 @@ def check_result(run: str, file: Path | str, document: dict) -> None:
         )
     if not isinstance(document.get("items"), list):
         raise CompareError(f"run {run}: {file}: 'items' is not a list of scored items")
+
+
+def round_runs(output_dir: str | Path) -> list[str]:
+    """One RUN per round of a ``stic run`` with rounds >= 2, from ``OUTPUT_DIR/rounds.json``:
+    ``round_<r>=<its select entry's result>`` (``round_<r> (chosen)`` for the chosen one)."""
+    path = Path(output_dir) / "rounds.json"
+    if not path.is_file():
+        raise CompareError(
+            f"--rounds: {path} does not exist (give the output_dir of a stic run with rounds >= 2)"
+        )
+    table = read_json(path)
+    rows = table.get("table") if isinstance(table, dict) else None
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
+        raise CompareError(f"--rounds: {path} has no table of rounds")
+    results = [row.get("result") for row in rows]
+    if not all(isinstance(result, str) for result in results):
+        raise CompareError(
+            f"--rounds: {path}: the run has no select entry, so its rounds have no results to "
+            "compare"
+        )
+    first = read_json(results[0]) if Path(results[0]).is_file() else {}
+    if not isinstance(first, dict) or "benchmark" not in first:
+        raise CompareError(
+            f"--rounds: {results[0]} is not a bench result (the select entry is an eval entry?); "
+            f"stic compare tabulates bench results; {path.with_suffix('.md')} has the rounds' table"
+        )
+    chosen = table.get("chosen")
+    return [
+        f"round_{row.get('round')}{' (chosen)' if row.get('round') == chosen else ''}={result}"
+        for row, result in zip(rows, results, strict=True)
+    ]
 
 
 def load_run(spec: str) -> tuple[str, dict[str, dict]]:
@@ -451,9 +484,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "runs",
-        nargs="+",
+        nargs="*",
         metavar="RUN",
         help="[NAME=]FOLDER or [NAME=]a.json,b.json; the first is the baseline",
+    )
+    parser.add_argument(
+        "--rounds",
+        metavar="OUTPUT_DIR",
+        help="the rounds of a `stic run` with rounds >= 2 as the first columns (round 1 the "
+        "baseline): each round's select entry result (a bench entry), from OUTPUT_DIR/rounds.json",
     )
     parser.add_argument("--out", required=True, help="TABLE.md (TABLE.json is written beside it)")
     parser.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
@@ -468,8 +507,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
     try:
+        if args.rounds:
+            args.runs = [*round_runs(args.rounds), *args.runs]
+        if not args.runs:
+            parser.error("give one or more RUNs, or --rounds OUTPUT_DIR")
         table = compare(
             [load_run(run) for run in args.runs],
             args.resamples,

@@ -79,13 +79,22 @@ class ReportSources:
     images: Path | None = None
     dpo: Path | None = None
     sft: Path | None = None
+    rounds: Path | None = None  # rounds.json of a `stic run` with rounds >= 2
     evals: list[Path] = field(default_factory=list)
     benches: list[Path] = field(default_factory=list)
     notes: list[Path] = field(default_factory=list)
     model: str | None = None
 
     def empty(self) -> bool:
-        return not (self.pairs or self.dpo or self.sft or self.evals or self.benches or self.notes)
+        return not (
+            self.pairs
+            or self.dpo
+            or self.sft
+            or self.rounds
+            or self.evals
+            or self.benches
+            or self.notes
+        )
 
 
 # ----------------------------------------------------------------------------- finding outputs
@@ -124,6 +133,16 @@ def _run_outputs(run: Path, sources: ReportSources) -> None:
     """Fill what the ``stic run`` folder ``run`` holds (its layout is pipeline.plan's)."""
     if sources.pairs is None and (run / "pairs" / "pairs.jsonl").is_file():
         sources.pairs = run / "pairs" / "pairs.jsonl"
+    if sources.rounds is None and (run / "rounds.json").is_file():
+        sources.rounds = run / "rounds.json"
+        # The pairs shown are the chosen round's (its adapter is run/dpo).
+        try:
+            chosen = _chosen_round(read_json(sources.rounds))
+        except (OSError, ValueError):
+            chosen = None  # the rounds section says what is wrong with the file
+        pairs = run / f"round_{chosen}" / "pairs.jsonl" if chosen else None
+        if sources.pairs is None and pairs is not None and pairs.is_file():
+            sources.pairs = pairs
     if sources.dpo is None and (run / "dpo").is_dir():
         sources.dpo = run / "dpo"
     if sources.sft is None and (run / "sft").is_dir():
@@ -518,8 +537,9 @@ TRAIN_PANELS = {
 }
 
 
-def training_chart(log: list[dict], stage: str) -> str:
-    """One panel per quantity of the stage's train log, against the optimizer step."""
+def training_chart(log: list[dict], stage: str, name: str | None = None) -> str:
+    """One panel per quantity of the stage's train log, against the optimizer step (``name``:
+    the chart's id, default ``train-<stage>``)."""
     panels = [
         (title, [k for k in keys if _series(log, k)[0]]) for title, keys in TRAIN_PANELS[stage]
     ]
@@ -537,10 +557,75 @@ def training_chart(log: list[dict], stage: str) -> str:
             ax.legend(fontsize=8)
         if title == "learning rate":
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 2))
-    return svg(fig, f"train-{stage}")
+    return svg(fig, name or f"train-{stage}")
 
 
-def collect_training(folder: Path | None, stage: str) -> dict | None:
+def _chosen_round(table: Any) -> int | None:
+    chosen = table.get("chosen") if isinstance(table, dict) else None
+    return chosen if isinstance(chosen, int) and not isinstance(chosen, bool) else None
+
+
+def rounds_html(path: Path) -> str:
+    """The rounds of a `stic run` with rounds >= 2: each round's pairs, training and select
+    metric (from ``rounds.json``), the chosen round and why, and each round's DPO curves."""
+    try:
+        table = read_json(path)
+    except (OSError, ValueError) as e:
+        return f"<p class=muted>{_cell(path)} cannot be read: {_cell(e)}</p>"
+    rows = [r for r in _mapping(table).get("table", []) if isinstance(r, dict)]
+    chosen = _chosen_round(table)
+    select = _mapping(_mapping(table).get("select"))
+    metric = select.get("metric") if isinstance(select.get("metric"), str) else None
+    header = ["round", "pairs file", "pairs trained", "train loss", "reference"]
+    if metric:
+        header.append(f"{select.get('entry')} {metric} ({select.get('mode')})")
+    body = []
+    for row in rows:
+        cells = [
+            row.get("round"),
+            row.get("pairs_file"),
+            row.get("pairs_trained"),
+            row.get("train_loss"),
+            row.get("reference_model"),
+        ]
+        if metric:
+            cells.append(row.get(metric))
+        mark = " class=chosen" if row.get("round") == chosen else ""
+        body.append(
+            f"<tr{mark}>"
+            + "".join(
+                f"<td>{_cell(f'{c:.6g}' if _number(c) is not None and isinstance(c, float) else c)}</td>"
+                for c in cells
+            )
+            + "</tr>"
+        )
+    blocks = [
+        f"<p class=muted>{_cell(path)}: chosen round {_cell(chosen)} "
+        f"({_cell(_mapping(table).get('reason'))}); the pair browser shows its pairs and "
+        "Training its DPO run.</p>",
+        "<table class=results><tr>"
+        + "".join(f"<th>{_cell(h)}</th>" for h in header)
+        + "</tr>"
+        + "".join(body)
+        + "</table>",
+    ]
+    for row in rows:
+        adapter = row.get("adapter")
+        name = f"train-round-{row.get('round')}"
+        training = (
+            collect_training(Path(adapter), "dpo", name) if isinstance(adapter, str) else None
+        )
+        if training is None:
+            continue
+        title = f"<h3>Round {_cell(row.get('round'))}: DPO + NLL</h3>"
+        if "missing" in training:
+            blocks.append(f"{title}<p class=muted>{_cell(training['missing'])}</p>")
+        else:
+            blocks.append(title + training["chart"])
+    return "".join(blocks)
+
+
+def collect_training(folder: Path | None, stage: str, chart_name: str | None = None) -> dict | None:
     if folder is None:
         return None
     path = folder / "train_log.json"
@@ -555,7 +640,7 @@ def collect_training(folder: Path | None, stage: str) -> dict | None:
     return {
         "stage": stage,
         "folder": str(folder),
-        "chart": training_chart(log, stage),
+        "chart": training_chart(log, stage, chart_name),
         "steps": max(steps) if steps else 0,
         "train_loss": final.get("train_loss"),
         "last": next((e for e in reversed(log) if "loss" in e), {}),
@@ -884,6 +969,8 @@ def build_report(sources: ReportSources, large_thumbnails: int = LARGE_THUMBNAIL
     training = [
         t for t in (collect_training(sources.dpo, "dpo"), collect_training(sources.sft, "sft")) if t
     ]
+    if sources.rounds is not None:
+        sections["rounds"] = rounds_html(sources.rounds)
     if training:
         blocks = []
         for t in training:
@@ -909,6 +996,7 @@ def build_report(sources: ReportSources, large_thumbnails: int = LARGE_THUMBNAIL
         "images": pairs["images"] if pairs else None,
         "dpo": str(sources.dpo) if sources.dpo else None,
         "sft": str(sources.sft) if sources.sft else None,
+        "rounds": str(sources.rounds) if sources.rounds else None,
         "results": len(sources.evals) + len(sources.benches),
     }
     return render_page(
@@ -952,6 +1040,7 @@ def report_output(sources: ReportSources, out: Path) -> Output:
         "images": sources.images,
         "dpo": sources.dpo,
         "sft": sources.sft,
+        "rounds": sources.rounds,
         **{f"eval {p}": p for p in sources.evals},
         **{f"bench {p}": p for p in sources.benches},
         **{f"notes {p}": p for p in sources.notes},

@@ -17,6 +17,7 @@ from stic.runtime.manifests import library_versions
 
 SECTION_TITLES = {
     "demo": "Demo results",
+    "rounds": "Self-training rounds",
     "audit": "Audit of the preference pairs",
     "pairs": "Pair browser",
     "training": "Training",
@@ -41,6 +42,7 @@ h2 { border-bottom:2px solid var(--line); padding-bottom:4px; }
 .muted { color:var(--muted); font-size:12px; }
 table { border-collapse:collapse; background:#fff; margin:8px 0; }
 th, td { border:1px solid var(--line); padding:4px 8px; text-align:left; vertical-align:top; }
+tr.chosen td { font-weight:600; background:var(--chosen); }
 td.num { text-align:right; font-variant-numeric:tabular-nums; }
 .warning { background:#fff4e5; border:1px solid #f5b041; border-left:5px solid #e67e22;
   padding:8px 12px; margin:8px 0; }
