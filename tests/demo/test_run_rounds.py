@@ -112,10 +112,11 @@ def test_round_configs_evaluate_each_rounds_adapter_on_both_splits(tmp_path):
         adapter = str(tmp_path / "seed0" / "stic" / f"round_{number}" / "dpo")
         assert {s.config.adapter for s in planned} == {adapter}
         by_name = {s.name: s.config for s in planned}
+        # Validation VQA is the select entry's; good-prompt descriptions are not in the table.
+        assert set(by_name) == {"test_vqa", "test_describe_plain", "validation_describe_plain"}
+        assert by_name["test_vqa"].data == str(files["vqa"])
         for split, split_files in (("test", files), ("validation", validation)):
-            assert by_name[f"{split}_vqa"].data == str(split_files["vqa"])
-            for kind in (demo.DESCRIBE_PLAIN, demo.DESCRIBE_GOOD):
-                assert by_name[f"{split}_{kind}"].data == str(split_files[kind])
+            assert by_name[f"{split}_describe_plain"].data == str(split_files["describe_plain"])
         outs += [s.config.out for s in planned]
         assert all(
             Path(o).parent == tmp_path / "seed0" / f"round_{number}" / "eval"
@@ -266,6 +267,7 @@ def test_demo_rounds_write_the_round_table(rounds_run):
         # are the same weights on the same questions.
         select = read_json(out / "seed0" / "stic" / f"round_{number}" / "eval" / "select_vqa.json")
         assert row["select_value"] == select["accuracy"]
+        assert select["adapter"] == str(out / "seed0" / "stic" / f"round_{number}" / "dpo")
         assert row["validation"]["vqa_acc"] == pytest.approx(select["accuracy"])
         result = read_json(out / "seed0" / f"round_{number}" / "eval" / "test_vqa.json")
         assert result["adapter"] == str(out / "seed0" / "stic" / f"round_{number}" / "dpo")
@@ -305,9 +307,14 @@ def test_each_round_reads_its_own_eval_files(rounds_run, tmp_path):
 
     for number in (1, 2):
         ev = copy / "seed0" / f"round_{number}" / "eval"
+        vqa = {
+            "test": ev / "test_vqa.json",
+            # The round's validation VQA: the select entry the rounds ran.
+            "validation": copy / "seed0" / "stic" / f"round_{number}" / "eval" / "select_vqa.json",
+        }
         for split in ROUND_SPLITS:
             k = count(number, split)
-            path = ev / f"{split}_vqa.json"
+            path = vqa[split]
             data = read_json(path)
             answers = {item["id"]: item["answer"] for item in items[split]}
             for i, item in enumerate(data["items"]):
