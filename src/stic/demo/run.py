@@ -24,9 +24,10 @@ the default and is never tuned on.
 
 With ``--rounds N`` (N >= 2) the full-STIC arm runs N self-training rounds (``rounds: N`` in its
 ``stic run`` config, each round on its own ``--unlabeled`` fresh images), and the round whose
-validation-split VQA accuracy is highest is chosen (``select:``); stage 2 and every arm's stage-1
-figures are that round's. Each round's adapter is also evaluated on both splits
-(``seed<s>/round_<r>.yaml``), and the results gain a round table.
+validation-split VQA accuracy is highest is chosen (``select:``); the stage1, stic and stic_dar
+arms are that round's (no_negatives trains on round 1's pairs, the base model's). Each round's
+adapter is also evaluated on both splits (``seed<s>/round_<r>.yaml``), and the results gain a
+round table.
 """
 
 from __future__ import annotations
@@ -929,7 +930,8 @@ def main(argv: list[str]) -> int:
             "--" + name.replace("_", "-"),
             type=int,
             default=getattr(defaults, name),
-            help=f"(default: {getattr(defaults, name)})",
+            help=("Unlabeled images per round " if name == "unlabeled" else "")
+            + f"(default: {getattr(defaults, name)})",
         )
     for name in ("dpo_lr", "dpo_epochs", "dpo_alpha", "sft_lr", "sft_epochs"):
         parser.add_argument(
