@@ -207,3 +207,40 @@ def test_a_demo_folder_shows_its_results_table_and_every_arm(run, tmp_path):
     page = path.read_text()
     assert '<section id="demo">' in page and "<td>stic</td><td>52.0</td>" in page
     assert "stage2_only" in page and len(_pairs_data(page)["rows"]) == N
+
+
+def test_a_run_with_rounds_shows_them_and_browses_the_chosen_rounds_pairs(tmp_path):
+    """rounds.json of a `stic run` with rounds: the table (values from the file escaped), each
+    round's DPO curves, and the chosen round's pairs in the browser when run/pairs is absent."""
+    run = write_synthetic_run(tmp_path, 6)
+    for number in (1, 2):
+        (run / f"round_{number}").mkdir()
+        shutil.copytree(run / "dpo", run / f"round_{number}" / "dpo")
+    shutil.move(run / "pairs" / "pairs.jsonl", run / "round_2" / "pairs.jsonl")
+    rows = [
+        {
+            "round": n,
+            "adapter": str(run / f"round_{n}" / "dpo"),
+            "pairs_file": str(run / f"round_{n}" / "pairs.jsonl"),
+            "pairs_trained": 6,
+            "train_loss": 0.5,
+            "reference_model": "<b>base</b>" if n == 1 else "start adapter",
+            "accuracy": 0.25 * n,
+        }
+        for n in (1, 2)
+    ]
+    table = {
+        "table": rows,
+        "chosen": 2,
+        "reason": "val accuracy <script>alert(1)</script>",
+        "select": {"entry": "val", "metric": "accuracy", "mode": "max"},
+    }
+    atomic_write_json(run / "rounds.json", table)
+    page = build_report(report.sources_from_folder(run))
+    assert '<section id="rounds"><h2>Self-training rounds</h2>' in page
+    assert "<tr class=chosen><td>2</td>" in page and "<th>val accuracy (max)</th>" in page
+    assert "Round 1: DPO + NLL" in page and "Round 2: DPO + NLL" in page
+    assert 'data-chart="train-round-1"' in page and 'data-chart="train-round-2"' in page
+    assert "<script>alert(1)" not in page and "&lt;script&gt;alert(1)" in page
+    assert "<b>base</b>" not in page
+    assert len(_pairs_data(page)["rows"]) == 6  # round 2's pairs
