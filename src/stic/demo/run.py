@@ -21,6 +21,13 @@ type, and the descriptions' invented objects, wrong colours and shapes, recall a
 It writes OUT/results.json, OUT/results.md and OUT/report.html (``stic report``).
 Hyperparameters were chosen on the validation split (``--split validation``); the test split is
 the default and is never tuned on.
+
+With ``--rounds N`` (N >= 2) the full-STIC arm runs N self-training rounds (``rounds: N`` in its
+``stic run`` config, each round on its own ``--unlabeled`` fresh images), and the round whose
+validation-split VQA accuracy is highest is chosen (``select:``); the stage1, stic and stic_dar
+arms are that round's (no_negatives trains on round 1's pairs, the base model's). Each round's
+adapter is also evaluated on both splits (``seed<s>/round_<r>.yaml``), and the results gain a
+round table.
 """
 
 from __future__ import annotations
@@ -82,6 +89,19 @@ class DemoSettings:
     sft_lr: float = 2e-4
     sft_epochs: float = 1.0
     sft_batch: int = 16
+    # Self-training rounds of the full-STIC arm (1: STIC's single stage 1). With N >= 2 each
+    # round reads `unlabeled` fresh images (the pool holds N x unlabeled), so round 1 trains on
+    # as many pairs as the one-round demo.
+    rounds: int = 1
+
+
+def settings_record(settings: DemoSettings) -> dict:
+    """The settings as recorded (the demo's identity, results.json): ``rounds`` only when > 1,
+    so a one-round demo folder keeps the identity it had before rounds existed."""
+    record = asdict(settings)
+    if settings.rounds == 1:
+        del record["rounds"]
+    return record
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -91,22 +111,27 @@ def _jsonl(rows: list[dict]) -> str:
     return "".join(json.dumps(r) + "\n" for r in rows)
 
 
-def eval_scenes(settings: DemoSettings) -> list[world.Scene]:
-    """The fixed evaluation split (the same for every seed)."""
-    return world.make_scenes(SPLIT_SEEDS[settings.split], settings.split, settings.eval_scenes)
+def eval_scenes(settings: DemoSettings, split: str | None = None) -> list[world.Scene]:
+    """The fixed evaluation split (the same for every seed); ``split`` default: the settings'."""
+    split = split or settings.split
+    return world.make_scenes(SPLIT_SEEDS[split], split, settings.eval_scenes)
 
 
-def write_eval_split(output: Output, settings: DemoSettings) -> dict[str, Path]:
-    """Images and question files of the evaluation split, in the demo's ``data/<split>``."""
-    scenes = eval_scenes(settings)
-    root = f"data/{settings.split}"
+def write_eval_split(
+    output: Output, settings: DemoSettings, split: str | None = None
+) -> dict[str, Path]:
+    """Images and question files of an evaluation split (default: the settings' split), in the
+    demo's ``data/<split>``."""
+    split = split or settings.split
+    scenes = eval_scenes(settings, split)
+    root = f"data/{split}"
     images = output.subfolder(f"{root}/images")
     vqa, plain, good = [], [], []
     for scene in scenes:
         path = images / f"{scene.id}.png"
         if not path.exists():
             world.render(scene).save(path)
-        vqa += world.vqa_items(scene, item_rng(SPLIT_SEEDS[settings.split], scene.id, "vqa"))
+        vqa += world.vqa_items(scene, item_rng(SPLIT_SEEDS[split], scene.id, "vqa"))
         truth = world.describe_detailed(scene)
         prompt = PLAIN_PROMPTS[item_rng(0, scene.id, "plain").randrange(len(PLAIN_PROMPTS))]
         plain.append({"id": scene.id, "image": path.name, "question": prompt, "answer": truth})
@@ -118,7 +143,8 @@ def write_eval_split(output: Output, settings: DemoSettings) -> dict[str, Path]:
 
 
 def unlabeled_scenes(seed: int, settings: DemoSettings) -> list[world.Scene]:
-    return world.make_scenes(1000 + seed, "unlabeled", settings.unlabeled)
+    """The seed's pool of unlabeled scenes: ``unlabeled`` per round (the rounds split it)."""
+    return world.make_scenes(1000 + seed, "unlabeled", settings.unlabeled * settings.rounds)
 
 
 def write_unlabeled(output: Output, seed: int, settings: DemoSettings) -> Path:
@@ -174,10 +200,20 @@ def chosen_as_instructions(pairs_path: Path, output: Output, name: str) -> Path:
 # ----------------------------------------------------------------------------- run configs
 
 
-def _evals(prefix: str, files: dict[str, Path], settings: DemoSettings, at: str | None) -> list:
+def _evals(
+    prefix: str,
+    files: dict[str, Path],
+    settings: DemoSettings,
+    at: str | None,
+    adapter: Path | None = None,
+) -> list:
+    """The demo's three eval entries (VQA, plain- and good-prompt descriptions) of one split,
+    at ``at`` or, instead, at the weights in ``adapter``."""
     common = {"images": str(files["images"]), "batch_size": settings.batch_size}
     if at is not None:
         common["at"] = at
+    if adapter is not None:
+        common["adapter"] = str(adapter)
     return [
         {"name": f"{prefix}_vqa", "data": str(files["vqa"]), "max_new_tokens": 8, **common},
         *(
@@ -219,10 +255,23 @@ def _train(settings: DemoSettings, stage: str) -> dict:
     }
 
 
+SELECT_ENTRY = "select_vqa"  # the full-STIC arm's validation entry that chooses the round
+SELECT_METRIC = "accuracy"  # of its eval result (VQA accuracy), highest wins
+SELECT_MODE = "max"
+
+
 def run_configs(
-    out: Path, seed: int, settings: DemoSettings, files: dict, stage2: Path, unlabeled: Path
+    out: Path,
+    seed: int,
+    settings: DemoSettings,
+    files: dict,
+    stage2: Path,
+    unlabeled: Path,
+    validation: dict | None = None,
 ) -> dict[str, dict]:
-    """The ``stic run`` configs of one seed, by name."""
+    """The ``stic run`` configs of one seed, by name. With ``settings.rounds`` >= 2 the stic arm
+    runs that many rounds, chosen on VQA accuracy on ``validation`` (the validation split's files
+    from :func:`write_eval_split`; required then)."""
     root = out / f"seed{seed}"
     shared = {"model": settings.base, "seed": seed, "dtype": "float32"}
     infuse = {
@@ -232,8 +281,28 @@ def run_configs(
         "max_new_tokens": settings.describe_tokens,
     }
     dpo_schedule = _train(settings, "dpo")
+    rounds: dict = {}
+    select_entries: list = []
+    if settings.rounds > 1:
+        if validation is None:
+            raise ValueError("rounds >= 2 need the validation split's files (validation=)")
+        rounds = {
+            "rounds": settings.rounds,
+            "select": {"entry": SELECT_ENTRY, "metric": SELECT_METRIC, "mode": SELECT_MODE},
+        }
+        # Run once per round at that round's adapter (the rounds set its weights).
+        select_entries = [
+            {
+                "name": SELECT_ENTRY,
+                "data": str(validation["vqa"]),
+                "images": str(validation["images"]),
+                "batch_size": settings.batch_size,
+                "max_new_tokens": 8,
+            }
+        ]
     return {
         "stic": {
+            **rounds,
             **shared,
             "output_dir": str(root / "stic"),
             "pairs": {
@@ -257,6 +326,7 @@ def run_configs(
                     "dar": True,
                     "dar_max_new_tokens": settings.describe_tokens,
                 },
+                *select_entries,
             ],
         },
         "stage2_only": {
@@ -280,6 +350,35 @@ def run_configs(
             "eval": _evals("no_negatives", files, settings, "final"),
         },
     }
+
+
+def round_configs(
+    out: Path, seed: int, settings: DemoSettings, files: dict, validation: dict
+) -> dict[int, dict]:
+    """Eval-only ``stic run`` configs, one per round of the stic arm (by round number): that
+    round's adapter (``seed<s>/stic/round_<r>/dpo``) answering the test split's questions
+    (``test_vqa``) and describing both splits' images under a plain prompt
+    (``test_describe_plain``, ``validation_describe_plain``), under ``seed<s>/round_<r>/eval``.
+
+    Only what the round table reads: its validation VQA is the select entry's result (the same
+    weights on the same questions, already run by the rounds), and good-prompt descriptions
+    are not in it. On the demo's 2-core machine each eval costs minutes per round and seed.
+    """
+    root = out / f"seed{seed}"
+    configs = {}
+    for number in range(1, settings.rounds + 1):
+        adapter = root / "stic" / f"round_{number}" / "dpo"
+        test = _evals("test", files, settings, None, adapter)
+        validation_entries = _evals("validation", validation, settings, None, adapter)
+        wanted = {"test_vqa", f"test_{DESCRIBE_PLAIN}", f"validation_{DESCRIBE_PLAIN}"}
+        configs[number] = {
+            "model": settings.base,
+            "seed": seed,
+            "dtype": "float32",
+            "output_dir": str(root / f"round_{number}"),
+            "eval": [e for e in (*test, *validation_entries) if e["name"] in wanted],
+        }
+    return configs
 
 
 def base_config(out: Path, settings: DemoSettings, files: dict) -> dict:
@@ -409,6 +508,180 @@ def summarize(per_seed: list[dict]) -> dict:
     return {"arms": arms, "paired": paired}
 
 
+# The figures of the round table: VQA, absent-prior (absent-companion) existence, invented objects.
+ROUND_METRICS = ("vqa_acc", "exists_absent_acc", "invented_rate", "invented_prior_rate")
+ROUND_SPLITS = ("validation", "test")
+
+
+def round_figures(vqa: Path, plain: Path, scenes: dict, items: list[dict]) -> dict:
+    """ROUND_METRICS from one VQA result file and one plain-prompt description result file."""
+    preds = _predictions(vqa)
+    m = world.vqa_metrics([{"id": k, "prediction": v} for k, v in preds.items()], items)
+    described = description_block(_predictions(plain), scenes)
+    return {
+        "vqa_acc": m["accuracy"],
+        "exists_absent_acc": m["by_type"].get("exists_absent_prior", 0.0),
+        "invented_rate": described["invented_rate"],
+        "invented_prior_rate": described["invented_prior_rate"],
+    }
+
+
+def seed_rounds(
+    out: Path, seed: int, scenes: dict[str, dict], items: dict[str, list], unlabeled: dict
+) -> dict:
+    """One seed's rounds: the stic arm's ``rounds.json`` (chosen round, why, select values) and,
+    per round, the demo's figures on each split read from that round's own files: test VQA and
+    both splits' descriptions from ``seed<s>/round_<r>/eval`` (:func:`round_configs`),
+    validation VQA from the select entry's ``seed<s>/stic/round_<r>/eval/select_vqa.json``; and
+    its pairs' figures. ``scenes`` and ``items``: by split; ``unlabeled``: the seed's unlabeled
+    scenes by id."""
+    root = out / f"seed{seed}"
+    table = read_json(root / "stic" / "rounds.json")
+    metric = table["select"]["metric"]
+    rows = []
+    for row in table["table"]:
+        number = row["round"]
+        ev = root / f"round_{number}" / "eval"
+        vqa = {
+            "test": ev / "test_vqa.json",
+            "validation": root / "stic" / f"round_{number}" / "eval" / f"{SELECT_ENTRY}.json",
+        }
+        figures = {
+            split: round_figures(
+                vqa[split], ev / f"{split}_{DESCRIBE_PLAIN}.json", scenes[split], items[split]
+            )
+            for split in ROUND_SPLITS
+        }
+        rows.append(
+            {
+                "round": number,
+                **figures,
+                "select_value": row[metric],
+                "pairs": pair_metrics(root / "stic" / f"round_{number}" / "pairs.jsonl", unlabeled),
+            }
+        )
+    return {
+        "seed": seed,
+        "select": table["select"],
+        "chosen": table["chosen"],
+        "reason": table["reason"],
+        "rounds": rows,
+    }
+
+
+def _spread(values: list[float]) -> dict:
+    block = {"mean": statistics.fmean(values), "per_seed": list(values)}
+    if len(values) > 1:
+        block["sd"] = statistics.stdev(values)
+    return block
+
+
+def round_table(per_seed: list[dict]) -> dict:
+    """The round table over seeds (``per_seed``: :func:`seed_rounds` of each seed, same rounds):
+    per round and split, each of ROUND_METRICS as mean / per seed / sd, and the paired per-seed
+    difference from round 1; the select value; the pairs' invented rates; which seeds chose it;
+    and per seed the chosen round and why."""
+    count = len(per_seed[0]["rounds"])
+    if any(len(s["rounds"]) != count for s in per_seed):
+        raise ValueError("every seed must have the same number of rounds")
+    table = []
+    for index in range(count):
+        rows = [s["rounds"][index] for s in per_seed]
+        first = [s["rounds"][0] for s in per_seed]
+        entry: dict = {"round": index + 1}
+        for split in ROUND_SPLITS:
+            entry[split] = {key: _spread([r[split][key] for r in rows]) for key in ROUND_METRICS}
+            entry[f"{split}_minus_round1"] = {
+                key: _spread(
+                    [r[split][key] - f[split][key] for r, f in zip(rows, first, strict=True)]
+                )
+                for key in ROUND_METRICS
+            }
+        entry["select_value"] = _spread([r["select_value"] for r in rows])
+        entry["pairs"] = {
+            "n": _spread([r["pairs"]["n"] for r in rows]),
+            **{
+                side: _spread([r["pairs"][side]["invented_any_rate"] for r in rows])
+                for side in ("chosen", "rejected")
+            },
+        }
+        entry["chosen_by_seeds"] = [s["seed"] for s in per_seed if s["chosen"] == index + 1]
+        table.append(entry)
+    return {
+        "rounds": count,
+        "select": per_seed[0]["select"],
+        "table": table,
+        "chosen": [
+            {
+                "seed": s["seed"],
+                "round": s["chosen"],
+                "value": s["rounds"][s["chosen"] - 1]["select_value"],
+                "reason": s["reason"],
+            }
+            for s in per_seed
+        ],
+    }
+
+
+def rounds_markdown(table: dict) -> str:
+    """The round table of results.md (see :func:`round_table`)."""
+    pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
+    select = table["select"]
+    n = len(table["chosen"])
+
+    def cell(block, signed=False):
+        fmt = (lambda v: f"{100 * v:+.1f}") if signed else pct  # noqa: E731
+        text = fmt(block["mean"])
+        if "sd" in block:
+            text += f" ± {pct(block['sd'])} (" + ", ".join(fmt(v) for v in block["per_seed"]) + ")"
+        return text
+
+    names = ("VQA", "absent-prior existence", "invented", "with prior invented")
+    lines = [
+        f"## Self-training rounds ({table['rounds']} rounds, {n} seed{'s' if n > 1 else ''})",
+        "",
+        f"Each round chosen on the validation split: {select['entry']} {select['metric']}, "
+        f"{select['mode']}; the arms above are the chosen round's. Rates in %"
+        + ("; mean ± sd (per seed)." if n > 1 else "."),
+        "",
+        "| round | split | " + " | ".join(names) + " | chosen by seeds |",
+        "|---|---|" + "---|" * len(names) + "---|",
+    ]
+    for row in table["table"]:
+        for split in ROUND_SPLITS:
+            chosen = ", ".join(map(str, row["chosen_by_seeds"])) or "-"
+            lines.append(
+                f"| {row['round']} | {split} | "
+                + " | ".join(cell(row[split][key]) for key in ROUND_METRICS)
+                + f" | {chosen if split == 'validation' else ''} |"
+            )
+    lines += ["", "Round r − round 1 (points; per seed, same items):", ""]
+    lines += [
+        "| round | split | " + " | ".join(names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    for row in table["table"][1:]:
+        for split in ROUND_SPLITS:
+            block = row[f"{split}_minus_round1"]
+            lines.append(
+                f"| {row['round']} | {split} | "
+                + " | ".join(cell(block[key], signed=True) for key in ROUND_METRICS)
+                + " |"
+            )
+    lines += ["", "Each round's pairs (share of answers with an invented object, %):", ""]
+    lines += ["| round | pairs | chosen | rejected |", "|---|---|---|---|"]
+    for row in table["table"]:
+        p = row["pairs"]
+        lines.append(
+            f"| {row['round']} | {p['n']['mean']:.0f} | {cell(p['chosen'])} | "
+            f"{cell(p['rejected'])} |"
+        )
+    lines += ["", "Chosen round per seed:", "", "| seed | round | why |", "|---|---|---|"]
+    for c in table["chosen"]:
+        lines.append(f"| {c['seed']} | {c['round']} | {c['reason']} |")
+    return "\n".join(lines + [""])
+
+
 def results_markdown(results: dict) -> str:
     pct = lambda v: f"{100 * v:.1f}"  # noqa: E731
     n = len(results["seeds"])
@@ -463,7 +736,9 @@ def results_markdown(results: dict) -> str:
         lines.append(f"| {name.replace('-', ' − ')} | " + " | ".join(diff(k) for k in keys) + " |")
     lines += [
         "",
-        "Stage-1a pairs, scored against the unlabeled scenes' truth (never read by the stages):",
+        "Stage-1a pairs"
+        + (" (round 1's; the no-negatives arm trains on them)" if "rounds" in results else "")
+        + ", scored against the unlabeled scenes' truth (never read by the stages):",
         "",
     ]
     lines += [
@@ -477,6 +752,8 @@ def results_markdown(results: dict) -> str:
             f"| {s['seed']} | {p['n']} | {pct(p['chosen']['invented_any_rate'])} | "
             f"{pct(p['rejected']['invented_any_rate'])} | {ratio} |"
         )
+    if "rounds" in results:
+        lines += ["", rounds_markdown(results["rounds"])]
     lines += ["", f"{results['seconds']:.0f} s in all.", ""]
     return "\n".join(lines)
 
@@ -522,6 +799,14 @@ def run_demo(
     """Run every arm for every seed and write ``out/results.json`` and ``out/results.md``."""
     from stic.demo.base_model import BaseModelRecipe, check_world
 
+    if settings.rounds < 1:
+        raise ValueError(f"rounds: {settings.rounds} is not allowed (an integer >= 1)")
+    if settings.rounds > 1 and settings.split != "test":
+        # The rounds are chosen on the validation split; the arms must be measured elsewhere.
+        raise ValueError(
+            f"rounds: {settings.rounds} needs split test (the round is chosen on the "
+            f"validation split), not {settings.split!r}"
+        )
     start = time.time()
     recipe = BaseModelRecipe(**check_world(settings.base))
     with demo_output(out, settings, overwrite) as output:
@@ -530,6 +815,16 @@ def run_demo(
         files = write_eval_split(output, settings)
         scenes = {s.id: s for s in eval_scenes(settings)}
         items = [json.loads(line) for line in files["vqa"].read_text().splitlines()]
+        validation = None
+        if settings.rounds > 1:
+            validation = write_eval_split(output, settings, "validation")
+            split_scenes = {
+                split: {s.id: s for s in eval_scenes(settings, split)} for split in ROUND_SPLITS
+            }
+            split_items = {
+                split: [json.loads(line) for line in f["vqa"].read_text().splitlines()]
+                for split, f in (("validation", validation), ("test", files))
+            }
         log(f"base model: {settings.base}")
         _run(base_config(out, settings, files), output, "base.yaml", log, overwrite)
         base = collect_arm(out / "base" / "eval", "base", scenes, items)
@@ -539,23 +834,32 @@ def run_demo(
             root = out / f"seed{seed}"
             unlabeled = write_unlabeled(output, seed, settings)
             stage2 = write_stage2_data(output, seed, settings, recipe)
-            configs = run_configs(out, seed, settings, files, stage2, unlabeled)
+            configs = run_configs(out, seed, settings, files, stage2, unlabeled, validation)
             _run(configs["stic"], output, f"seed{seed}/stic.yaml", log, overwrite)
-            pairs_path = root / "stic" / "pairs" / "pairs.jsonl"
+            # The no-negatives ablation trains on the base model's pairs: round 1's with rounds.
+            pairs_path = root / "stic" / ("round_1" if settings.rounds > 1 else "pairs")
+            pairs_path = pairs_path / "pairs.jsonl"
             chosen_as_instructions(pairs_path, output, f"seed{seed}/no_negatives/chosen.json")
             _run(configs["no_negatives"], output, f"seed{seed}/no_negatives.yaml", log, overwrite)
             _run(configs["stage2_only"], output, f"seed{seed}/stage2_only.yaml", log, overwrite)
             arms = seed_arms(out, seed, scenes, items, base)
             unl = {s.id: s for s in unlabeled_scenes(seed, settings)}
-            per_seed.append({"seed": seed, "arms": arms, "pairs": pair_metrics(pairs_path, unl)})
+            record = {"seed": seed, "arms": arms, "pairs": pair_metrics(pairs_path, unl)}
+            if settings.rounds > 1:
+                for number, config in round_configs(out, seed, settings, files, validation).items():
+                    _run(config, output, f"seed{seed}/round_{number}.yaml", log, overwrite)
+                record["rounds"] = seed_rounds(out, seed, split_scenes, split_items, unl)
+            per_seed.append(record)
         results = {
             **summarize(per_seed),
             "seeds": per_seed,
             "split": settings.split,
             "eval_scenes": settings.eval_scenes,
-            "settings": asdict(settings),
+            "settings": settings_record(settings),
             "seconds": time.time() - start,
         }
+        if settings.rounds > 1:
+            results["rounds"] = round_table([s["rounds"] for s in per_seed])
         output.write_json(results, "results.json")
         output.write_text(results_markdown(results), "results.md")
         output.finish({"seeds": seeds, "seconds": round(results["seconds"], 1)})
@@ -575,7 +879,7 @@ def demo_output(out: Path, settings: DemoSettings, overwrite: bool) -> Output:
 
     return Output(
         "demo",
-        {**asdict(settings), "overwrite": overwrite},
+        {**settings_record(settings), "overwrite": overwrite},
         out=out,
         file=False,
         inputs={"--base": settings.base},
@@ -626,7 +930,8 @@ def main(argv: list[str]) -> int:
             "--" + name.replace("_", "-"),
             type=int,
             default=getattr(defaults, name),
-            help=f"(default: {getattr(defaults, name)})",
+            help=("Unlabeled images per round " if name == "unlabeled" else "")
+            + f"(default: {getattr(defaults, name)})",
         )
     for name in ("dpo_lr", "dpo_epochs", "dpo_alpha", "sft_lr", "sft_epochs"):
         parser.add_argument(
@@ -642,6 +947,16 @@ def main(argv: list[str]) -> int:
         help=f"(default: {defaults.dpo_nll_normalization})",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=defaults.rounds,
+        help="Self-training rounds of the full-STIC arm (default: 1, STIC's one stage 1). With "
+        "N >= 2 each round makes pairs on its own --unlabeled fresh images with the last "
+        "round's model and trains from it; the round with the best validation-split VQA "
+        "accuracy is chosen (stage 2 runs on it) and the results gain a round table of each "
+        "round's validation and test figures. Needs --split test.",
+    )
+    parser.add_argument(
         "--overwrite",
         action="store_true",
         help="A stage whose output was made with other settings deletes it (only the files its "
@@ -654,6 +969,7 @@ def main(argv: list[str]) -> int:
         defaults,
         base=str(args.base or shipped_base_path()),
         split=args.split,
+        rounds=args.rounds,
         **{
             k: getattr(args, k)
             for k in (
@@ -669,6 +985,12 @@ def main(argv: list[str]) -> int:
             )
         },
     )
+    if args.rounds < 1:
+        parser.error(f"--rounds: {args.rounds} is not allowed (an integer >= 1)")
+    if args.rounds > 1 and args.split != "test":
+        parser.error(
+            "--rounds above 1 needs --split test: the round is chosen on the validation split"
+        )
     out = Path(args.out)
     results = run_demo(out, list(range(args.seeds)), settings, overwrite=args.overwrite)
     print()
