@@ -63,3 +63,18 @@ def write_json(path: Path, data) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data), encoding="utf-8")
     return path
+
+
+class ScriptedJudgeClient:
+    """A judge client that answers each prompt with the next scripted verdict and records what it
+    was asked (prompts and parser), for the judged scorers' tests."""
+
+    model = "fake"
+
+    def __init__(self, verdicts):
+        self.verdicts = list(verdicts)
+        self.asked = []
+
+    def ask(self, prompts, parse):
+        self.asked.append((list(prompts), parse))
+        return [self.verdicts.pop(0) for _ in prompts]

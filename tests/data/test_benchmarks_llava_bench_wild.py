@@ -10,7 +10,13 @@ from stic.data.benchmarks import BenchmarkDataError, read_benchmark, score_predi
 from stic.data.benchmarks.llava_bench_wild import parse_scores, prompt
 from stic.modeling.judge import JudgeClient
 from stic.tools.bench_score import main as bench_score
-from tests.data.bench_fixtures import png_bytes, write_hub_parquet, write_jsonl, write_png
+from tests.data.bench_fixtures import (
+    ScriptedJudgeClient,
+    png_bytes,
+    write_hub_parquet,
+    write_jsonl,
+    write_png,
+)
 from tests.modeling.judge_server import ScriptedJudge
 
 QUESTIONS = [
@@ -206,18 +212,7 @@ def test_caption_list_joined_as_llava_does(tmp_path):
     assert read_benchmark("llava_bench_wild", root)[0].meta["caption"] == "A bowl.\nRamen."
 
 
-class _FakeJudge:
-    """Answers each prompt with the next scripted verdict; records what it was asked."""
-
-    model = "fake"
-
-    def __init__(self, verdicts):
-        self.verdicts = list(verdicts)
-        self.asked = []
-
-    def ask(self, prompts, parse):
-        self.asked.append((list(prompts), parse))
-        return [self.verdicts.pop(0) for _ in prompts]
+_FakeJudge = ScriptedJudgeClient
 
 
 def test_each_row_holds_the_judges_pair_and_a_failure_holds_llavas_failed_pair():

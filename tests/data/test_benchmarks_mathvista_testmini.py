@@ -11,6 +11,7 @@ from stic.data.benchmarks.mathvista_testmini import extract_by_rules, prompt
 from stic.modeling.judge import JudgeClient
 from stic.tools.bench_score import main as bench_score
 from tests.data.bench_fixtures import (
+    ScriptedJudgeClient,
     png_bytes,
     write_hub_parquet,
     write_json,
@@ -225,18 +226,7 @@ def test_malformed_hub_row_named(tmp_path):
         read_benchmark("mathvista_testmini", tmp_path)
 
 
-class _FakeJudge:
-    """Answers each prompt with the next scripted verdict; records what it was asked."""
-
-    model = "fake"
-
-    def __init__(self, verdicts):
-        self.verdicts = list(verdicts)
-        self.asked = []
-
-    def ask(self, prompts, parse):
-        self.asked.append((list(prompts), parse))
-        return [self.verdicts.pop(0) for _ in prompts]
+_FakeJudge = ScriptedJudgeClient
 
 
 def _integer_item(pid: str):

@@ -11,6 +11,7 @@ from stic.data.benchmarks.mmvet import parse_correctness
 from stic.modeling.judge import JudgeClient
 from stic.tools.bench_score import main as bench_score
 from tests.data.bench_fixtures import (
+    ScriptedJudgeClient,
     png_bytes,
     write_hub_parquet,
     write_json,
@@ -139,18 +140,7 @@ def test_malformed_file_is_one_line_naming_file_record_problem(tmp_path, case, d
     assert "\n" not in text and "mm-vet.json" in text and message in text
 
 
-class _FakeJudge:
-    """Answers each prompt with the next scripted verdict; records what it was asked."""
-
-    model = "fake"
-
-    def __init__(self, verdicts):
-        self.verdicts = list(verdicts)
-        self.asked = []
-
-    def ask(self, prompts, parse):
-        self.asked.append((list(prompts), parse))
-        return [self.verdicts.pop(0) for _ in prompts]
+_FakeJudge = ScriptedJudgeClient
 
 
 def test_each_row_holds_the_judges_verdict_and_a_failure_scores_the_evaluators_zero():
