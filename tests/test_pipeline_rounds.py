@@ -1,5 +1,6 @@
-"""`stic run` with ``rounds: 3`` on the tiny model, killed in round 2 and rerun: the rounds resume,
-a round is chosen on a validation entry, and the test entries evaluate that round's weights."""
+"""`stic run` with ``rounds: 3`` on the tiny model, killed in round 2, then in round 3, and rerun:
+the rounds resume, a round is chosen on a validation entry, and the test entries evaluate that
+round's weights."""
 
 from __future__ import annotations
 
@@ -55,31 +56,41 @@ def _rounds_config(root: Path) -> Path:
     return path
 
 
-@pytest.mark.slow
-def test_three_rounds_resume_after_a_kill_and_the_chosen_round_is_what_is_evaluated(
-    tmp_path, monkeypatch
-):
-    config_path = _rounds_config(tmp_path)
-    run = tmp_path / "run"
-    log_path = tmp_path / "killed_run.log"
+def _checkpoint(run: Path, number: int) -> Path:
+    return run / f"round_{number}" / "dpo" / "checkpoints" / "checkpoint-2" / "trainer_state.json"
+
+
+def _run_until(config_path: Path, marker: Path, log_path: Path) -> str:
+    """``stic run CONFIG`` (training slowed down) in a child process, SIGKILLed as soon as
+    ``marker`` exists; returns the end of its log."""
     with open(log_path, "w") as log_file:
         child = subprocess.Popen(
             [sys.executable, "-c", _SLOW_RUN, "run", str(config_path)],
             stdout=log_file,
             stderr=subprocess.STDOUT,
         )
-    marker = run / "round_2" / "dpo" / "checkpoints" / "checkpoint-2" / "trainer_state.json"
     deadline = time.monotonic() + 600
     try:
         while not marker.exists():
             assert child.poll() is None, log_path.read_text()[-3000:]
-            assert time.monotonic() < deadline, "round 2 saved no checkpoint-2 within 600 s"
+            assert time.monotonic() < deadline, f"no {marker} within 600 s"
             time.sleep(0.02)
     finally:
         child.send_signal(signal.SIGKILL)
         child.wait()
     context = log_path.read_text()[-3000:]
     assert child.returncode == -signal.SIGKILL, context
+    return context
+
+
+@pytest.mark.slow
+def test_three_rounds_resume_after_a_kill_and_the_chosen_round_is_what_is_evaluated(
+    tmp_path, monkeypatch
+):
+    config_path = _rounds_config(tmp_path)
+    run = tmp_path / "run"
+    # Killed in round 2's DPO after its second checkpoint ...
+    context = _run_until(config_path, _checkpoint(run, 2), tmp_path / "killed_run_1.log")
     assert read_manifest(run / "round_1" / "dpo")["status"] == "complete", context
     assert read_manifest(run / "round_2" / "dpo")["status"] == "running", context
     assert not (run / "rounds.json").exists() and not (run / "round_3").exists(), context
@@ -96,13 +107,20 @@ def test_three_rounds_resume_after_a_kill_and_the_chosen_round_is_what_is_evalua
 
     monkeypatch.setattr(stic.stages.rounds, "metric_value", round_2_best)
 
-    # The same command again: round 1 is skipped, round 2 resumes from its checkpoint.
+    # ... then the same command, killed again in round 3's DPO (round 2 resumed and finished) ...
+    context = _run_until(config_path, _checkpoint(run, 3), tmp_path / "killed_run_2.log")
+    assert read_manifest(run / "round_2" / "dpo")["status"] == "complete", context
+    assert read_manifest(run / "round_3" / "dpo")["status"] == "running", context
+    assert not (run / "rounds.json").exists(), context
+
+    # ... and once more to the end: rounds 1 and 2 are skipped, round 3 resumes its checkpoint.
     assert main(["run", str(config_path)]) == 0
     assert round_1_weights.stat().st_mtime_ns == round_1_mtime
-    round_2 = read_manifest(run / "round_2" / "dpo")
-    assert round_2["status"] == "complete"
-    assert "checkpoint-" in (round_2["summary"]["details"]["resumed_from"] or ""), round_2
-    assert round_2["summary"]["details"]["global_step"] == 4
+    for number in (2, 3):
+        resumed = read_manifest(run / f"round_{number}" / "dpo")
+        assert resumed["status"] == "complete"
+        assert "checkpoint-" in (resumed["summary"]["details"]["resumed_from"] or ""), resumed
+        assert resumed["summary"]["details"]["global_step"] == 4
 
     # Each round: fresh images (shard r-1 of 3), pairs made with the previous round's adapter,
     # DPO continuing it against itself as reference.

@@ -166,7 +166,13 @@ def _plan(argv: list[str]) -> int:
         args = plan.parser().parse_args(argv)
     except SystemExit as e:  # argparse: 0 after --help, 2 on a usage error
         return int(e.code or 0)
-    return plan.run(args, pipeline.load_run_config(args.config, check_inputs=False))
+    stages = pipeline.load_run_config(args.config, check_inputs=False)
+    if args.gpus is None:  # the config's gpus: key, else one GPU
+        args.gpus = pipeline.configured_gpus(args.config) or 1
+    if args.gpus < 1:
+        return plan.run(args, stages)  # refused there, with its message
+    # Planned as `stic run --gpus N` runs them: each process's share of every global batch.
+    return plan.run(args, pipeline.scaled(stages, args.gpus))
 
 
 def _write_report(config_path: str) -> None:

@@ -706,6 +706,18 @@ def launch_options(data: dict, gpus: int | None = None) -> LaunchOptions:
     return launch.resolve_options(build(LaunchOptions, values))
 
 
+def configured_gpus(path: str | Path) -> int | None:
+    """The ``gpus:`` key of the run config at ``path`` (validated as ``stic run`` does), or None
+    when it is not set: what ``stic plan`` plans for when ``--gpus`` is not given."""
+    data, _ = _load_yaml(path)
+    if not isinstance(data, dict):
+        return None
+    given = {str(k).replace("-", "_"): v for k, v in data.items()}
+    if given.get("gpus") is None:
+        return None
+    return build(LaunchOptions, {"gpus": given["gpus"]}).gpus
+
+
 def scaled(stages: list[PlannedStage], gpus: int) -> list[PlannedStage]:
     """The stages as they run on ``gpus`` GPUs (:func:`stic.stages.launch.scaled_config`: runtime
     fields only, every config hash unchanged); every global batch that cannot be split over

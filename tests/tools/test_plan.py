@@ -218,3 +218,30 @@ def test_a_shared_prefix_dpo_is_planned_as_one_sequence_a_pair(tmp_path, capsys)
     assert peaks["auto"]["activations"] < peaks["off"]["activations"]
     assert peaks["auto"]["logits"] < peaks["off"]["logits"]
     assert peaks["auto"]["weights"] == peaks["off"]["weights"]
+
+
+def test_the_plan_is_of_stic_run_on_the_configs_gpus_keeping_each_global_batch(tmp_path, capsys):
+    import yaml
+
+    config = yaml.safe_load((CONFIGS / "llava-1.5-7b.yaml").read_text(encoding="utf-8"))
+    assert (config["dpo"]["batch_size"], config["dpo"]["grad_accum"]) == (2, 4)
+    config["gpus"] = 8
+    path = tmp_path / "eight.yaml"
+    path.write_text(yaml.safe_dump(config))
+
+    def dpo(*args):
+        code, document = _plan_json(capsys, str(path), "--gpu", "h200", *args)
+        assert code == 0
+        return document["gpus"], next(s for s in document["stages"] if s["stage"] == "dpo")
+
+    gpus, eight = dpo()  # the config's gpus: 8
+    assert gpus == 8
+    assert dpo("--gpus", "2")[0] == 2  # the flag wins over the key
+    _, one = dpo("--gpus", "1")
+    _, two = dpo("--gpus", "2")
+    # Global batch 8 kept: on 2 GPUs each runs batch 2 x accumulation 2 (the memory of one GPU's
+    # batch 2), on 8 GPUs batch 1 x 1 (less activation memory); the same work split N ways.
+    assert two["parts_gib"] == one["parts_gib"]
+    assert eight["parts_gib"]["activations"] < one["parts_gib"]["activations"]
+    assert eight["parts_gib"]["weights"] == one["parts_gib"]["weights"]
+    assert two["hours"] == pytest.approx(one["hours"] / 2, rel=1e-6)

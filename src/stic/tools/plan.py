@@ -614,12 +614,21 @@ def plan_stages(
                     else "the weights alone do not fit: use a GPU with more memory"
                 )
         else:  # dpo, sft
-            sequences = config.batch_size * (2 if stage == "dpo" else 1)
+            # Under `stic run --gpus N` (keep_global_batch) each process trains its share of the
+            # configured global batch, with the per-device batch that share allows.
+            batch = config.batch_size
+            global_batch = config.batch_size * config.grad_accum * gpus
+            if gpus > 1 and getattr(config, "keep_global_batch", False):
+                from stic.stages.launch import split_batch
+
+                batch = split_batch(config.batch_size, config.grad_accum, gpus).batch_size
+                global_batch = config.batch_size * config.grad_accum
+            sequences = batch * (2 if stage == "dpo" else 1)
             answer = pairs_new if stage == "dpo" else ANSWER_TOKENS
             tokens = min(config.max_length, prompt + answer)
             if stage == "dpo" and shares_prefix(config.share_prefix, shape.family):
                 # One sequence a pair: the prompt once, then both answers (each cut alone).
-                sequences = config.batch_size
+                sequences = batch
                 tokens = min(config.max_length, prompt + answer) + min(
                     answer, max(config.max_length - prompt, 0)
                 )
@@ -635,13 +644,10 @@ def plan_stages(
             reference_per_step = stage == "dpo" and config.precompute_reference == "off"
             seconds = None
             if items is not None:
-                per_item = sequences // config.batch_size  # sequences an item makes
+                per_item = sequences // batch  # sequences an item makes
                 steps_tokens = items * per_item * tokens * config.epochs
                 if config.max_steps:
-                    global_batch = config.batch_size * config.grad_accum * gpus
-                    steps_tokens = (
-                        config.max_steps * global_batch * tokens * (sequences // config.batch_size)
-                    )
+                    steps_tokens = config.max_steps * global_batch * tokens * per_item
                 if train_tokens_per_s:
                     seconds = steps_tokens / train_tokens_per_s
                 else:
@@ -657,7 +663,7 @@ def plan_stages(
             if sum(parts.values()) > gpu.memory_gib:
                 if not config.gradient_checkpointing:
                     advice.append("set gradient_checkpointing: true")
-                if config.batch_size > 1:
+                if batch > 1:
                     advice.append("lower batch_size and raise grad_accum (the same global batch)")
                 advice.append("lower lora_r (each halving frees half the LoRA and optimizer state)")
                 if tokens == config.max_length:
@@ -790,7 +796,12 @@ def parser() -> argparse.ArgumentParser:
         "--gpu-memory",
         help="memory per GPU, e.g. 24GB, 80GB, 141GB (picks the usual card of that size)",
     )
-    p.add_argument("--gpus", type=int, default=1, help="GPUs on the node (default 1)")
+    p.add_argument(
+        "--gpus",
+        type=int,
+        default=None,
+        help="GPUs on the node (default: the config's gpus: key, else 1)",
+    )
     p.add_argument(
         "--image-tokens", type=int, help="image tokens per image (default: from the model config)"
     )
