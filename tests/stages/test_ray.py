@@ -121,13 +121,13 @@ def test_ray_eval_equals_one_process(cluster, world, one_process, tmp_path):
     assert read_manifest(tmp_path / "eval.json")["status"] == "complete"
 
 
-def _slow_make_pairs(image_ids, images, backend, *, config, pid_file, real):
+def _slow_make_pairs(image_ids, images, backend, *, config, pid_file, real, **options):
     """The stage's own make_pairs, after noting the worker's pid and a pause (so a kill lands
     mid-batch)."""
     with open(pid_file, "a") as f:
         f.write(f"{os.getpid()}\n")
     time.sleep(0.4)
-    return real(image_ids, images, backend, config=config)
+    return real(image_ids, images, backend, config=config, **options)
 
 
 @pytest.mark.slow
