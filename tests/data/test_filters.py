@@ -83,3 +83,23 @@ def test_filter_pairs_counts_and_keeps_reasons():
     assert [p.id for p in kept] == ["a.jpg"]
     assert [(reason, p.id) for reason, p in dropped] == [("identical", "b"), ("truncated", "c")]
     assert counts == {"identical": 1, "empty": 0, "truncated": 1, "refusal": 0, "near_duplicate": 0}
+
+
+def test_near_duplicates_are_judged_on_word_order_not_only_on_the_words():
+    a = "a red car is parked in front of a small white house near trees"
+    reordered = " ".join(reversed(a.split()))  # the same words: quick_ratio 1.0
+    assert not is_near_duplicate(a, reordered, 0.9)
+    assert is_near_duplicate(a, a.upper(), 0.9)  # case does not count
+
+
+def test_long_near_duplicate_descriptions_are_found_despite_common_words():
+    # Over 200 words, difflib's automatic junk heuristic would treat every word seen more than
+    # 1% of the time as junk and find no match at all after a changed first word (ratio 0).
+    sentence = (
+        "The image shows a kitchen with a table in the middle of the room and a window on the "
+        "left side of the wall and a plant on the shelf of the cabinet. "
+    )
+    chosen = sentence * 12  # about 370 words
+    rejected = "In short: " + chosen
+    assert len(chosen.split()) > 200
+    assert is_near_duplicate(chosen, rejected, 0.9)

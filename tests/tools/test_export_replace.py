@@ -139,3 +139,117 @@ def test_an_empty_folder_is_filled_and_a_foreign_one_refused(setup, capsys):
     assert "without a stic manifest" in capsys.readouterr().err
     assert [p.name for p in theirs.iterdir()] == ["tokenizer.json"]
     assert (theirs / "tokenizer.json").read_text() == "theirs"
+
+
+@pytest.fixture
+def recorded_processor(monkeypatch):
+    """``load_processor`` that records what it was asked for (model, trust_remote_code)."""
+    calls = []
+
+    def load(model, trust=False):
+        calls.append((model, trust))
+        return FakeProcessor(list(PROCESSOR_FILES))
+
+    monkeypatch.setattr(stic.modeling.models, "load_processor", load)
+    return calls
+
+
+def test_the_processor_is_the_bases_and_trust_remote_code_is_passed_on(setup, recorded_processor):
+    adapter, base, out, _ = setup
+    assert export(adapter, out) == 0
+    assert export(adapter, out.parent / "trusted", "--trust-remote-code") == 0
+    assert recorded_processor == [(str(base), False), (str(base), True)]
+
+
+def test_a_pickled_adapter_is_refused_unless_allowed_and_then_written_as_safetensors(
+    setup, capsys
+):
+    import torch
+    from safetensors.torch import load_file
+
+    adapter, _, out, _ = setup
+    (adapter / "adapter_model.safetensors").unlink()
+    # A transposed view: not contiguous, as a tensor PEFT saved after a merge step can be.
+    tensors = {
+        "base_model.model.q.lora_A.weight": torch.arange(6.0).reshape(2, 3).t(),
+        "base_model.model.q.lora_B.weight": torch.full((3, 1), 0.5),
+    }
+    torch.save(tensors, adapter / "adapter_model.bin")
+    assert export(adapter, out) == 1
+    error = capsys.readouterr().err
+    assert "adapter_model.bin" in error and "pickle" in error
+    assert not out.exists()
+
+    assert export(adapter, out, "--allow-pickle") == 0
+    written = load_file(out / "adapter_model.safetensors")
+    assert written.keys() == tensors.keys()
+    for name, tensor in tensors.items():
+        assert torch.equal(written[name], tensor)
+    assert listed(out) == ADAPTER_FILES | PROCESSOR_FILES  # no .bin in the export
+    assert not (out / "adapter_model.bin").exists()
+
+
+def test_the_manifest_and_summary_record_what_the_export_was_made_from(setup):
+    from stic.tools.export import ExportConfig, run_export
+
+    adapter, base, out, _ = setup
+    other = base.parent / "other_base"  # --model: another folder of the same (unknown) type
+    other.mkdir()
+    (other / "config.json").write_text("{}")
+    config = ExportConfig(adapter=str(adapter), out=str(out), model=str(other))
+    summary = run_export(config).to_dict()
+    manifest = read_manifest(out)
+    assert manifest["stage"] == "export"
+    assert manifest["config"]["model"] == str(other)
+    assert (summary["stage"], summary["out"], summary["made"]) == ("export", str(out), 1)
+    assert summary["details"] == {
+        "merged": False,
+        "base_model": str(other),
+        "adapter_base_model": str(base),  # what the adapter was trained on, recorded
+        "files": sorted(ADAPTER_FILES | PROCESSOR_FILES),
+    }
+    assert manifest["summary"]["details"] == summary["details"]
+    # The base the adapter names is taken when there is no --model, and recorded as the model.
+    default = run_export(ExportConfig(adapter=str(adapter), out=str(out.parent / "d"))).to_dict()
+    assert read_manifest(out.parent / "d")["config"]["model"] == str(base)
+    assert default["details"]["base_model"] == default["details"]["adapter_base_model"]
+
+    again = run_export(config).to_dict()  # up to date: the first export's details, nothing made
+    assert again["up_to_date"] is True and again["made"] == 0
+    assert again["details"] == summary["details"]
+
+
+def test_merge_builds_the_merged_checkpoint_from_the_base(setup, monkeypatch):
+    import stic.tools.export as export_module
+
+    adapter, base, out, _ = setup
+    merges = []
+
+    def merged(config, base_model, folder):
+        merges.append(base_model)
+        (folder / "model.safetensors").write_bytes(b"merged")
+        (folder / "config.json").write_text("{}")
+        return {"merged_modules": 7}
+
+    monkeypatch.setattr(export_module, "export_merged", merged)
+    assert export(adapter, out, "--merge") == 0
+    assert merges == [str(base)]
+    assert listed(out) == {"model.safetensors", "config.json"}
+    details = read_manifest(out)["summary"]["details"]
+    assert details["merged"] is True and details["merged_modules"] == 7
+
+
+def test_the_refusal_names_the_first_three_files_in_the_way_and_what_to_do(setup, capsys):
+    adapter, _, out, names = setup
+    assert export(adapter, out) == 0
+    theirs = ["a_theirs.json", "b_theirs.json", "c_theirs.json", "d_theirs.json"]
+    names.extend(theirs)
+    for name in theirs:
+        (out / name).write_text("the user's")
+    assert export(adapter, out, "--dtype", "float16", "--overwrite") == 1
+    error = capsys.readouterr().err
+    assert (
+        f"{out} holds a_theirs.json, b_theirs.json, c_theirs.json, which stic did not write "
+        "there: move them away, or choose another output path"
+    ) in error
+    assert "d_theirs.json" not in error
