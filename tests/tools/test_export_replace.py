@@ -161,9 +161,7 @@ def test_the_processor_is_the_bases_and_trust_remote_code_is_passed_on(setup, re
     assert recorded_processor == [(str(base), False), (str(base), True)]
 
 
-def test_a_pickled_adapter_is_refused_unless_allowed_and_then_written_as_safetensors(
-    setup, capsys
-):
+def test_a_pickled_adapter_is_refused_unless_allowed_and_then_written_as_safetensors(setup, capsys):
     import torch
     from safetensors.torch import load_file
 
