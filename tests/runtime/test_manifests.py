@@ -16,6 +16,7 @@ from stic.runtime.manifests import (
     check_output_location,
     library_versions,
     manifest_path,
+    partial_path,
     read_manifest,
     remove_output,
     stage_status,
@@ -286,3 +287,90 @@ def test_an_input_rewritten_with_the_same_bytes_is_the_same_input(tmp_path):
     data.unlink()
     data.write_text(line, encoding="utf-8")
     assert stage_status(out, "eval", config) == "complete"
+
+
+def test_a_file_output_named_as_a_file_by_its_tool_is_removed_with_its_own_manifest(tmp_path):
+    # ".md" is not a file suffix by itself: the tool says file=True (stic compare's table).
+    out = tmp_path / "table.md"
+    out.write_text("| a |")
+    (tmp_path / "notes.md").write_text("mine")
+    write_manifest(out, "compare", _pairs_config(out), "complete", files=[out.name], file=True)
+    assert manifest_path(out, True).exists()
+    remove_output(out, file=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.md"]
+
+
+def test_a_file_output_from_an_older_stic_without_a_file_list_removes_its_own_files(tmp_path):
+    out = tmp_path / "table.md"
+    out.write_text("| a |")
+    partial_path(out).write_text("half")
+    (tmp_path / "notes.md").write_text("mine")
+    write_manifest(out, "compare", _pairs_config(out), "complete", file=True)
+    manifest = read_json(manifest_path(out, True))
+    del manifest["files"]
+    manifest_path(out, True).write_text(json.dumps(manifest))
+    remove_output(out, file=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.md"]
+
+
+def test_the_manifest_given_decides_what_is_removed(tmp_path):
+    out = tmp_path / "dpo"
+    out.mkdir()
+    for name in ("listed_on_disk", "listed_given"):
+        (out / name).write_text("x")
+    write_manifest(out, "dpo", _pairs_config(out), "complete", files=["listed_on_disk"])
+    remove_output(out, manifest={"files": ["listed_given"]})
+    assert sorted(p.name for p in out.iterdir()) == ["listed_on_disk"]  # and no manifest
+
+
+def test_a_given_manifest_removes_listed_files_of_an_absent_output_and_no_manifest_is_fine(
+    tmp_path,
+):
+    # A file output that is gone (a crash after its partial was written): its listed partial
+    # still goes, and there is no manifest file to delete.
+    out = tmp_path / "answers.jsonl"
+    partial = partial_path(out)
+    partial.write_text("half")
+    remove_output(out, manifest={"files": [out.name, partial.name]})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_bad_name_in_the_list_does_not_stop_the_names_after_it(tmp_path):
+    out = tmp_path / "run" / "dpo"
+    out.mkdir(parents=True)
+    (out / "adapter.safetensors").write_bytes(b"w")
+    write_manifest(
+        out, "dpo", _pairs_config(out), "complete", files=["../x", "adapter.safetensors"]
+    )
+    remove_output(out)
+    assert not out.exists()
+
+
+def test_an_output_without_a_manifest_is_refused_naming_it(tmp_path):
+    out = tmp_path / "mine.jsonl"
+    out.write_text("{}")
+    with pytest.raises(StageConflict) as refused:
+        remove_output(out)
+    assert str(refused.value) == f"{out}: no stic manifest, so stic will not delete it"
+    folder = tmp_path / "dpo"
+    folder.mkdir()
+    (folder / "w").write_text("w")
+    write_manifest(folder, "dpo", _pairs_config(folder), "complete")
+    manifest = read_json(manifest_path(folder))
+    del manifest["files"]
+    with pytest.raises(StageConflict) as older:
+        remove_output(folder, manifest=manifest)
+    assert str(older.value) == (
+        f"{folder} was written by an older stic that did not record its files, so it is not "
+        "deleted: choose another output path, or delete it yourself"
+    )
+    assert out.read_text() == "{}" and (folder / "w").exists()
+
+
+def test_a_folder_output_whose_name_has_a_file_suffix_is_removed_as_a_folder(tmp_path):
+    out = tmp_path / "adapter.json"  # a folder, as its stage says (file=False)
+    out.mkdir()
+    (out / "w.safetensors").write_bytes(b"w")
+    write_manifest(out, "dpo", _pairs_config(out), "complete", files=["w.safetensors"], file=False)
+    remove_output(out, file=False)
+    assert not out.exists()

@@ -251,3 +251,23 @@ def test_the_refusal_names_the_first_three_files_in_the_way_and_what_to_do(setup
         "there: move them away, or choose another output path"
     ) in error
     assert "d_theirs.json" not in error
+
+
+@pytest.mark.parametrize("missing", ["summary", "details"])
+def test_an_up_to_date_export_whose_manifest_has_no_details_reports_none(setup, missing):
+    # A complete manifest from an older stic (or edited by hand) without the summary's details.
+    from stic.runtime.files import atomic_write_json, read_json
+    from stic.runtime.manifests import manifest_path
+    from stic.tools.export import ExportConfig, run_export
+
+    adapter, _, out, _ = setup
+    config = ExportConfig(adapter=str(adapter), out=str(out))
+    run_export(config)
+    manifest = read_json(manifest_path(out))
+    if missing == "summary":
+        del manifest["summary"]
+    else:
+        del manifest["summary"]["details"]
+    atomic_write_json(manifest_path(out), manifest)
+    again = run_export(config)
+    assert again.up_to_date and again.details == {}
