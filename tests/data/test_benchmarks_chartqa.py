@@ -37,6 +37,9 @@ from tests.data.bench_fixtures import (
         ("nan", "nan", False),  # non-finite numbers are never within 5%, and never raise
         ("inf", "inf", False),
         ("1e999", "100", False),
+        ("0.428", "45%", True),  # 45% is 45 / 100: 4.9% off
+        ("0.427", "45%", False),  # 5.1% off
+        ("5X%", "0.05", False),  # only % signs are dropped: float("5X") fails, text differs
     ],
 )
 def test_relaxed_accuracy_rule(prediction, answer, right):
@@ -216,3 +219,59 @@ def test_rows_without_a_kind_score_zero_per_kind():
     summary = summarize(score([(item, "5")]))
     assert summary["metrics"]["relaxed_accuracy"] == 100.0
     assert (summary["metrics"]["human"], summary["metrics"]["augmented"]) == (0.0, 0.0)
+
+
+def test_each_row_holds_the_reply_the_answer_and_both_verdicts():
+    from stic.data.benchmarks import BenchItem, ImageRef
+    from stic.data.benchmarks.chartqa import score
+
+    item = BenchItem(
+        id="human_0",
+        image=ImageRef(path="unused.png"),
+        question="q",
+        answers=("yes",),
+        categories={"type": ("human",)},
+    )
+    # " yes" is wrong officially (text is compared unstripped) and right once stripped
+    assert score([(item, " yes")]) == [
+        {
+            "id": "human_0",
+            "prediction": " yes",
+            "extracted": " yes",
+            "answer": "yes",
+            "score": 0.0,
+            "score_stripped": 1.0,
+            "categories": {"type": ["human"]},
+        }
+    ]
+
+
+def test_categories_hold_both_metrics_by_hand(tmp_path):
+    items = read_benchmark("chartqa", _original(tmp_path))
+    # human_0 "99" is 1% off 100: right both ways; human_1 "yes" is wrong both ways;
+    # augmented_0 "45% " is wrong officially (float("45% ") fails, text differs), right stripped
+    predictions = {"human_0": "99", "human_1": "yes", "augmented_0": "45% "}
+    result = score_predictions("chartqa", items, predictions)
+    assert result["categories"] == {
+        "type": {
+            "augmented": {"relaxed_accuracy": 0.0, "relaxed_accuracy_stripped": 100.0, "n": 1},
+            "human": {"relaxed_accuracy": 50.0, "relaxed_accuracy_stripped": 50.0, "n": 2},
+        }
+    }
+    assert result["metrics"] == {
+        "relaxed_accuracy": 33.3333,
+        "human": 50.0,
+        "augmented": 0.0,
+        "relaxed_accuracy_stripped": 66.6667,
+    }
+
+
+def test_no_rows_score_zero_not_a_division_error():
+    from stic.data.benchmarks.chartqa import summarize
+
+    assert summarize([])["metrics"] == {
+        "relaxed_accuracy": 0.0,
+        "human": 0.0,
+        "augmented": 0.0,
+        "relaxed_accuracy_stripped": 0.0,
+    }

@@ -79,6 +79,41 @@ def test_scores_parsed_from_the_first_line():
         parse_scores("Assistant 1: 8, Assistant 2: 6")
 
 
+def test_scores_at_both_ends_of_the_scale_are_read():
+    assert parse_scores("1 10") == (1.0, 10.0)
+    assert parse_scores("10 1") == (10.0, 1.0)
+
+
+def test_unreadable_replies_are_refused_with_the_reply_in_80_characters():
+    reply = "8 6 " + "x" * 100
+    with pytest.raises(ValueError) as e:
+        parse_scores(reply)
+    assert str(e.value) == f"first line is not two space-separated scores: {reply[:80]!r}"
+    reply = "0.5 6\n" + "x" * 100
+    with pytest.raises(ValueError) as e:
+        parse_scores(reply)
+    assert str(e.value) == f"score 0.5 is not a number from 1 to 10: {reply[:80]!r}"
+
+
+def test_means_are_rounded_to_3_decimals_before_the_ratio_as_llava_does():
+    from stic.data.benchmarks.llava_bench_wild import summarize
+
+    pairs = [(1.0, 1.0), (1.0, 1.0), (2.0, 3.0)]
+    rows = [
+        {"id": str(k), "reference_score": r, "model_score": m, "categories": {}}
+        for k, (r, m) in enumerate(pairs)
+    ]
+    # reference mean 4/3 -> 1.333, model mean 5/3 -> 1.667: 1.667 / 1.333 = 125.06% -> 125.1
+    # (unrounded means, or 4 decimals, give 125.0)
+    assert summarize(rows)["metrics"] == {
+        "relative_score": 125.1,
+        "model_score": 16.7,
+        "reference_score": 13.3,
+        "relative_score_judged_only": 125.1,
+        "judge_failed": 0,
+    }
+
+
 def test_original_format_relative_score_by_hand(tmp_path):
     items = read_benchmark("llava_bench_wild", _original(tmp_path))
     assert [i.id for i in items] == ["0", "1", "2"] and prompt(items[0]) == QUESTIONS[0]["text"]

@@ -69,10 +69,18 @@ def test_prompts_by_type(tmp_path):
         ("1", "(B)", "the dog"),
         ("1", "the dog", "the dog"),  # the choice text itself
         ("1", "D", None),  # not an option
+        ("1", "The Dog", "the dog"),  # the choice text in another case
+        ("1", "THE CAT", "the cat"),
         ("1", "I think the dog is larger", None),  # rules cannot read it
         ("2", "12 cm", "12"),  # unit removed
         ("2", "12.0", "12"),  # str(int(float(x)))
         ("2", "The answer is 13.", "13"),
+        ("2", "125 cm", "125"),  # a unit shorter than the number
+        ("2", "12 cm.", "12"),  # trailing periods go before the unit does
+        ("2", "12..", "12"),
+        ("2", "12X", None),  # only periods are dropped at the end
+        ("2", "1,200", "1200"),  # a thousands comma goes
+        ("2", "1,20", None),  # a comma before fewer than 3 digits stays: not a number
         ("3", "0.754", "0.75"),  # rounded to precision 2
         ("3", "0.7", "0.7"),
         ("4", "1.46", "1.5"),  # precision 1
@@ -354,3 +362,49 @@ def test_edit_distance_is_levenshtein():
         a = "".join(rng.choice("ab c") for _ in range(rng.randint(0, 6)))
         b = "".join(rng.choice("ab c") for _ in range(rng.randint(0, 6)))
         assert edit_distance(a, b) == _reference_distance(a, b), (a, b)
+
+
+def test_an_empty_judge_reply_is_asked_again_a_blank_one_is_the_empty_extraction():
+    from stic.data.benchmarks.mathvista_testmini import parse_extraction
+
+    with pytest.raises(ValueError) as e:
+        parse_extraction("")
+    assert str(e.value) == "empty reply"
+    assert parse_extraction(" ") == ""
+    assert parse_extraction(" (B) \n") == "(B)"
+
+
+def test_judge_failures_are_counted_in_the_summary():
+    from stic.data.benchmarks.mathvista_testmini import score, summarize
+    from stic.data.benchmarks.records import JudgeVerdict
+
+    judge = _FakeJudge(
+        [
+            JudgeVerdict(value="4", raw="4", error=None, cached=False),
+            JudgeVerdict(value=None, raw=None, error="timeout", cached=False),
+        ]
+    )
+    rows = score([(_integer_item(pid), text) for pid, text in PAIRS], judge)
+    summary = summarize(rows)
+    # a right by rules; b judged "4" (wrong); c failed: 1 of 3 officially, a and b by rules
+    assert summary["metrics"] == {"accuracy": 33.3333, "accuracy_rules": 66.6667, "judge_failed": 1}
+    assert summary["categories"]["task"]["count"] == {
+        "accuracy": 33.3333, "accuracy_rules": 66.6667, "judge_failed": 1, "n": 3
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "extraction, normalized",
+    [
+        ("(B)", "the dog"),  # a letter in parentheses gives its choice
+        ("(b) the cat", "the dog"),  # the first one, upper-cased
+        ("the answer is (C), equal", "equal"),
+        ("B", "the dog"),
+        ("the cat!", "the cat"),  # otherwise the nearest choice
+    ],
+)
+def test_official_normalisation_of_a_choice(tmp_path, extraction, normalized):
+    from stic.data.benchmarks.mathvista_testmini import official_normalize
+
+    items = {i.id: i for i in read_benchmark("mathvista_testmini", _original(tmp_path))}
+    assert official_normalize(extraction, items["1"]) == normalized

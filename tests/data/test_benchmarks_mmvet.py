@@ -52,6 +52,13 @@ def test_bad_replies_rejected(reply):
         parse_correctness(reply)
 
 
+def test_an_out_of_range_score_is_refused_with_the_reply_in_60_characters():
+    reply = "1.5 " + "because " * 20
+    with pytest.raises(ValueError) as e:
+        parse_correctness(reply)
+    assert str(e.value) == f"score 1.5 outside [0, 1]: {reply[:60]!r}"
+
+
 def test_capability_scores_and_judge_failure(tmp_path):
     items = read_benchmark("mmvet", _original(tmp_path))
     assert [i.id for i in items] == ["v1_0", "v1_1", "v1_2"]

@@ -46,6 +46,23 @@ def test_leave_one_out_accuracy_by_hand():
     assert vqa_accuracy("sprite", COLA) == 0.0
 
 
+def test_each_row_holds_the_normalised_reply_and_the_ten_answers():
+    from stic.data.benchmarks import BenchItem, ImageRef
+    from stic.data.benchmarks.textvqa import score
+
+    item = BenchItem(id="7", image=ImageRef(path="unused.png"), question="q", answers=tuple(COLA))
+    assert score([(item, "The Coke.")]) == [
+        {
+            "id": "7",
+            "prediction": "The Coke.",
+            "extracted": "coke",
+            "answer": COLA,
+            "score": pytest.approx(0.6),
+            "categories": {},
+        }
+    ]
+
+
 def _original(tmp_path):
     root = tmp_path / "textvqa"
     write_json(
