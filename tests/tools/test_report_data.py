@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -428,3 +429,110 @@ def test_lengths_are_counted_with_the_pairs_config_model_then_the_pairs_own(tmp_
         "tokens (rec_tok tokenizer)",
         CHARACTERS,
     )
+
+
+# ----------------------------------------------------------------------------- the audit's numbers
+
+
+def _row(kind: str, chosen: int, rejected: int, **fields) -> dict:
+    row = {"kind": kind, "cl": chosen, "rl": rejected, "v": "", "cf": "stop", "rf": "stop"}
+    row |= {"ratio": round(chosen / rejected, 3) if rejected else None, "nd": False}
+    return row | fields
+
+
+EMPTY_KIND = {
+    "n": 0,
+    "kept": 0,
+    "dropped": {"identical": 0, "empty": 0, "truncated": 0, "refusal": 0, "near_duplicate": 0},
+    "median_chosen": 0,
+    "median_rejected": 0,
+    "median_ratio": None,
+    "truncated": 0,
+    "near_duplicate": 0,
+}
+
+
+def test_the_audit_of_no_pairs_is_zeros_without_warnings():
+    assert audit({"rows": []}) == {
+        "n": 0,
+        "kinds": [],
+        "by_kind": {"all": EMPTY_KIND},
+        "warnings": [],
+    }
+
+
+def test_a_kind_without_any_rejected_text_has_no_median_ratio():
+    summary = audit({"rows": [_row("bad_prompt", 4, 0, v="empty"), _row("imported", 2, 1)]})
+    assert summary["by_kind"]["bad_prompt"]["median_ratio"] is None
+    assert summary["by_kind"]["bad_prompt"]["dropped"]["empty"] == 1
+    assert summary["by_kind"]["all"]["median_ratio"] == 2.0
+    assert summary["kinds"] == ["bad_prompt", "imported"]
+
+
+LONGER = (
+    "The chosen answers are systematically longer than the rejected ones (median chosen/rejected "
+    "length ratio above 1.5: {where}). DPO can learn 'longer is better' from such pairs instead "
+    "of 'faithful is better'; compare lengths of the trained model's answers with the base "
+    "model's, or filter or balance pairs by length."
+)
+
+
+def test_the_length_warning_names_every_kind_above_the_threshold_in_its_words():
+    rows = [_row("bad_prompt", 4, 2), _row("corrupt_lowres", 6, 2), _row("corrupt_color", 3, 2)]
+    summary = audit({"rows": rows})
+    # corrupt_color at exactly 1.5 is not above it; all: median of 2, 3, 1.5.
+    assert summary["warnings"] == [
+        LONGER.format(where="bad_prompt 2.00×, corrupt_lowres 3.00×, all 2.00×")
+    ]
+
+
+def test_a_median_ratio_of_exactly_the_threshold_is_not_warned_about():
+    assert audit({"rows": [_row("bad_prompt", 3, 2)] * 4})["warnings"] == []
+
+
+TRUNCATED = (
+    "{t} of {n} pairs ({share}%) have an answer cut off at the token limit; raise "
+    "--max-new-tokens or keep the truncation filter on."
+)
+
+
+def test_the_truncation_warning_is_above_five_percent_with_the_share_in_its_words():
+    cut = _row("bad_prompt", 2, 2, rf="length", v="truncated")
+    at_five = [cut, *[_row("bad_prompt", 2, 2)] * 19]  # 1 of 20: exactly 5%, not above
+    assert audit({"rows": at_five})["warnings"] == []
+    above = [cut, _row("bad_prompt", 2, 2, cf="length"), *[_row("bad_prompt", 2, 2)] * 8]
+    summary = audit({"rows": above})
+    assert summary["warnings"] == [TRUNCATED.format(t=2, n=10, share="20.0")]
+    assert summary["by_kind"]["all"]["truncated"] == 2
+    # truncated counts a cut-off side; the dropped count only what the verdict says.
+    assert summary["by_kind"]["all"]["dropped"]["truncated"] == 1
+
+
+# ----------------------------------------------------------------------------- results' filing
+
+
+def test_a_result_that_is_not_an_object_is_refused_naming_it(tmp_path):
+    path = tmp_path / "bench" / "pope.json"
+    path.parent.mkdir()
+    path.write_text("[1, 2]")
+    with pytest.raises(
+        report.ReportError, match=f"^{re.escape(str(path))}: not a stic bench result$"
+    ):
+        report._describe_result(path, "bench")
+
+
+def test_dar_and_data_come_from_the_results_config_when_the_document_lacks_them(tmp_path):
+    document = {"benchmark": "pope_random", "accuracy": 0.5}
+    path = _result(tmp_path / "bench", "pope", document, {"dar": True, "data": "my/pope.jsonl"})
+    described = report._describe_result(path, "bench")
+    assert (described["dar"], described["data"]) == (True, "my/pope.jsonl")
+    assert described["document"] == document
+    # The document's own dar wins over the config's.
+    said = _result(tmp_path / "bench", "said", {"dar": False}, {"dar": True})
+    assert report._describe_result(said, "bench")["dar"] is False
+
+
+def test_an_eval_result_is_filed_by_its_data_file_only(tmp_path):
+    path = _result(tmp_path / "eval", "r", {"benchmark": "pope_random", "accuracy": 0.5}, {})
+    described = report._describe_result(path, "eval")
+    assert described["data"] is None and described["document"]["accuracy"] == 0.5
