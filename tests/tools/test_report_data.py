@@ -1,13 +1,17 @@
 """The report's data assembly (stic.tools.report), fast and without a browser: every value the
 page gets comes from the right record and field (chosen vs rejected, their prompts, finishes and
-lengths, the verdict's source), the audit counts what the rows hold, and a result is filed under
-the weights and base it belongs to (issue 22)."""
+lengths, the verdict's source), where images and the length-counting model come from (given,
+then the pairs' config, then the DPO run's / the pairs' own records), the audit counts what the
+rows hold and warns above its thresholds in its exact words, and a result is filed under the
+weights, data, DaR setting and base it belongs to (issue 22; each test kills mutants that
+survived `make mutation`)."""
 
 from __future__ import annotations
 
 import base64
 import io
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -251,3 +255,284 @@ def test_without_recorded_data_only_a_single_base_is_taken():
 )
 def test_an_item_is_right_by_its_correct_flag_or_a_positive_score(item, correct):
     assert report._item_correct(item) is correct
+
+
+# ----------------------------------------------------------------------------- what collect_pairs reads
+
+
+def test_every_row_field_and_top_level_key(pairs_file):
+    data = collect_pairs(ReportSources(pairs=pairs_file))
+    assert set(data) == {
+        "rows",
+        "prompts",
+        "length_unit",
+        "verdict_source",
+        "threshold",
+        "images",
+        "image_problems",
+        "large_thumbnails",
+        "path",
+    }
+    row_keys = {"id", "kind", "p", "cp", "rp", "c", "r", "cf", "rf", "cl", "rl", "ratio", "v"}
+    row_keys |= {"nd", "corr", "img", "cimg", "why"}
+    a, b, c = data["rows"]
+    assert set(a) == set(c) == row_keys and set(b) == row_keys | {"image"}
+    # No image folder given or recorded: none shown, and the page says so (not "None").
+    assert data["images"] is None and data["image_problems"] == {"no image folder given": 3}
+    assert [r["why"] for r in data["rows"]] == ["no image folder given"] * 3
+    assert data["large_thumbnails"] == 3  # the default 1,000 capped at the rows there are
+
+
+def _write_pairs(path: Path, pairs: list[PairRecord], config: dict | None = None) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("".join(json.dumps(p.to_dict()) + "\n" for p in pairs), encoding="utf-8")
+    if config is not None:  # what `stic pairs` records beside its output
+        atomic_write_json(path.with_name(path.name + ".manifest.json"), {"config": config})
+    return path
+
+
+def _dpo(folder: Path, config: dict) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(folder / "stic_manifest.json", {"stage": "dpo", "config": config})
+    return folder
+
+
+def _image_folder(folder: Path) -> Path:
+    (folder / "sub").mkdir(parents=True)
+    for name in ("a.jpg", "c.jpg", "sub/b.png"):
+        Image.new("RGB", (40, 30), (200, 30, 90)).save(folder / name)
+    return folder
+
+
+def _shown(data: dict) -> list[bool]:
+    return [row["img"].startswith("data:image/jpeg") for row in data["rows"]]
+
+
+def test_images_come_from_the_pairs_config_when_none_is_given(tmp_path):
+    images = _image_folder(tmp_path / "images")
+    pairs = _write_pairs(tmp_path / "pairs.jsonl", PAIRS, {"images": str(images)})
+    data = collect_pairs(ReportSources(pairs=pairs))
+    assert data["images"] == str(images) and _shown(data) == [True, True, True]
+    assert data["image_problems"] == {}
+    # A folder given on the command line wins over the recorded one.
+    given = tmp_path / "given"
+    given.mkdir()
+    data = collect_pairs(ReportSources(pairs=pairs, images=given))
+    assert data["images"] == str(given) and _shown(data) == [False, False, False]
+
+
+def test_images_come_from_the_dpo_config_when_neither_given_nor_in_the_pairs_config(tmp_path):
+    images = _image_folder(tmp_path / "images")
+    pairs = _write_pairs(tmp_path / "pairs.jsonl", PAIRS, {"model": "", "images": ""})
+    dpo = _dpo(tmp_path / "dpo", {"images": str(images)})
+    data = collect_pairs(ReportSources(pairs=pairs, dpo=dpo))
+    assert data["images"] == str(images) and _shown(data) == [True, True, True]
+    # The pairs' own record comes before the DPO run's, the given folder before both.
+    elsewhere = _image_folder(tmp_path / "elsewhere")
+    _write_pairs(pairs, PAIRS, {"images": str(elsewhere)})
+    assert collect_pairs(ReportSources(pairs=pairs, dpo=dpo))["images"] == str(elsewhere)
+    given = tmp_path / "given"
+    given.mkdir()
+    data = collect_pairs(ReportSources(pairs=pairs, dpo=dpo, images=given))
+    assert data["images"] == str(given) and _shown(data) == [False, False, False]
+
+
+def test_each_missing_image_is_counted(pairs_file, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    data = collect_pairs(ReportSources(pairs=pairs_file, images=empty))
+    assert data["image_problems"] == {"image not shown": 3}
+    assert all(r["why"].startswith("image not shown: ") for r in data["rows"])
+
+
+def test_without_thumbnails_no_image_is_read(pairs_file, tmp_path):
+    images = _image_folder(tmp_path / "images")
+    (images / "c.jpg").unlink()  # would be a problem if images were read
+    data = collect_pairs(ReportSources(pairs=pairs_file, images=images), thumbnails=False)
+    assert [(r["img"], r["cimg"], r["why"]) for r in data["rows"]] == [("", "", "")] * 3
+    assert data["image_problems"] == {}
+
+
+def test_a_ratio_has_three_decimals_and_none_without_a_rejected_text(tmp_path):
+    third = PairRecord(**{**PAIRS[0].to_dict(), "id": "t", "chosen": "x", "rejected": "a b c"})
+    empty = PairRecord(**{**PAIRS[0].to_dict(), "id": "e", "chosen": "x y", "rejected": " "})
+    data = collect_pairs(ReportSources(pairs=_write_pairs(tmp_path / "p.jsonl", [third, empty])))
+    t, e = data["rows"]
+    assert (t["cl"], t["rl"], t["ratio"]) == (1, 3, 0.333)
+    assert (e["cl"], e["rl"], e["ratio"], e["v"]) == (2, 0, None, "empty")
+
+
+def test_verdicts_recomputed_with_a_dpo_run_without_dropped_pairs_say_so(pairs_file, tmp_path):
+    dpo = _dpo(tmp_path / "dpo", {"filter_truncated": False})
+    data = collect_pairs(ReportSources(pairs=pairs_file, dpo=dpo))
+    assert data["verdict_source"] == "recomputed here with the DPO config's filter settings"
+    assert [r["v"] for r in data["rows"]] == ["", "", "identical"]
+
+
+def test_a_dpo_config_without_a_threshold_keeps_its_switches(pairs_file, tmp_path):
+    # An older or hand-written config: no near_duplicate_threshold, one filter off.
+    dpo = _dpo(tmp_path / "dpo", {"filter_truncated": False, "filter_identical": False})
+    data = collect_pairs(ReportSources(pairs=pairs_file, dpo=dpo))
+    assert data["threshold"] == 0.9
+    # c's texts are identical: with that filter off it is dropped as a near duplicate.
+    assert [r["v"] for r in data["rows"]] == ["", "", "near_duplicate"]
+
+
+def test_a_dropped_pairs_line_without_an_id_is_refused_naming_the_line(pairs_file, tmp_path):
+    dpo = _dpo(tmp_path / "dpo", {})
+    (dpo / "dropped_pairs.jsonl").write_text('{"id": "b", "reason": "refusal"}\n{"reason": "x"}\n')
+    with pytest.raises(ValueError, match=r"dropped_pairs\.jsonl:2: a record without 'id'"):
+        collect_pairs(ReportSources(pairs=pairs_file, dpo=dpo))
+
+
+def _tokenizer(folder: Path) -> str:
+    """A tokenizer.json that makes one token of each character: counts unlike words."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers
+
+    folder.mkdir(parents=True)
+    tokenizer = Tokenizer(models.WordLevel({"[UNK]": 0}, unk_token="[UNK]"))
+    tokenizer.pre_tokenizer = pre_tokenizers.Split(Regex("."), "isolated")
+    tokenizer.save(str(folder / "tokenizer.json"))
+    return str(folder)
+
+
+def _lengths(data: dict) -> tuple[str, list[tuple[int, int]]]:
+    return data["length_unit"], [(r["cl"], r["rl"]) for r in data["rows"]]
+
+
+CHARACTERS = [(len(p.chosen), len(p.rejected)) for p in PAIRS]
+
+
+def test_lengths_are_counted_with_the_given_model_before_the_recorded_ones(tmp_path):
+    given, recorded = _tokenizer(tmp_path / "given_tok"), _tokenizer(tmp_path / "recorded_tok")
+    pairs = _write_pairs(tmp_path / "pairs.jsonl", PAIRS, {"model": recorded})
+    data = collect_pairs(ReportSources(pairs=pairs, model=given))
+    assert _lengths(data) == ("tokens (given_tok tokenizer)", CHARACTERS)
+    alone = _write_pairs(tmp_path / "alone.jsonl", PAIRS)  # no config: the given model still
+    assert _lengths(collect_pairs(ReportSources(pairs=alone, model=given)))[0] == (
+        "tokens (given_tok tokenizer)"
+    )
+
+
+def test_lengths_are_counted_with_the_pairs_config_model_then_the_pairs_own(tmp_path):
+    config_model, record_model = _tokenizer(tmp_path / "cfg_tok"), _tokenizer(tmp_path / "rec_tok")
+    records = [PairRecord(**{**p.to_dict(), "model": record_model}) for p in PAIRS]
+    plain = _write_pairs(tmp_path / "a" / "pairs.jsonl", PAIRS, {"model": config_model})
+    assert _lengths(collect_pairs(ReportSources(pairs=plain))) == (
+        "tokens (cfg_tok tokenizer)",
+        CHARACTERS,
+    )
+    both = _write_pairs(tmp_path / "b" / "pairs.jsonl", records, {"model": config_model})
+    assert collect_pairs(ReportSources(pairs=both))["length_unit"] == "tokens (cfg_tok tokenizer)"
+    own = _write_pairs(tmp_path / "c" / "pairs.jsonl", records, {"model": ""})
+    assert _lengths(collect_pairs(ReportSources(pairs=own))) == (
+        "tokens (rec_tok tokenizer)",
+        CHARACTERS,
+    )
+
+
+# ----------------------------------------------------------------------------- the audit's numbers
+
+
+def _row(kind: str, chosen: int, rejected: int, **fields) -> dict:
+    row = {"kind": kind, "cl": chosen, "rl": rejected, "v": "", "cf": "stop", "rf": "stop"}
+    row |= {"ratio": round(chosen / rejected, 3) if rejected else None, "nd": False}
+    return row | fields
+
+
+EMPTY_KIND = {
+    "n": 0,
+    "kept": 0,
+    "dropped": {"identical": 0, "empty": 0, "truncated": 0, "refusal": 0, "near_duplicate": 0},
+    "median_chosen": 0,
+    "median_rejected": 0,
+    "median_ratio": None,
+    "truncated": 0,
+    "near_duplicate": 0,
+}
+
+
+def test_the_audit_of_no_pairs_is_zeros_without_warnings():
+    assert audit({"rows": []}) == {
+        "n": 0,
+        "kinds": [],
+        "by_kind": {"all": EMPTY_KIND},
+        "warnings": [],
+    }
+
+
+def test_a_kind_without_any_rejected_text_has_no_median_ratio():
+    summary = audit({"rows": [_row("bad_prompt", 4, 0, v="empty"), _row("imported", 2, 1)]})
+    assert summary["by_kind"]["bad_prompt"]["median_ratio"] is None
+    assert summary["by_kind"]["bad_prompt"]["dropped"]["empty"] == 1
+    assert summary["by_kind"]["all"]["median_ratio"] == 2.0
+    assert summary["kinds"] == ["bad_prompt", "imported"]
+
+
+LONGER = (
+    "The chosen answers are systematically longer than the rejected ones (median chosen/rejected "
+    "length ratio above 1.5: {where}). DPO can learn 'longer is better' from such pairs instead "
+    "of 'faithful is better'; compare lengths of the trained model's answers with the base "
+    "model's, or filter or balance pairs by length."
+)
+
+
+def test_the_length_warning_names_every_kind_above_the_threshold_in_its_words():
+    rows = [_row("bad_prompt", 4, 2), _row("corrupt_lowres", 6, 2), _row("corrupt_color", 3, 2)]
+    summary = audit({"rows": rows})
+    # corrupt_color at exactly 1.5 is not above it; all: median of 2, 3, 1.5.
+    assert summary["warnings"] == [
+        LONGER.format(where="bad_prompt 2.00×, corrupt_lowres 3.00×, all 2.00×")
+    ]
+
+
+def test_a_median_ratio_of_exactly_the_threshold_is_not_warned_about():
+    assert audit({"rows": [_row("bad_prompt", 3, 2)] * 4})["warnings"] == []
+
+
+TRUNCATED = (
+    "{t} of {n} pairs ({share}%) have an answer cut off at the token limit; raise "
+    "--max-new-tokens or keep the truncation filter on."
+)
+
+
+def test_the_truncation_warning_is_above_five_percent_with_the_share_in_its_words():
+    cut = _row("bad_prompt", 2, 2, rf="length", v="truncated")
+    at_five = [cut, *[_row("bad_prompt", 2, 2)] * 19]  # 1 of 20: exactly 5%, not above
+    assert audit({"rows": at_five})["warnings"] == []
+    above = [cut, _row("bad_prompt", 2, 2, cf="length"), *[_row("bad_prompt", 2, 2)] * 8]
+    summary = audit({"rows": above})
+    assert summary["warnings"] == [TRUNCATED.format(t=2, n=10, share="20.0")]
+    assert summary["by_kind"]["all"]["truncated"] == 2
+    # truncated counts a cut-off side; the dropped count only what the verdict says.
+    assert summary["by_kind"]["all"]["dropped"]["truncated"] == 1
+
+
+# ----------------------------------------------------------------------------- results' filing
+
+
+def test_a_result_that_is_not_an_object_is_refused_naming_it(tmp_path):
+    path = tmp_path / "bench" / "pope.json"
+    path.parent.mkdir()
+    path.write_text("[1, 2]")
+    with pytest.raises(
+        report.ReportError, match=f"^{re.escape(str(path))}: not a stic bench result$"
+    ):
+        report._describe_result(path, "bench")
+
+
+def test_dar_and_data_come_from_the_results_config_when_the_document_lacks_them(tmp_path):
+    document = {"benchmark": "pope_random", "accuracy": 0.5}
+    path = _result(tmp_path / "bench", "pope", document, {"dar": True, "data": "my/pope.jsonl"})
+    described = report._describe_result(path, "bench")
+    assert (described["dar"], described["data"]) == (True, "my/pope.jsonl")
+    assert described["document"] == document
+    # The document's own dar wins over the config's.
+    said = _result(tmp_path / "bench", "said", {"dar": False}, {"dar": True})
+    assert report._describe_result(said, "bench")["dar"] is False
+
+
+def test_an_eval_result_is_filed_by_its_data_file_only(tmp_path):
+    path = _result(tmp_path / "eval", "r", {"benchmark": "pope_random", "accuracy": 0.5}, {})
+    described = report._describe_result(path, "eval")
+    assert described["data"] is None and described["document"]["accuracy"] == 0.5
