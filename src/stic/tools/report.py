@@ -621,11 +621,10 @@ def _describe_result(path: Path, kind: str) -> dict:
     else:
         at = {"dpo": "stage1", "sft": "final"}.get(Path(adapter).name, Path(adapter).name)
     return {
-        "path": path,
         "name": name,
         "run": run,
         "at": at,
-        "dar": bool(document.get("dar", config.get("dar", False))),
+        "dar": bool(document.get("dar", config.get("dar"))),
         "data": config.get("data") or (document.get("benchmark") if kind == "bench" else None),
         "document": document,
     }
