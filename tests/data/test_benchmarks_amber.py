@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from stic.data.benchmarks import BenchmarkDataError, amber, get_spec, read_benchmark
+from stic.data.benchmarks import (
+    BenchItem,
+    BenchmarkDataError,
+    ImageRef,
+    amber,
+    get_spec,
+    read_benchmark,
+)
 from stic.tools.bench_score import main as bench_score
 from tests.data.bench_fixtures import write_jsonl, write_png
 
@@ -108,9 +115,20 @@ def test_generative_verdicts_by_hand(tmp_path):
     assert rows[0]["nouns"] == ["dog", "ground", "cat", "light", "tree"]
     assert rows[0]["hallucinated"] == ["cat"] and rows[0]["covered"] == [1, 1]
     assert rows[0]["cog"] == [1, 0] and rows[0]["score"] == 0.0
-    assert (
-        rows[1]["covered"] == [1, 0] and rows[1]["hallucinated"] == [] and rows[1]["score"] == 1.0
-    )
+    # the row as written: the reply, its vocabulary nouns, the verdict and the annotation
+    assert rows[1] == {
+        "id": "2",
+        "prediction": "second",
+        "extracted": ["man", "people"],
+        "nouns": ["man", "people"],
+        "hallucinated": [],
+        "covered": [1, 0],
+        "cog": [0],
+        "truth": ["person", "person"],
+        "hallu": ["dog"],
+        "score": 1.0,
+        "categories": {},
+    }
     # CHAIR 1/7 nouns, Cover 3/4, Hal 1 of 2 descriptions, Cog 1/3, each count from 0.001.
     assert amber.metrics_generative(rows) == {
         "chair": 14.3,
@@ -243,3 +261,70 @@ def test_bench_score_generative_without_the_tools_fails_in_one_line(tmp_path, mo
     assert bench_score([*argv, "--predictions", str(predictions)]) == 2
     assert "pip install nltk spacy" in capsys.readouterr().err and not out.exists()
     amber.official_tools.cache_clear()
+
+
+# (id, annotation type, truth, reply): one question of each dimension and attribute kind.
+QUESTIONS = [
+    ("3", "discriminative-hallucination", "no", "No"),  # right
+    ("4", "discriminative-attribute-state", "yes", "Yes"),  # right
+    ("5", "discriminative-attribute-number", "no", "Yes"),  # wrong
+    ("6", "discriminative-attribute-action", "no", "No"),  # right
+    ("7", "relation", "yes", "No"),  # wrong, answered no
+    ("8", "discriminative-attribute-number", "yes", "Yes."),  # no answer: wrong
+]
+
+
+def _scored_questions():
+    pairs = [(_question(key, kind, truth), reply) for key, kind, truth, reply in QUESTIONS]
+    return amber.score_discriminative(pairs)
+
+
+def _question(key, kind, truth):
+    return BenchItem(
+        id=key,
+        image=ImageRef(path=f"AMBER_{key}.jpg"),
+        question="Is there a cat in this image?",
+        answers=(truth,),
+        categories=amber.categories_of(kind),
+    )
+
+
+def test_discriminative_rows_as_written():
+    rows = json.loads(json.dumps(_scored_questions()))
+    assert rows[0] == {
+        "id": "3",
+        "prediction": "No",
+        "extracted": "no",
+        "answer": "no",
+        "score": 1.0,
+        "categories": {"dimension": ["existence"]},
+    }
+    assert rows[5] == {
+        "id": "8",
+        "prediction": "Yes.",
+        "extracted": None,
+        "answer": "yes",
+        "score": 0.0,
+        "categories": {"dimension": ["attribute"], "attribute": ["number"]},
+    }
+
+
+def test_discriminative_dimensions_and_attribute_kinds_by_hand():
+    categories = amber.summarize_discriminative(_scored_questions())["categories"]
+    # Counts start at 0.001 and percentages are rounded to 1 decimal; "no" is the positive class.
+    # existence (3): 1 right of 1.001 -> 99.9 each; F1 2*.999*.999/(1.998 + .001) = .998500 -> 99.9.
+    # attribute (4, 5, 6, 8): 2 right of 4.003 -> 50.0; truth no 5, 6: 1 of 2.003 -> 49.9;
+    # answered no 6: 1 of 1.003 -> 99.7; F1 2*.997*.499/(.997 + .499 + .0001) -> 66.5.
+    # relation (7): nothing right, no truth no, its "no" wrong -> all 0.0.
+    assert categories["dimension"] == {
+        "existence": {"accuracy": 99.9, "precision": 99.9, "recall": 99.9, "f1": 99.9, "n": 1},
+        "attribute": {"accuracy": 50.0, "precision": 99.7, "recall": 49.9, "f1": 66.5, "n": 4},
+        "relation": {"accuracy": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0, "n": 1},
+    }
+    # state (4): 1 right of 1.001, nothing said or true "no"; number (5, 8): none right;
+    # action (6): right "no" -> 99.9 each, F1 2*.999*.999/(1.998 + .0001) -> 99.9.
+    assert categories["attribute"] == {
+        "state": {"accuracy": 99.9, "precision": 0.0, "recall": 0.0, "f1": 0.0, "n": 1},
+        "number": {"accuracy": 0.0, "precision": 0.0, "recall": 0.0, "f1": 0.0, "n": 2},
+        "action": {"accuracy": 99.9, "precision": 99.9, "recall": 99.9, "f1": 99.9, "n": 1},
+    }

@@ -8,7 +8,14 @@ import json
 
 import pytest
 
-from stic.data.benchmarks import BenchmarkDataError, read_benchmark, score_predictions
+from stic.data.benchmarks import (
+    BenchItem,
+    BenchmarkDataError,
+    ImageRef,
+    mmbench_en_dev,
+    read_benchmark,
+    score_predictions,
+)
 from stic.data.benchmarks.mmbench_en_dev import extract_letter, prompt
 from tests.data.bench_fixtures import png_bytes, write_hub_parquet, write_jsonl
 
@@ -334,3 +341,110 @@ def test_bench_score_non_finite_replies_write_valid_json(tmp_path):
     assert code == 0
     result = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
     assert result["metrics"]["circular"] == 0.0 and result["n"] == 5
+
+
+def _mc_item(index, choices, answer, category, rotations):
+    return BenchItem(
+        id=str(index),
+        image=ImageRef(path="unused.png"),
+        question="Which animal?",
+        answers=(answer,),
+        choices=choices,
+        categories={"category": (category,)},
+        group=str(index % 1_000_000),
+        meta={"rotations": rotations},
+    )
+
+
+# Question 0 (2 rotations): rotation 0 read right, rotation 1 "b" left unread by the official rules
+# but read as B (right) by the lenient ones. Question 1 (no rotation): "Answer: A" read as A by
+# the official rules; the lenient rules alone would not read it. Question 2 (2 rotations):
+# rotation 1 read wrong.
+MC_PAIRS = [
+    (_mc_item(0, ("cat", "dog"), "A", "x", 2), "A"),
+    (_mc_item(1_000_000, ("dog", "cat"), "B", "x", 2), "b"),
+    (_mc_item(1, ("cat", "dog"), "A", "y", 1), "Answer: A"),
+    (_mc_item(2, ("cat", "dog"), "B", "y", 2), "B"),
+    (_mc_item(1_000_002, ("dog", "cat"), "A", "y", 2), "B"),
+]
+
+
+def _mc_row(index, prediction, extracted, answer, lenient, category, rotations):
+    return {
+        "id": str(index),
+        "group": str(index % 1_000_000),
+        "rotations": rotations,
+        "prediction": prediction,
+        "extracted": extracted,
+        "needs_judge": extracted is None,
+        "answer": answer,
+        "score": float(extracted == answer),
+        "extracted_lenient": lenient,
+        "score_lenient": float(lenient == answer),
+        "categories": {"category": [category]},
+    }
+
+
+def test_scored_rows_hold_both_readings_and_the_answer():
+    assert mmbench_en_dev.score(MC_PAIRS) == [
+        _mc_row(0, "A", "A", "A", "A", "x", 2),
+        _mc_row(1_000_000, "b", None, "B", "B", "x", 2),
+        _mc_row(1, "Answer: A", "A", "A", "A", "y", 1),  # the official letter is kept as it is
+        _mc_row(2, "B", "B", "B", "B", "y", 2),
+        _mc_row(1_000_002, "B", "B", "A", "B", "y", 2),
+    ]
+
+
+def test_summary_numbers_by_hand():
+    summary = mmbench_en_dev.summarize(mmbench_en_dev.score(MC_PAIRS))
+    # circular: only question 1 has every rotation right (1 of 3); lenient: questions 0 and 1
+    # (2 of 3). single pass: the rotation-0 rows 0, 1, 2, all right; rotation 1,000,000 (wrong)
+    # is no first pass. unresolved: 1 row of 5. Needing a judge: question 0 (one rotation
+    # unread, none read wrong); question 2 is decided by its wrong rotation, question 1 is read.
+    assert summary == {
+        "metrics": {
+            "circular": 33.3333,
+            "single_pass": 100.0,
+            "unresolved": 20.0,
+            "circular_lenient": 66.6667,
+            "n_circular": 3,
+            "n_needs_judge": 1,
+        },
+        "categories": {
+            "category": {
+                "x": {
+                    "circular": 0.0,
+                    "single_pass": 100.0,
+                    "unresolved": 50.0,
+                    "circular_lenient": 100.0,
+                    "n_circular": 1,
+                    "n_needs_judge": 1,
+                    "n": 2,
+                },
+                "y": {
+                    "circular": 50.0,
+                    "single_pass": 100.0,
+                    "unresolved": 0.0,
+                    "circular_lenient": 50.0,
+                    "n_circular": 2,
+                    "n_needs_judge": 0,
+                    "n": 3,
+                },
+            }
+        },
+        "headline": {
+            "circular": "official rules, no judge: VLMEvalKit can_infer + circular evaluation "
+            "(exact_matching)",
+            "circular_lenient": "stic: unread replies read by stic's earlier rules",
+        },
+    }
+
+
+def test_rows_written_before_the_lenient_reading_count_their_score_as_lenient():
+    rows = mmbench_en_dev.score(MC_PAIRS)
+    older = [
+        {k: v for k, v in row.items() if k not in ("extracted_lenient", "score_lenient")}
+        for row in rows
+    ]
+    metrics = mmbench_en_dev.metrics_of(older)
+    assert metrics["circular_lenient"] == metrics["circular"] == 33.3333

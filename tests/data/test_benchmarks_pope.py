@@ -13,6 +13,7 @@ from stic.data.benchmarks import (
     ImageRef,
     NothingScoredError,
     data_hash,
+    pope,
     read_benchmark,
     score_predictions,
 )
@@ -50,6 +51,8 @@ def _original(tmp_path):
         ("NO", "yes"),  # the official rule knows only "no", "No" and "not"
         ("Nope", "yes"),
         ("", "yes"),
+        ("No\n", "yes"),  # split on single spaces only: "No\n" is no word "No"
+        ("There is\tno dog", "yes"),  # "is\tno" is one word
     ],
 )
 def test_yes_no_extraction_follows_llava_rule(text, expected):
@@ -82,6 +85,48 @@ def test_original_format_read_and_scored_by_hand(tmp_path):
         "yes_ratio": 40.0,
     }
     assert {r["id"]: r["extracted"] for r in result["items"]}["3"] == "no"
+
+
+def _pope_item(qid, label):
+    return BenchItem(
+        id=qid, image=ImageRef(path="unused.jpg"), question="Is there a dog?", answers=(label,)
+    )
+
+
+def test_scored_row_as_written():
+    rows = pope.score([(_pope_item("7", "no"), "Yes, there is.")])
+    assert rows == [
+        {
+            "id": "7",
+            "prediction": "Yes, there is.",
+            "extracted": "yes",
+            "answer": "no",
+            "score": 0.0,
+            "categories": {},
+        }
+    ]
+
+
+@pytest.mark.parametrize(
+    "labels, replies, expected",
+    [
+        # never a predicted yes: precision (0/0) and F1 are 0.0, as docs/benchmarks.md says
+        (("yes", "no"), ("No", "No"), (50.0, 0.0, 0.0, 0.0, 0.0)),
+        # no yes in the truth: recall (0/0) is 0.0
+        (("no", "no"), ("Yes", "No"), (50.0, 0.0, 0.0, 0.0, 50.0)),
+        # every reply wrong: precision and recall 0, F1 0.0 (0/0)
+        (("yes", "no"), ("No", "Yes"), (0.0, 0.0, 0.0, 0.0, 50.0)),
+    ],
+)
+def test_metrics_with_an_empty_class_are_zero(labels, replies, expected):
+    pairs = [
+        (_pope_item(str(n), label), reply)
+        for n, (label, reply) in enumerate(zip(labels, replies, strict=True))
+    ]
+    assert pope.summarize(pope.score(pairs)) == {
+        "metrics": dict(zip(pope.METRICS, expected, strict=True)),
+        "categories": {},
+    }
 
 
 def test_yes_ratio_is_the_predicted_share(tmp_path):

@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from stic.data.benchmarks import BenchmarkDataError, read_benchmark, score_predictions
+from stic.data.benchmarks import (
+    BenchItem,
+    BenchmarkDataError,
+    ImageRef,
+    read_benchmark,
+    scienceqa_img,
+    score_predictions,
+)
 from stic.data.benchmarks.scienceqa_img import extract_letter, prompt
 from tests.data.bench_fixtures import png_bytes, write_hub_parquet, write_json, write_png
 
@@ -68,6 +75,11 @@ def _original(tmp_path):
         ("The answer is A. The answer is B.", 3, None),  # two phrases: ambiguous
         ("D", 3, None),  # not one of the three options
         ("b", 3, None),
+        ("B. ", 3, "B"),  # "X. " is enough: three characters
+        ("B.", 3, None),
+        # LLaVA's options are A-E: a sixth option is never read (the reader refuses six choices)
+        ("F", 6, None),
+        ("The answer is F.", 6, None),
     ],
 )
 def test_letter_rule(text, n, expected):
@@ -87,6 +99,28 @@ def test_original_format_image_subset_and_prompt(tmp_path):
     assert result["metrics"] == {"accuracy": 50.0}
     assert result["categories"]["subject"]["natural science"] == {"accuracy": 100.0, "n": 1}
     assert result["categories"]["subject"]["language science"] == {"accuracy": 0.0, "n": 1}
+
+
+def test_scored_rows_as_written():
+    item = BenchItem(
+        id="9",
+        image=ImageRef(path="unused.png"),
+        question="Which word is a noun?",
+        answers=("B",),
+        choices=("run", "cat"),
+        categories={"subject": ("language science",)},
+    )
+    rows = scienceqa_img.score([(item, "B. cat"), (item, "C")])
+    assert rows[0] == {
+        "id": "9",
+        "prediction": "B. cat",
+        "extracted": "B",
+        "answer": "B",
+        "score": 1.0,
+        "categories": {"subject": ["language science"]},
+    }
+    # a letter beyond the question's two options is no answer
+    assert rows[1]["extracted"] is None and rows[1]["score"] == 0.0
 
 
 def test_missing_images_and_wrong_folder_named(tmp_path):
