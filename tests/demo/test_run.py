@@ -481,17 +481,22 @@ def _keep_truncated(mp: pytest.MonkeyPatch) -> None:
     mp.setattr(demo, "chosen_as_instructions", chosen_of_truncated)
 
 
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    """One run_demo (seed 0) with the tiny base model of tests/test_demo_model.py."""
+def run_tiny_demo(tmp_path_factory, folder: str, **changes) -> dict:
+    """One run_demo (seed 0) with the tiny base model of tests/test_demo_model.py and TINY_RUN
+    changed by ``changes``: its folder, settings, results and log lines."""
     base = tiny_base_model(tmp_path_factory)
-    settings = dataclasses.replace(TINY_RUN, base=str(base))
-    out = tmp_path_factory.mktemp("demo")
+    settings = dataclasses.replace(TINY_RUN, base=str(base), **changes)
+    out = tmp_path_factory.mktemp(folder)
     logs: list[str] = []
     with pytest.MonkeyPatch.context() as mp:
         _keep_truncated(mp)
         results = run_demo(out, [0], settings, log=logs.append)
     return {"out": out, "settings": settings, "results": results, "logs": logs}
+
+
+@pytest.fixture(scope="module")
+def demo_run(tmp_path_factory):
+    return run_tiny_demo(tmp_path_factory, "demo")
 
 
 @pytest.mark.slow

@@ -30,8 +30,7 @@ from stic.demo.run import (
 )
 from stic.pipeline import plan
 from stic.runtime.files import atomic_write_text, read_json
-from tests.demo.test_base_model import tiny_base_model
-from tests.demo.test_run import SMALL, TINY_RUN, _keep_truncated
+from tests.demo.test_run import SMALL, run_tiny_demo
 
 # ----------------------------------------------------------------------------- settings, configs
 
@@ -236,14 +235,7 @@ def test_results_markdown_has_the_round_section_only_with_rounds():
 @pytest.fixture(scope="module")
 def rounds_run(tmp_path_factory):
     """One run_demo with two rounds (seed 0) on the tiny base model."""
-    base = tiny_base_model(tmp_path_factory)
-    settings = dataclasses.replace(TINY_RUN, base=str(base), split="test", rounds=2)
-    out = tmp_path_factory.mktemp("demo_rounds")
-    logs: list[str] = []
-    with pytest.MonkeyPatch.context() as mp:
-        _keep_truncated(mp)
-        results = run_demo(out, [0], settings, log=logs.append)
-    return {"out": out, "settings": settings, "results": results, "logs": logs}
+    return run_tiny_demo(tmp_path_factory, "demo_rounds", split="test", rounds=2)
 
 
 @pytest.mark.slow
