@@ -20,21 +20,11 @@ from stic.pipeline import run_pipeline
 from stic.runtime.files import read_jsonl
 from stic.runtime.manifests import input_identity, read_manifest
 from stic.stages.rounds import choose_round
-from stic.testing import write_pipeline_inputs
+from stic.testing import slowed_training_cli, write_pipeline_inputs
 
 # The run with each training batch slowed down, so that the test can kill it in round 2's DPO
 # after its first checkpoint (as tests/stages/test_dpo.py kills one stage).
-_SLOW_RUN = """
-import sys, time
-import stic.stages.training
-original = stic.stages.training.Collator.__call__
-def slow(self, records):
-    time.sleep(0.3)
-    return original(self, records)
-stic.stages.training.Collator.__call__ = slow
-from stic.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+_SLOW_RUN = slowed_training_cli(0.3)
 NUM_IMAGES = 12
 
 

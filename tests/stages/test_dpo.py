@@ -22,7 +22,7 @@ from stic.config import DPOConfig, PairsConfig
 from stic.runtime.manifests import read_manifest
 from stic.stages.dpo import run_dpo
 from stic.stages.pairs import run_pairs
-from stic.testing import make_images
+from stic.testing import make_images, slowed_training_cli
 
 LORA_LAYERS = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}
 ALPHA = 0.01
@@ -226,17 +226,7 @@ def test_rerun_of_a_complete_stage_is_skipped(trained):
 
 # A child process that runs `stic dpo` with each batch slowed down, so the test can kill it
 # between checkpoints.
-_SLOW_DPO = """
-import sys, time
-import stic.stages.training
-original = stic.stages.training.Collator.__call__
-def slow(self, pairs):
-    time.sleep(0.4)
-    return original(self, pairs)
-stic.stages.training.Collator.__call__ = slow
-from stic.cli import main
-sys.exit(main(sys.argv[1:]))
-"""
+_SLOW_DPO = slowed_training_cli(0.4)
 
 
 @pytest.mark.slow

@@ -11,6 +11,7 @@ from stic.testing.builders import (
     build_tiny_model,
     build_tokenizer,
     make_images,
+    slowed_training_cli,
     write_pipeline_inputs,
 )
 
@@ -21,5 +22,6 @@ __all__ = [
     "build_tiny_model",
     "build_tokenizer",
     "make_images",
+    "slowed_training_cli",
     "write_pipeline_inputs",
 ]

@@ -647,3 +647,20 @@ def write_pipeline_inputs(
     path = out / "stic.yaml"
     atomic_write_text(path, yaml.safe_dump(config, sort_keys=False))
     return path
+
+
+def slowed_training_cli(seconds: float) -> str:
+    """A ``python -c`` script that runs the stic CLI (its arguments after ``-c``) with every
+    training batch delayed by ``seconds``, so that a test can kill a training stage between two
+    checkpoints."""
+    return f"""
+import sys, time
+import stic.stages.training
+original = stic.stages.training.Collator.__call__
+def slow(self, records):
+    time.sleep({float(seconds)!r})
+    return original(self, records)
+stic.stages.training.Collator.__call__ = slow
+from stic.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
